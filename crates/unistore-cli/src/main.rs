@@ -1,0 +1,209 @@
+//! `unistore`: the porcelain. Parses arguments, calls one library function
+//! per command, prints the result, renders progress.
+
+mod progress;
+mod render;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use unistore::Sysroot;
+use unistore::imgref::ImageRef;
+use unistore::sysroot::BootedMode;
+
+#[derive(Parser)]
+#[command(name = "unistore", version, about = "Unified storage for image-based Linux hosts")]
+struct Cli {
+    /// The physical root to operate on. Without it, /sysroot of the running
+    /// system, whose booted deployment is read from the kernel command line.
+    #[arg(long, global = true)]
+    sysroot: Option<PathBuf>,
+    /// More logging on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install a host.
+    #[command(subcommand)]
+    Install(InstallCmd),
+    /// Show the host's deployments.
+    Status(StatusArgs),
+    /// Low-level operations.
+    #[command(subcommand)]
+    Internals(InternalsCmd),
+}
+
+#[derive(Subcommand)]
+enum InstallCmd {
+    /// Install an OCI image as a native composefs host into the mounted
+    /// filesystem at ROOT.
+    ToFilesystem(InstallArgs),
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// The image to install (docker://, oci:DIR[:TAG], oci-archive:FILE,
+    /// containers-storage:REF).
+    #[arg(long)]
+    source_imgref: Option<String>,
+    /// The image the host follows afterwards (default: the source).
+    #[arg(long)]
+    target_imgref: Option<String>,
+    /// An extra kernel argument (repeatable).
+    #[arg(long = "karg")]
+    kargs: Vec<String>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The mounted target filesystem.
+    root: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Human,
+    Json,
+    Yaml,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Show only the booted deployment.
+    #[arg(long)]
+    booted: bool,
+}
+
+#[derive(Subcommand)]
+enum InternalsCmd {
+    /// Mount a deployment read-only the way the initramfs would.
+    Mount {
+        /// Deployment id (default: the booted one).
+        #[arg(long)]
+        deployment: Option<String>,
+        mountpoint: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNISTORE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .without_time()
+        .init();
+    if let Err(e) = run(cli) {
+        // One line naming the problem, the whole chain of causes.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Install(InstallCmd::ToFilesystem(a)) => rt.block_on(install(a)),
+        Cmd::Status(a) => status(&open_sysroot(cli.sysroot.as_deref())?, a),
+        Cmd::Internals(InternalsCmd::Mount {
+            deployment,
+            mountpoint,
+        }) => {
+            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            let id = unistore::ops::mount::mount_deployment(
+                &sysroot,
+                deployment.as_deref(),
+                &mountpoint,
+            )?;
+            eprintln!("Mounted deployment {id} at {}", mountpoint.display());
+            Ok(())
+        }
+    }
+}
+
+/// `--sysroot DIR` is an offline root; without it, /sysroot of the running
+/// system, booted as the kernel command line says.
+fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
+    match path {
+        Some(p) => Sysroot::open(p),
+        None => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let Some(id) = cmdline
+                .split_whitespace()
+                .find_map(|a| a.strip_prefix("composefs="))
+                .map(|v| v.trim_start_matches('?').to_string())
+            else {
+                bail!("this system was not booted from a composefs deployment; use --sysroot DIR");
+            };
+            Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })
+        }
+    }
+}
+
+async fn install(a: InstallArgs) -> Result<()> {
+    let Some(src) = a.source_imgref else {
+        bail!("--source-imgref is required (unistore does not run from a container image)");
+    };
+    let source = ImageRef::parse(&src)?;
+    let target = a.target_imgref.as_deref().map(ImageRef::parse).transpose()?;
+    let opts = unistore::ops::install::InstallOpts {
+        source,
+        target,
+        kargs: a.kargs,
+    };
+    let progress = progress::reporter();
+    let r = unistore::ops::install::install_to_filesystem(&a.root, &opts, progress.clone())
+        .await
+        .with_context(|| format!("installing to {}", a.root.display()))?;
+    progress::finish(&progress);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "Installed deployment {}\n  image   {}\n  digest  {}\n  kernel  {}\n  entry   {}",
+            r.deployment_id, opts.source, r.manifest_digest, r.kernel_version, r.entry_file
+        );
+    }
+    Ok(())
+}
+
+fn status(sysroot: &Sysroot, a: StatusArgs) -> Result<()> {
+    let backend = unistore::backend::detect(sysroot)?;
+    let mut host = backend.status(sysroot)?;
+    if a.booted {
+        host.status.staged = None;
+        host.status.rollback = None;
+        host.status.other_deployments.clear();
+    }
+    let format = match (a.json, a.format) {
+        (true, _) => Format::Json,
+        (false, Some(f)) => f,
+        (false, None) => Format::Human,
+    };
+    let out = std::io::stdout();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&host)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&host)?),
+        Format::Human => render::status(&mut out.lock(), &host, out.is_terminal())?,
+    }
+    Ok(())
+}

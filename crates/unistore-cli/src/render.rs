@@ -1,0 +1,81 @@
+//! Human output.
+
+use std::io::Write;
+
+use anyhow::Result;
+use unistore::status::{BootEntry, Host};
+
+/// Renders `status` for people.
+pub fn status(w: &mut impl Write, host: &Host, _tty: bool) -> Result<()> {
+    let s = &host.status;
+    if s.booted.is_none() && s.staged.is_none() && s.rollback.is_none() {
+        writeln!(w, "No deployments.")?;
+        return Ok(());
+    }
+    if s.booted_is_primary_entry {
+        writeln!(
+            w,
+            "Note: this root is not the running system; the primary boot entry is shown as booted."
+        )?;
+    }
+    let rows: [(&str, &str, Option<&BootEntry>); 3] = [
+        ("Staged image", " ", s.staged.as_ref()),
+        ("Booted image", "●", s.booted.as_ref()),
+        ("Rollback image", " ", s.rollback.as_ref()),
+    ];
+    let mut first = true;
+    for (label, mark, entry) in rows {
+        let Some(e) = entry else { continue };
+        if !first {
+            writeln!(w)?;
+        }
+        first = false;
+        entry_lines(w, mark, label, e, label == "Booted image" && s.storage.is_some(), host)?;
+    }
+    for e in &s.other_deployments {
+        writeln!(w)?;
+        entry_lines(w, " ", "Other image", e, false, host)?;
+    }
+    if s.rollback_queued {
+        writeln!(w, "\nRollback queued: the next boot starts the rollback deployment.")?;
+    }
+    Ok(())
+}
+
+fn entry_lines(
+    w: &mut impl Write,
+    mark: &str,
+    label: &str,
+    e: &BootEntry,
+    show_storage: bool,
+    host: &Host,
+) -> Result<()> {
+    match &e.image {
+        Some(img) => {
+            let transport = match img.image.transport.as_str() {
+                "registry" => "docker://".to_string(),
+                t => format!("{t}:"),
+            };
+            writeln!(w, "{mark} {label}: {transport}{}", img.image.image)?;
+            writeln!(w, "{:>16}: {}", "Digest", img.image_digest)?;
+            let version = img.version.as_deref().unwrap_or("<none>");
+            match &img.timestamp {
+                Some(t) => writeln!(w, "{:>16}: {version} ({t})", "Version")?,
+                None => writeln!(w, "{:>16}: {version}", "Version")?,
+            }
+            writeln!(w, "{:>16}: {}", "Architecture", img.architecture)?;
+        }
+        None => writeln!(w, "{mark} {label}: <unreadable>")?,
+    }
+    if let Some(c) = &e.composefs {
+        writeln!(w, "{:>16}: {}", "Verity", c.verity)?;
+        writeln!(w, "{:>16}: {} ({})", "Boot", c.boot_type, e.entry_file)?;
+    }
+    if show_storage && let Some(st) = &host.status.storage {
+        writeln!(w, "{:>16}: unified ({})", "Storage", st.unified)?;
+    }
+    for err in &e.errors {
+        writeln!(w, "{:>16}: {err}", "Error")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The composefs repository under `composefs/` (composefs-rs format, SHA-512).
+//!
+//! A thin layer over `composefs` / `composefs-oci`: repository init and open,
+//! pulls, the `localhost/bootc-<manifest digest>` tags, and the boot EROFS
+//! image whose digest is a deployment's id.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use composefs::fsverity::{Algorithm, FsVerityHashValue, Sha512HashValue};
+use composefs::repository::{Repository, RepositoryConfig};
+use composefs_oci::oci_image::OciImage;
+use composefs_oci::{OciDigest, PullOptions};
+
+use crate::imgref::ImageRef;
+use crate::progress::Progress;
+use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, Sysroot};
+
+/// Object ids of the host repository: fs-verity SHA-512 digests.
+pub type ObjectId = Sha512HashValue;
+/// The host repository.
+pub type Repo = Repository<ObjectId>;
+
+/// Whether the filesystem holding `sysroot` can enable fs-verity.
+pub fn probe_fsverity(sysroot: &Sysroot) -> bool {
+    let Ok(mut f) = tempfile::tempfile_in(sysroot.path()) else {
+        return false;
+    };
+    if f.write_all(&[0u8; 4096]).is_err() || f.flush().is_err() {
+        return false;
+    }
+    // fs-verity needs a read-only fd.
+    let Ok(ro) = reopen_readonly(&f) else {
+        return false;
+    };
+    drop(f);
+    composefs::fsverity::enable_verity_raw::<ObjectId>(&ro).is_ok()
+}
+
+fn reopen_readonly(f: &std::fs::File) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    Ok(std::fs::File::open(format!(
+        "/proc/self/fd/{}",
+        f.as_raw_fd()
+    ))?)
+}
+
+/// Creates the repository (SHA-512; insecure where fs-verity is missing) or
+/// opens it if it exists with the same settings. Returns whether it was new.
+pub fn init(sysroot: &Sysroot) -> Result<(Arc<Repo>, bool)> {
+    let mut config = RepositoryConfig::new(Algorithm::SHA512);
+    if !probe_fsverity(sysroot) {
+        tracing::info!("no fs-verity on target: repository in insecure mode");
+        config = config.set_insecure();
+    }
+    let (repo, created) = Repo::init_path(sysroot.dir(), COMPOSEFS_DIR, config)
+        .context("initializing the composefs repository")?;
+    Ok((Arc::new(repo), created))
+}
+
+/// Opens the existing repository.
+pub fn open(sysroot: &Sysroot) -> Result<Arc<Repo>> {
+    let repo = Repo::open_path(sysroot.dir(), COMPOSEFS_DIR).map_err(|e| {
+        anyhow!(
+            "opening the composefs repository {}: {e}",
+            sysroot.join(COMPOSEFS_DIR).display()
+        )
+    })?;
+    Ok(Arc::new(repo))
+}
+
+/// The tag every deployment's manifest carries (a GC root).
+pub fn bootc_tag(manifest_digest: &str) -> String {
+    format!("{BOOTC_TAG_PREFIX}{manifest_digest}")
+}
+
+/// What a pull brought in.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// `sha256:...` of the manifest.
+    pub manifest_digest: String,
+    /// `sha256:...` of the config.
+    pub config_digest: String,
+    /// Hex id of the boot EROFS image (the deployment id).
+    pub boot_image_id: String,
+    /// Bytes and objects stored, as composefs-oci counted them.
+    pub stats: composefs_oci::ImportStats,
+}
+
+/// Pulls `imgref` into the repository, generates the boot EROFS image, and
+/// tags the manifest `localhost/bootc-<digest>`.
+pub async fn pull(repo: &Arc<Repo>, imgref: &ImageRef, progress: Progress) -> Result<Pulled> {
+    let local_fetch = if imgref.transport == crate::imgref::Transport::ContainersStorage {
+        // Read the store natively (reflinks where possible): Debian's skopeo
+        // is too old for the proxy's containers-storage path.
+        composefs_oci::LocalFetchOpt::IfPossible
+    } else {
+        composefs_oci::LocalFetchOpt::Disabled
+    };
+    let opts = PullOptions {
+        progress: Some(progress),
+        bootable: true,
+        local_fetch,
+        ..Default::default()
+    };
+    let spec = imgref.to_string();
+    let result = composefs_oci::pull(repo, &spec, None, opts)
+        .await
+        .with_context(|| format!("pulling {spec}"))?;
+    let manifest_digest = result.manifest_digest.to_string();
+    let digest: OciDigest = result.manifest_digest.clone();
+    // The verity composefs-oci returns can be stale: re-resolve through the
+    // manifest digest, which is what the tag points at.
+    let boot_id = composefs_oci::boot::boot_image(repo, &digest)?
+        .map(Ok)
+        .unwrap_or_else(|| {
+            composefs_oci::generate_boot_image(
+                repo,
+                &digest,
+                &composefs::generic_tree::OciTransformOptions::default(),
+            )
+        })
+        .context("generating the boot EROFS image")?;
+    composefs_oci::oci_image::tag_image(repo.as_ref(), &digest, &bootc_tag(&manifest_digest))
+        .context("tagging the image")?;
+    repo.sync().context("syncing the repository")?;
+    Ok(Pulled {
+        manifest_digest,
+        config_digest: result.config_digest.to_string(),
+        boot_image_id: boot_id.to_hex(),
+        stats: result.stats,
+    })
+}
+
+/// Opens an image by manifest digest.
+pub fn open_image(repo: &Repo, manifest_digest: &str) -> Result<OciImage<ObjectId>> {
+    let digest: OciDigest = manifest_digest
+        .parse()
+        .with_context(|| format!("bad manifest digest {manifest_digest}"))?;
+    OciImage::open(repo, &digest, None)
+        .with_context(|| format!("image {manifest_digest} is not in the composefs repository"))
+}
+
+/// Finds the manifest of a tagged image whose config has `config_digest`.
+pub fn manifest_for_config(repo: &Repo, config_digest: &str) -> Result<Option<String>> {
+    for (_, manifest) in composefs_oci::oci_image::list_refs(repo)? {
+        if let Ok(img) = OciImage::open(repo, &manifest, None)
+            && img.config_digest().to_string() == config_digest
+        {
+            return Ok(Some(manifest.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// A reader over the content of a file of an image tree (streamed from the
+/// object store, never loaded whole).
+pub fn open_file_content(
+    f: &composefs::tree::RegularFile<ObjectId>,
+    repo: &Repo,
+) -> Result<Box<dyn std::io::Read>> {
+    use composefs::tree::RegularFile;
+    use std::io::Read;
+    Ok(match f {
+        RegularFile::Inline(data) => Box::new(std::io::Cursor::new(data.to_vec())),
+        RegularFile::External(id, _) | RegularFile::ExternalNoVerity(id, _) => {
+            Box::new(std::fs::File::from(repo.open_object(id)?))
+        }
+        RegularFile::Sparse(size) => Box::new(std::io::repeat(0).take(*size)),
+    })
+}

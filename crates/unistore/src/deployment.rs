@@ -1,0 +1,100 @@
+//! Deployments: `state/deploy/<id>/` with its `etc/`, `var` link and
+//! `<id>.origin`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::composefs_store::{self, Repo};
+use crate::origin::{ImgInfoRef, Origin, parse_imginfo};
+use crate::sysroot::{STATE_DEPLOY_DIR, SHARED_VAR_DIR, Sysroot};
+use crate::util;
+
+/// `state/deploy/<id>`.
+pub fn state_dir(id: &str) -> String {
+    format!("{STATE_DEPLOY_DIR}/{id}")
+}
+
+/// Whether `name` looks like a deployment id (hex fs-verity digest).
+pub fn is_deployment_id(name: &str) -> bool {
+    name.len() >= 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Ids of every state directory (complete or not; temporaries excluded).
+pub fn list_state_dirs(sysroot: &Sysroot) -> Result<Vec<String>> {
+    Ok(util::list_names(sysroot.dir(), STATE_DEPLOY_DIR)?
+        .into_iter()
+        .filter(|n| is_deployment_id(n))
+        .collect())
+}
+
+/// Reads `state/deploy/<id>/<id>.origin`.
+pub fn read_origin(sysroot: &Sysroot, id: &str) -> Result<Origin> {
+    let path = format!("{}/{id}.origin", state_dir(id));
+    let text = sysroot
+        .dir()
+        .read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?;
+    Origin::parse(&text).with_context(|| format!("parsing {path}"))
+}
+
+/// The manifest digest of a deployment: from its origin, else from the
+/// legacy `.imginfo` (never from the network).
+pub fn manifest_digest(sysroot: &Sysroot, repo: &Repo, id: &str, origin: &Origin) -> Result<String> {
+    if let Some(d) = &origin.manifest_digest {
+        return Ok(d.clone());
+    }
+    let path = format!("{}/{id}.imginfo", state_dir(id));
+    let text = sysroot.dir().read_to_string(&path).with_context(|| {
+        format!("origin of {id} has no manifest_digest and {path} cannot be read")
+    })?;
+    match parse_imginfo(&text).with_context(|| format!("parsing {path}"))? {
+        ImgInfoRef::Manifest(d) => Ok(d),
+        ImgInfoRef::Config(c) => composefs_store::manifest_for_config(repo, &c)?
+            .ok_or_else(|| anyhow!("no image in the repository has config {c} (from {path})")),
+    }
+}
+
+/// What a new deployment directory holds.
+pub struct NewDeployment<'a> {
+    /// The deployment id.
+    pub id: &'a str,
+    /// Its origin.
+    pub origin: &'a Origin,
+    /// The image tree, for `/etc` and the first `/var`.
+    pub fs: &'a composefs::tree::FileSystem<composefs_store::ObjectId>,
+    /// The repository holding the tree's objects.
+    pub repo: &'a Repo,
+}
+
+/// Creates `state/deploy/<id>/` through a temporary directory renamed into
+/// place: a state dir either is whole or is absent.
+pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<()> {
+    let dir = sysroot.dir();
+    dir.create_dir_all(STATE_DEPLOY_DIR)?;
+    let final_rel = state_dir(d.id);
+    if dir.try_exists(&final_rel)? {
+        anyhow::bail!("deployment {} already exists", d.id);
+    }
+    let tmp_rel = format!("{STATE_DEPLOY_DIR}/.tmp-{}", d.id);
+    util::remove_all(dir, &tmp_rel)?;
+    dir.create_dir(&tmp_rel)?;
+    let tmp_abs = sysroot.join(&tmp_rel);
+    crate::etc::materialize(d.fs, "/etc", d.repo, &tmp_abs.join("etc"))
+        .context("copying the image's /etc")?;
+    // The shared /var is seeded from the first image that needs it.
+    if !dir.try_exists(SHARED_VAR_DIR)? {
+        let parent = Path::new(SHARED_VAR_DIR).parent().expect("has parent");
+        dir.create_dir_all(parent)?;
+        let var_tmp = sysroot.join(format!("{SHARED_VAR_DIR}.tmp"));
+        util::remove_all(dir, format!("{SHARED_VAR_DIR}.tmp"))?;
+        crate::etc::materialize(d.fs, "/var", d.repo, &var_tmp).context("seeding /var")?;
+        dir.rename(format!("{SHARED_VAR_DIR}.tmp"), dir, SHARED_VAR_DIR)?;
+    }
+    dir.symlink("../../os/default/var", format!("{tmp_rel}/var"))?;
+    util::atomic_write(dir, format!("{tmp_rel}/{}.origin", d.id), d.origin.to_text().as_bytes())?;
+    util::fsync_dir(dir, Some(Path::new(&tmp_rel)))?;
+    dir.rename(&tmp_rel, dir, &final_rel)?;
+    util::fsync_dir(dir, Some(Path::new(STATE_DEPLOY_DIR)))?;
+    Ok(())
+}

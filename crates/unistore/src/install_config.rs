@@ -1,0 +1,177 @@
+//! Install configuration: `[install]` tables in TOML files shipped by the
+//! image (`/usr/lib/bootc/install/*.toml`, then `/usr/local/lib`, `/etc`,
+//! `/run`), merged in that order and in file-name order.
+
+use std::ffi::OsStr;
+
+use anyhow::{Context, Result};
+use composefs::generic_tree::{Inode, LeafContent};
+use serde::{Deserialize, Serialize};
+
+use crate::composefs_store::{ObjectId, Repo};
+
+/// Where install config files live, in merge order.
+pub const CONFIG_DIRS: [&str; 4] = [
+    "/usr/lib/bootc/install",
+    "/usr/local/lib/bootc/install",
+    "/etc/bootc/install",
+    "/run/bootc/install",
+];
+
+/// How an image's files are shared with containers-storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnifiedMode {
+    /// No containers-storage copy.
+    #[default]
+    Disabled,
+    /// Shared by reflinks; fails where the filesystem cannot reflink.
+    Enabled,
+    /// Shared by reflinks where possible, else hardlinks or copies.
+    EnabledWithCopy,
+}
+
+impl std::fmt::Display for UnifiedMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnifiedMode::Disabled => "disabled",
+            UnifiedMode::Enabled => "enabled",
+            UnifiedMode::EnabledWithCopy => "enabled-with-copy",
+        })
+    }
+}
+
+impl std::str::FromStr for UnifiedMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "disabled" => Ok(Self::Disabled),
+            "enabled" => Ok(Self::Enabled),
+            "enabled-with-copy" => Ok(Self::EnabledWithCopy),
+            _ => anyhow::bail!(
+                "unknown unified storage mode {s:?} (expected disabled, enabled or enabled-with-copy)"
+            ),
+        }
+    }
+}
+
+/// One file's content.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    install: Option<InstallTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct InstallTable {
+    kargs: Option<Vec<String>>,
+    #[serde(alias = "match_architectures")]
+    match_architectures: Option<Vec<String>>,
+    storage: Option<StorageTable>,
+    // bootc keys that apply to block-device installs; accepted and ignored.
+    root_fs_type: Option<toml::Value>,
+    block: Option<toml::Value>,
+    filesystem: Option<toml::Value>,
+    stateroot: Option<toml::Value>,
+    boot: Option<toml::Value>,
+    ostree: Option<toml::Value>,
+    bootupd: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageTable {
+    unified: Option<UnifiedMode>,
+}
+
+/// The merged configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InstallConfig {
+    /// Kernel arguments, in order.
+    pub kargs: Vec<String>,
+    /// `[install.storage] unified`, if any file set it.
+    pub unified: Option<UnifiedMode>,
+}
+
+impl InstallConfig {
+    /// Merges one file's text into this config. `arch` is the image's
+    /// architecture, for `match-architectures`.
+    pub fn merge_text(&mut self, name: &str, text: &str, arch: &str) -> Result<()> {
+        let f: File = toml::from_str(text).with_context(|| format!("install config {name}"))?;
+        let Some(t) = f.install else { return Ok(()) };
+        if let Some(archs) = &t.match_architectures
+            && !archs.iter().any(|a| a == arch || (a == "x86_64" && arch == "amd64"))
+        {
+            return Ok(());
+        }
+        let _ = (&t.root_fs_type, &t.block, &t.filesystem, &t.stateroot, &t.boot, &t.ostree, &t.bootupd);
+        if let Some(k) = t.kargs {
+            self.kargs.extend(k);
+        }
+        if let Some(s) = t.storage
+            && let Some(u) = s.unified
+        {
+            self.unified = Some(u);
+        }
+        Ok(())
+    }
+
+    /// Reads and merges every config file of an image tree.
+    pub fn from_image(
+        fs: &composefs::tree::FileSystem<ObjectId>,
+        repo: &Repo,
+        arch: &str,
+    ) -> Result<Self> {
+        let mut cfg = Self::default();
+        let root = fs.as_dir();
+        for dir in CONFIG_DIRS {
+            let Ok(Some(d)) = root.get_directory_opt(OsStr::new(dir)) else {
+                continue;
+            };
+            for (name, inode) in d.sorted_entries() {
+                let name = name.to_string_lossy();
+                if !name.ends_with(".toml") {
+                    continue;
+                }
+                let Inode::Leaf(id, _) = inode else { continue };
+                let LeafContent::Regular(f) = &fs.leaves[id.0].content else {
+                    continue;
+                };
+                let data = composefs::fs::read_file(f, repo)?;
+                let text = String::from_utf8_lossy(&data);
+                cfg.merge_text(&format!("{dir}/{name}"), &text, arch)?;
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_in_order() {
+        let mut c = InstallConfig::default();
+        c.merge_text("a", "[install]\nkargs = [\"a=1\"]\n[install.storage]\nunified = \"enabled\"\n", "amd64")
+            .unwrap();
+        c.merge_text("b", "[install]\nkargs = [\"b\"]\nroot-fs-type = \"xfs\"\n[install.storage]\nunified = \"enabled-with-copy\"\n", "amd64")
+            .unwrap();
+        c.merge_text("c", "[install]\nkargs = [\"c\"]\nmatch-architectures = [\"aarch64\"]\n", "amd64")
+            .unwrap();
+        assert_eq!(c.kargs, vec!["a=1", "b"]);
+        assert_eq!(c.unified, Some(UnifiedMode::EnabledWithCopy));
+    }
+
+    #[test]
+    fn bad_keys_are_clear_errors() {
+        let mut c = InstallConfig::default();
+        let e = c.merge_text("x.toml", "[install]\nkarg = [\"a\"]\n", "amd64").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("x.toml") && msg.contains("karg"), "{msg}");
+        let e = c.merge_text("y.toml", "[install.storage]\nunified = \"maybe\"\n", "amd64").unwrap_err();
+        assert!(format!("{e:#}").contains("maybe"));
+        assert_eq!(c, InstallConfig::default());
+    }
+}

@@ -1,0 +1,26 @@
+//! unistore: the engine.
+//!
+//! Plumbing only: nothing in this crate prints to stdout or opens a global
+//! path such as `/sysroot`, `/run` or `/proc`. Every operation takes a
+//! [`sysroot::Sysroot`], a physical root opened once, so every test can run on
+//! a temporary root. Long work reports through a [`progress::Progress`] sink
+//! that the CLI renders.
+//!
+//! See [`design`] for the decisions behind the on-disk layout.
+
+pub mod backend;
+pub mod bootloader;
+pub mod composefs_store;
+pub mod deployment;
+pub mod design;
+pub mod etc;
+pub mod imgref;
+pub mod install_config;
+pub mod ops;
+pub mod origin;
+pub mod progress;
+pub mod status;
+pub mod sysroot;
+pub mod util;
+
+pub use sysroot::Sysroot;

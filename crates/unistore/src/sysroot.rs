@@ -1,0 +1,110 @@
+//! The physical root of a host and the bootc-compatible layout beneath it.
+//!
+//! A [`Sysroot`] is a directory opened once; everything below is reached
+//! relative to it. On a booted host it is `/sysroot`; at install time it is
+//! the target mount. The library never decides which: the caller does.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cap_std_ext::cap_std::{self, fs::Dir};
+
+/// `composefs/`: the composefs object repository.
+pub const COMPOSEFS_DIR: &str = "composefs";
+/// `state/deploy/`: one directory per deployment.
+pub const STATE_DEPLOY_DIR: &str = "state/deploy";
+/// The shared `/var` every deployment links to.
+pub const SHARED_VAR_DIR: &str = "state/os/default/var";
+/// `boot/`: kernels, initrds and the loader entries.
+pub const BOOT_DIR: &str = "boot";
+/// Loader entries of the current boot menu.
+pub const ENTRIES_DIR: &str = "boot/loader/entries";
+/// Loader entries of the next boot, swapped in at finalize.
+pub const STAGED_ENTRIES_DIR: &str = "boot/loader/entries.staged";
+/// Prefix of per-deployment kernel directories under `boot/`.
+pub const KERNEL_DIR_PREFIX: &str = "bootc_composefs-";
+/// Tag prefix every deployment's manifest carries in the repository.
+pub const BOOTC_TAG_PREFIX: &str = "localhost/bootc-";
+
+/// What "booted" means for this root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootedMode {
+    /// The root is not the running system (an install target, a disk image):
+    /// the primary boot entry is taken as booted, as if the host had just
+    /// booted it.
+    Offline,
+    /// The running system, which booted the deployment with this id (the
+    /// caller read it from the kernel command line).
+    Running { booted_id: String },
+}
+
+/// The physical root of a host.
+#[derive(Debug)]
+pub struct Sysroot {
+    dir: Dir,
+    path: PathBuf,
+    mode: BootedMode,
+}
+
+impl Sysroot {
+    /// Opens `path` as an offline root (see [`BootedMode::Offline`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_mode(path, BootedMode::Offline)
+    }
+
+    /// Opens `path` with an explicit notion of which deployment is booted.
+    pub fn open_with_mode(path: impl AsRef<Path>, mode: BootedMode) -> Result<Self> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("root {} does not exist", path.display()))?;
+        if !meta.is_dir() {
+            bail!("root {} is not a directory", path.display());
+        }
+        let path = std::fs::canonicalize(path)
+            .with_context(|| format!("resolving root {}", path.display()))?;
+        let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority())
+            .with_context(|| format!("opening root {}", path.display()))?;
+        Ok(Self { dir, path, mode })
+    }
+
+    /// The root directory handle.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The root's absolute path (needed by peers such as skopeo and mount).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Absolute path of something below the root.
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Which deployment counts as booted.
+    pub fn booted_mode(&self) -> &BootedMode {
+        &self.mode
+    }
+
+    /// Whether `boot/` sits on its own filesystem (a separate /boot
+    /// partition): loader entries then name files relative to it.
+    pub fn boot_is_separate_mount(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata(&self.path)?;
+        match std::fs::metadata(self.path.join(BOOT_DIR)) {
+            Ok(boot) => Ok(boot.dev() != root.dev()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The path prefix loader entries use to name files under `boot/`.
+    pub fn boot_path_prefix(&self) -> Result<&'static str> {
+        Ok(if self.boot_is_separate_mount()? {
+            ""
+        } else {
+            "/boot"
+        })
+    }
+}
