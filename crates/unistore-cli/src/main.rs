@@ -14,7 +14,11 @@ use unistore::imgref::ImageRef;
 use unistore::sysroot::BootedMode;
 
 #[derive(Parser)]
-#[command(name = "unistore", version, about = "Unified storage for image-based Linux hosts")]
+#[command(
+    name = "unistore",
+    version,
+    about = "Unified storage for image-based Linux hosts"
+)]
 struct Cli {
     /// The physical root to operate on. Without it, /sysroot of the running
     /// system, whose booted deployment is read from the kernel command line.
@@ -159,16 +163,28 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
     }
 }
 
+/// Registry settings from the environment, as podman reads them.
+fn fetch_config() -> unistore::composefs_store::FetchConfig {
+    unistore::composefs_store::FetchConfig {
+        registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
+    }
+}
+
 async fn install(a: InstallArgs) -> Result<()> {
     let Some(src) = a.source_imgref else {
         bail!("--source-imgref is required (unistore does not run from a container image)");
     };
     let source = ImageRef::parse(&src)?;
-    let target = a.target_imgref.as_deref().map(ImageRef::parse).transpose()?;
+    let target = a
+        .target_imgref
+        .as_deref()
+        .map(ImageRef::parse)
+        .transpose()?;
     let opts = unistore::ops::install::InstallOpts {
         source,
         target,
         kargs: a.kargs,
+        fetch: fetch_config(),
     };
     let progress = progress::reporter();
     let r = unistore::ops::install::install_to_filesystem(&a.root, &opts, progress.clone())

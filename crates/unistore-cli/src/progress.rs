@@ -66,6 +66,7 @@ impl ProgressReporter for Reporter {
                     b.finish();
                 }
             }
+            _ => {}
         }
     }
 }

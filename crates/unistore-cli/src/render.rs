@@ -30,14 +30,24 @@ pub fn status(w: &mut impl Write, host: &Host, _tty: bool) -> Result<()> {
             writeln!(w)?;
         }
         first = false;
-        entry_lines(w, mark, label, e, label == "Booted image" && s.storage.is_some(), host)?;
+        entry_lines(
+            w,
+            mark,
+            label,
+            e,
+            label == "Booted image" && s.storage.is_some(),
+            host,
+        )?;
     }
     for e in &s.other_deployments {
         writeln!(w)?;
         entry_lines(w, " ", "Other image", e, false, host)?;
     }
     if s.rollback_queued {
-        writeln!(w, "\nRollback queued: the next boot starts the rollback deployment.")?;
+        writeln!(
+            w,
+            "\nRollback queued: the next boot starts the rollback deployment."
+        )?;
     }
     Ok(())
 }

@@ -32,7 +32,10 @@ impl HostBackend for ComposefsBackend {
 
 /// Finds the backend of an installed root.
 pub fn detect(sysroot: &Sysroot) -> Result<Box<dyn HostBackend>> {
-    if sysroot.dir().try_exists(format!("{COMPOSEFS_DIR}/meta.json"))? {
+    if sysroot
+        .dir()
+        .try_exists(format!("{COMPOSEFS_DIR}/meta.json"))?
+    {
         return Ok(Box::new(ComposefsBackend));
     }
     if sysroot.dir().try_exists("ostree/repo")? {

@@ -141,7 +141,11 @@ pub fn read_entries(sysroot: &Sysroot, rel_dir: &str) -> Result<Vec<BlsEntry>> {
         out.push(BlsEntry::parse(&name, &text)?);
     }
     out.sort_by(|a, b| {
-        (!a.is_primary(), &a.sort_key, &b.file_name).cmp(&(!b.is_primary(), &b.sort_key, &a.file_name))
+        (!a.is_primary(), &a.sort_key, &b.file_name).cmp(&(
+            !b.is_primary(),
+            &b.sort_key,
+            &a.file_name,
+        ))
     });
     Ok(out)
 }

@@ -88,9 +88,38 @@ pub struct Pulled {
     pub stats: composefs_oci::ImportStats,
 }
 
+/// How to reach registries.
+#[derive(Debug, Clone, Default)]
+pub struct FetchConfig {
+    /// A containers `registries.conf` to use instead of the system one (for
+    /// example one that marks a loopback registry insecure). The CLI takes
+    /// it from `CONTAINERS_REGISTRIES_CONF`, which Debian 12's skopeo does
+    /// not read by itself.
+    pub registries_conf: Option<std::path::PathBuf>,
+}
+
+impl FetchConfig {
+    fn proxy_config(&self) -> Option<containers_image_proxy::ImageProxyConfig> {
+        let conf = self.registries_conf.as_ref()?;
+        let mut cmd = std::process::Command::new("skopeo");
+        cmd.arg("--registries-conf").arg(conf);
+        let mut config = containers_image_proxy::ImageProxyConfig::default();
+        config.skopeo_cmd = Some(cmd);
+        Some(config)
+    }
+}
+
 /// Pulls `imgref` into the repository, generates the boot EROFS image, and
 /// tags the manifest `localhost/bootc-<digest>`.
-pub async fn pull(repo: &Arc<Repo>, imgref: &ImageRef, progress: Progress) -> Result<Pulled> {
+pub async fn pull(
+    repo: &Arc<Repo>,
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    progress: Progress,
+) -> Result<Pulled> {
+    if imgref.transport == crate::imgref::Transport::Oci {
+        crate::oci_layout::verify(imgref).await?;
+    }
     let local_fetch = if imgref.transport == crate::imgref::Transport::ContainersStorage {
         // Read the store natively (reflinks where possible): Debian's skopeo
         // is too old for the proxy's containers-storage path.
@@ -102,6 +131,7 @@ pub async fn pull(repo: &Arc<Repo>, imgref: &ImageRef, progress: Progress) -> Re
         progress: Some(progress),
         bootable: true,
         local_fetch,
+        img_proxy_config: fetch.proxy_config(),
         ..Default::default()
     };
     let spec = imgref.to_string();
@@ -169,4 +199,24 @@ pub fn open_file_content(
         }
         RegularFile::Sparse(size) => Box::new(std::io::repeat(0).take(*size)),
     })
+}
+
+/// Reads a small regular file of an image tree by absolute path; `None`
+/// when it is absent or not a regular file.
+pub fn read_image_file(
+    fs: &composefs::tree::FileSystem<ObjectId>,
+    repo: &Repo,
+    path: &str,
+) -> Result<Option<Vec<u8>>> {
+    let p = std::path::Path::new(path);
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return Ok(None);
+    };
+    let Ok(Some(dir)) = fs.root.get_directory_opt(parent.as_os_str()) else {
+        return Ok(None);
+    };
+    match dir.get_file_opt(name, &fs.leaves) {
+        Ok(Some(f)) => Ok(Some(composefs::fs::read_file(f, repo)?.into_vec())),
+        _ => Ok(None),
+    }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::composefs_store::{self, Repo};
 use crate::origin::{ImgInfoRef, Origin, parse_imginfo};
-use crate::sysroot::{STATE_DEPLOY_DIR, SHARED_VAR_DIR, Sysroot};
+use crate::sysroot::{SHARED_VAR_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
 
 /// `state/deploy/<id>`.
@@ -40,7 +40,12 @@ pub fn read_origin(sysroot: &Sysroot, id: &str) -> Result<Origin> {
 
 /// The manifest digest of a deployment: from its origin, else from the
 /// legacy `.imginfo` (never from the network).
-pub fn manifest_digest(sysroot: &Sysroot, repo: &Repo, id: &str, origin: &Origin) -> Result<String> {
+pub fn manifest_digest(
+    sysroot: &Sysroot,
+    repo: &Repo,
+    id: &str,
+    origin: &Origin,
+) -> Result<String> {
     if let Some(d) = &origin.manifest_digest {
         return Ok(d.clone());
     }
@@ -92,7 +97,11 @@ pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<()> {
         dir.rename(format!("{SHARED_VAR_DIR}.tmp"), dir, SHARED_VAR_DIR)?;
     }
     dir.symlink("../../os/default/var", format!("{tmp_rel}/var"))?;
-    util::atomic_write(dir, format!("{tmp_rel}/{}.origin", d.id), d.origin.to_text().as_bytes())?;
+    util::atomic_write(
+        dir,
+        format!("{tmp_rel}/{}.origin", d.id),
+        d.origin.to_text().as_bytes(),
+    )?;
     util::fsync_dir(dir, Some(Path::new(&tmp_rel)))?;
     dir.rename(&tmp_rel, dir, &final_rel)?;
     util::fsync_dir(dir, Some(Path::new(STATE_DEPLOY_DIR)))?;

@@ -12,19 +12,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use composefs::generic_tree::{Directory, Inode, LeafContent, LeafId, Stat};
 use composefs::tree::{FileSystem, RegularFile};
-use rustix::fs::{AtFlags, CWD, Mode, Timestamps, Timespec};
+use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
 
 use crate::composefs_store::{ObjectId, Repo, open_file_content};
 
 /// Copies the image directory `src` (e.g. `/etc`) of `fs` to `dest`, which
 /// must not exist. Returns the number of entries written; a missing `src`
 /// gives an empty directory.
-pub fn materialize(
-    fs: &FileSystem<ObjectId>,
-    src: &str,
-    repo: &Repo,
-    dest: &Path,
-) -> Result<u64> {
+pub fn materialize(fs: &FileSystem<ObjectId>, src: &str, repo: &Repo, dest: &Path) -> Result<u64> {
     let root = fs.as_dir();
     let dir = match root.get_directory_opt(OsStr::new(src)) {
         Ok(Some(d)) => d,
@@ -134,6 +129,14 @@ fn apply_stat(path: &Path, st: &Stat, is_link: bool) -> Result<()> {
         tv_sec: st.st_mtim_sec,
         tv_nsec: st.st_mtim_nsec as _,
     };
-    rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, flags)?;
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        flags,
+    )?;
     Ok(())
 }

@@ -165,7 +165,10 @@ mod tests {
         assert_eq!(r.to_string(), "docker://127.0.0.1:5000/os:v1");
         assert_eq!(r.registry_host(), Some("127.0.0.1:5000"));
         let r = ImageRef::parse("oci:/tmp/x:v1").unwrap();
-        assert_eq!((r.transport, r.name.as_str()), (Transport::Oci, "/tmp/x:v1"));
+        assert_eq!(
+            (r.transport, r.name.as_str()),
+            (Transport::Oci, "/tmp/x:v1")
+        );
         let r = ImageRef::parse("oci-archive:/tmp/x.tar").unwrap();
         assert_eq!(r.transport, Transport::OciArchive);
         let r = ImageRef::parse("containers-storage:localhost/os").unwrap();
@@ -179,9 +182,14 @@ mod tests {
     #[test]
     fn rejects_unknown_transport_and_empty() {
         let e = ImageRef::parse("ftp:/x").unwrap_err();
-        assert!(matches!(e, ImageRefError::UnknownTransport { ref transport, .. } if transport == "ftp"));
+        assert!(
+            matches!(e, ImageRefError::UnknownTransport { ref transport, .. } if transport == "ftp")
+        );
         assert!(e.to_string().contains("unknown transport"));
-        assert!(matches!(ImageRef::parse("oci:"), Err(ImageRefError::Empty(_))));
+        assert!(matches!(
+            ImageRef::parse("oci:"),
+            Err(ImageRefError::Empty(_))
+        ));
         assert!(matches!(ImageRef::parse(""), Err(ImageRefError::Empty(_))));
     }
 

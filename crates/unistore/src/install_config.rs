@@ -101,11 +101,21 @@ impl InstallConfig {
         let f: File = toml::from_str(text).with_context(|| format!("install config {name}"))?;
         let Some(t) = f.install else { return Ok(()) };
         if let Some(archs) = &t.match_architectures
-            && !archs.iter().any(|a| a == arch || (a == "x86_64" && arch == "amd64"))
+            && !archs
+                .iter()
+                .any(|a| a == arch || (a == "x86_64" && arch == "amd64"))
         {
             return Ok(());
         }
-        let _ = (&t.root_fs_type, &t.block, &t.filesystem, &t.stateroot, &t.boot, &t.ostree, &t.bootupd);
+        let _ = (
+            &t.root_fs_type,
+            &t.block,
+            &t.filesystem,
+            &t.stateroot,
+            &t.boot,
+            &t.ostree,
+            &t.bootupd,
+        );
         if let Some(k) = t.kargs {
             self.kargs.extend(k);
         }
@@ -154,12 +164,20 @@ mod tests {
     #[test]
     fn merges_in_order() {
         let mut c = InstallConfig::default();
-        c.merge_text("a", "[install]\nkargs = [\"a=1\"]\n[install.storage]\nunified = \"enabled\"\n", "amd64")
-            .unwrap();
+        c.merge_text(
+            "a",
+            "[install]\nkargs = [\"a=1\"]\n[install.storage]\nunified = \"enabled\"\n",
+            "amd64",
+        )
+        .unwrap();
         c.merge_text("b", "[install]\nkargs = [\"b\"]\nroot-fs-type = \"xfs\"\n[install.storage]\nunified = \"enabled-with-copy\"\n", "amd64")
             .unwrap();
-        c.merge_text("c", "[install]\nkargs = [\"c\"]\nmatch-architectures = [\"aarch64\"]\n", "amd64")
-            .unwrap();
+        c.merge_text(
+            "c",
+            "[install]\nkargs = [\"c\"]\nmatch-architectures = [\"aarch64\"]\n",
+            "amd64",
+        )
+        .unwrap();
         assert_eq!(c.kargs, vec!["a=1", "b"]);
         assert_eq!(c.unified, Some(UnifiedMode::EnabledWithCopy));
     }
@@ -167,10 +185,18 @@ mod tests {
     #[test]
     fn bad_keys_are_clear_errors() {
         let mut c = InstallConfig::default();
-        let e = c.merge_text("x.toml", "[install]\nkarg = [\"a\"]\n", "amd64").unwrap_err();
+        let e = c
+            .merge_text("x.toml", "[install]\nkarg = [\"a\"]\n", "amd64")
+            .unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("x.toml") && msg.contains("karg"), "{msg}");
-        let e = c.merge_text("y.toml", "[install.storage]\nunified = \"maybe\"\n", "amd64").unwrap_err();
+        let e = c
+            .merge_text(
+                "y.toml",
+                "[install.storage]\nunified = \"maybe\"\n",
+                "amd64",
+            )
+            .unwrap_err();
         assert!(format!("{e:#}").contains("maybe"));
         assert_eq!(c, InstallConfig::default());
     }

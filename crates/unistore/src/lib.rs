@@ -16,6 +16,7 @@ pub mod design;
 pub mod etc;
 pub mod imgref;
 pub mod install_config;
+pub mod oci_layout;
 pub mod ops;
 pub mod origin;
 pub mod progress;

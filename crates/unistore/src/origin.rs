@@ -91,7 +91,9 @@ pub enum ImgInfoRef {
 /// Reads a legacy `.imginfo` file.
 pub fn parse_imginfo(text: &str) -> Result<ImgInfoRef> {
     let v: serde_json::Value = serde_json::from_str(text).context("imginfo is not JSON")?;
-    let manifest = v.get("manifest").ok_or_else(|| anyhow!("imginfo has no manifest"))?;
+    let manifest = v
+        .get("manifest")
+        .ok_or_else(|| anyhow!("imginfo has no manifest"))?;
     if let Some(d) = manifest.as_str() {
         validate_digest(d)?;
         return Ok(ImgInfoRef::Manifest(d.to_string()));
@@ -119,16 +121,24 @@ mod tests {
             manifest_digest: Some(D.into()),
         };
         let t = o.to_text();
-        assert!(t.contains("container-image-reference=ostree-unverified-image:docker://127.0.0.1:5000/os:v1"));
+        assert!(t.contains(
+            "container-image-reference=ostree-unverified-image:docker://127.0.0.1:5000/os:v1"
+        ));
         assert_eq!(Origin::parse(&t).unwrap(), o);
     }
 
     #[test]
     fn broken_files_are_errors() {
-        assert!(Origin::parse("[origin]\n").unwrap_err().to_string().contains("container-image-reference"));
+        assert!(
+            Origin::parse("[origin]\n")
+                .unwrap_err()
+                .to_string()
+                .contains("container-image-reference")
+        );
         let bad = "[origin]\ncontainer-image-reference=ostree-unverified-image:docker://x/y\n[image]\nmanifest_digest=md5:1\n";
         assert!(Origin::parse(bad).is_err());
-        let no_digest = "[origin]\ncontainer-image-reference=ostree-unverified-image:docker://x/y\n";
+        let no_digest =
+            "[origin]\ncontainer-image-reference=ostree-unverified-image:docker://x/y\n";
         assert_eq!(Origin::parse(no_digest).unwrap().manifest_digest, None);
     }
 

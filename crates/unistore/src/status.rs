@@ -116,7 +116,10 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
     let mut errors = vec![];
     let id = entry.deployment_id().unwrap_or_default().to_string();
     if id.is_empty() {
-        errors.push(format!("{} names no composefs= deployment", entry.file_name));
+        errors.push(format!(
+            "{} names no composefs= deployment",
+            entry.file_name
+        ));
     }
     let origin = match deployment::read_origin(sysroot, &id) {
         Ok(o) => Some(o),
@@ -156,7 +159,10 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
         ostree: None,
         composefs: Some(ComposefsStatus {
             verity: id,
-            boot_type: origin.as_ref().map(|o| o.boot_type.clone()).unwrap_or_else(|| "bls".into()),
+            boot_type: origin
+                .as_ref()
+                .map(|o| o.boot_type.clone())
+                .unwrap_or_else(|| "bls".into()),
             bootloader: "grub".into(),
             boot_digest: origin.as_ref().and_then(|o| o.boot_digest.clone()),
             missing_verity_allowed: entry.missing_verity_allowed(),
@@ -198,10 +204,16 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
     Ok(Host {
         api_version: "org.containers.bootc/v1",
         kind: "BootcHost",
-        metadata: Metadata { name: "host".into() },
+        metadata: Metadata {
+            name: "host".into(),
+        },
         spec: HostSpec {
             image: spec_image,
-            boot_order: if rollback_queued { "rollback" } else { "default" },
+            boot_order: if rollback_queued {
+                "rollback"
+            } else {
+                "default"
+            },
         },
         status: HostStatus {
             staged: None,

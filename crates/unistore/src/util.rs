@@ -36,10 +36,18 @@ pub fn atomic_write(dir: &Dir, name: impl AsRef<Path>, contents: &[u8]) -> Resul
 
 /// fsyncs a directory (relative to `dir`; `None` or empty means `dir`).
 pub fn fsync_dir(dir: &Dir, rel: Option<&Path>) -> Result<()> {
-    let d = match rel {
-        Some(p) if !p.as_os_str().is_empty() => dir.open_dir(p)?,
-        _ => dir.try_clone()?,
+    // cap-std directory handles may be O_PATH, which cannot be fsynced.
+    let rel = match rel {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     };
+    let d = rustix::fs::openat(
+        dir,
+        rel,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .with_context(|| format!("opening {} to fsync it", rel.display()))?;
     rustix::fs::fsync(&d)?;
     Ok(())
 }

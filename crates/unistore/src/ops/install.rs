@@ -34,6 +34,8 @@ pub struct InstallOpts {
     pub target: Option<ImageRef>,
     /// Extra kernel arguments, after those of the image's install config.
     pub kargs: Vec<String>,
+    /// How to reach registries.
+    pub fetch: composefs_store::FetchConfig,
 }
 
 /// What an install did.
@@ -60,7 +62,11 @@ struct Created<'a> {
 
 impl<'a> Created<'a> {
     fn new(sysroot: &'a Sysroot) -> Self {
-        Self { sysroot, paths: vec![], armed: true }
+        Self {
+            sysroot,
+            paths: vec![],
+            armed: true,
+        }
     }
     /// Remember `rel` for removal if it does not exist yet.
     fn track(&mut self, rel: &str) -> Result<()> {
@@ -132,7 +138,7 @@ async fn install_inner(
         boot_image_id: id,
         stats,
         ..
-    } = composefs_store::pull(&repo, &opts.source, progress.clone()).await?;
+    } = composefs_store::pull(&repo, &opts.source, &opts.fetch, progress.clone()).await?;
 
     progress::step(&progress, "Reading the image");
     let img = composefs_store::open_image(&repo, &manifest_digest)?;
@@ -140,13 +146,7 @@ async fn install_inner(
         .read_filesystem(&repo, false)
         .context("reading the image's filesystem")?;
     let kernel = bootloader::find_kernel(&fs)?;
-    let os_release = fs
-        .as_dir()
-        .get_file_opt("/usr/lib/os-release".as_ref())
-        .ok()
-        .flatten()
-        .map(|f| composefs::fs::read_file(f, &repo))
-        .transpose()?
+    let os_release = composefs_store::read_image_file(&fs, &repo, "/usr/lib/os-release")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let osr = OsReleaseInfo::parse(&os_release);
@@ -171,7 +171,12 @@ async fn install_inner(
     created.track(&deployment::state_dir(&id))?;
     deployment::create(
         sysroot,
-        &NewDeployment { id: &id, origin: &origin, fs: &fs, repo: &repo },
+        &NewDeployment {
+            id: &id,
+            origin: &origin,
+            fs: &fs,
+            repo: &repo,
+        },
     )?;
 
     progress::step(&progress, format!("Writing kernel {}", kernel.kver));
@@ -199,8 +204,12 @@ async fn install_inner(
     drop(img);
     drop(repo);
     dir.create_dir_all(ENTRIES_DIR)?;
-    util::atomic_write(dir, format!("{ENTRIES_DIR}/{}", entry.file_name), entry.render().as_bytes())
-        .context("writing the boot entry")?;
+    util::atomic_write(
+        dir,
+        format!("{ENTRIES_DIR}/{}", entry.file_name),
+        entry.render().as_bytes(),
+    )
+    .context("writing the boot entry")?;
     Ok(InstallResult {
         deployment_id: id,
         manifest_digest,

@@ -27,7 +27,9 @@ pub fn mount_deployment(sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) 
     };
     let state = deployment::state_dir(&id);
     if !sysroot.dir().try_exists(&state)? {
-        return Err(anyhow!("deployment {id} does not exist ({state} is missing)"));
+        return Err(anyhow!(
+            "deployment {id} does not exist ({state} is missing)"
+        ));
     }
     let repo = composefs_store::open(sysroot)?;
     repo.mount_at(&id, mountpoint, &MountOptions::default())

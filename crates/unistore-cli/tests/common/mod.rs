@@ -1,0 +1,157 @@
+//! Shared helpers of the end-to-end tests: run the real binary, compare a
+//! mounted tree against the fixture's expected tree, snapshot a root.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+use unistore_fixtures::image::{EntryKind, ExpectedEntry};
+
+/// The binary under test.
+pub fn unistore() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_unistore"));
+    c.env_remove("UNISTORE_LOG");
+    c
+}
+
+/// Runs and returns the output, printing it for failed-test diagnosis.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawning unistore");
+    eprintln!(
+        "$ {:?}\n  status: {}\n  stdout: {}\n  stderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "command failed: {cmd:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs and asserts failure with exactly one `error:` line on stderr that
+/// contains `needle`; returns that line.
+pub fn run_fails(cmd: &mut Command, needle: &str) -> String {
+    let out = run(cmd);
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded: {cmd:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
+    assert!(
+        errors[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error line {:?} does not mention {needle:?}",
+        errors[0]
+    );
+    errors[0].to_string()
+}
+
+/// Every path below `root` with its type, mode, size and mtime.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u64, i64, i64)> {
+    let mut out = BTreeMap::new();
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, (u32, u64, i64, i64)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            out.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                (m.mode(), m.len(), m.mtime(), m.mtime_nsec()),
+            );
+            if m.is_dir() {
+                walk(&p, root, out);
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn sha256_file(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Paths the boot transform empties (`/boot`, `/sysroot`, `/run`): their
+/// contents are not in the boot image.
+pub fn boot_transformed(path: &str) -> bool {
+    ["/boot/", "/sysroot/", "/run/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// Compares the tree mounted at `mnt` with `expected`; returns the number of
+/// entries checked.
+pub fn compare_tree(mnt: &Path, expected: &[ExpectedEntry]) -> usize {
+    let mut checked = 0;
+    for e in expected {
+        if boot_transformed(&e.path) {
+            continue;
+        }
+        let p = mnt.join(e.path.trim_start_matches('/'));
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|err| panic!("{}: {err}", e.path));
+        assert_eq!(m.uid(), e.uid, "uid of {}", e.path);
+        assert_eq!(m.gid(), e.gid, "gid of {}", e.path);
+        match &e.kind {
+            EntryKind::Dir => assert!(m.is_dir(), "{} is not a dir", e.path),
+            EntryKind::File { sha256, size } => {
+                assert!(m.is_file(), "{} is not a file", e.path);
+                assert_eq!(m.len(), *size, "size of {}", e.path);
+                assert_eq!(&sha256_file(&p), sha256, "content of {}", e.path);
+            }
+            EntryKind::Symlink { target } => {
+                assert!(m.file_type().is_symlink(), "{} is not a symlink", e.path);
+                assert_eq!(
+                    std::fs::read_link(&p).unwrap().to_str().unwrap(),
+                    target,
+                    "target of {}",
+                    e.path
+                );
+            }
+            EntryKind::Hardlink { to } => {
+                let other =
+                    std::fs::symlink_metadata(mnt.join(to.trim_start_matches('/'))).unwrap();
+                assert_eq!(m.ino(), other.ino(), "{} is not a hardlink of {to}", e.path);
+                assert!(m.nlink() >= 2);
+            }
+            EntryKind::CharDev { .. } | EntryKind::BlockDev { .. } | EntryKind::Fifo => {}
+        }
+        if !m.file_type().is_symlink() {
+            assert_eq!(
+                m.permissions().mode() & 0o7777,
+                e.mode,
+                "mode of {} ({:o} vs {:o})",
+                e.path,
+                m.permissions().mode() & 0o7777,
+                e.mode
+            );
+        }
+        for (k, v) in &e.xattrs {
+            let mut buf = vec![0u8; 4096];
+            let n = rustix::fs::lgetxattr(&p, k.as_str(), &mut buf)
+                .unwrap_or_else(|err| panic!("xattr {k} of {}: {err}", e.path));
+            assert_eq!(&buf[..n], &v[..], "xattr {k} of {}", e.path);
+        }
+        checked += 1;
+    }
+    checked
+}
+
+/// Unmounts everything below `mnt`.
+pub fn umount_all(mnt: &Path) {
+    let _ = Command::new("umount").arg("-R").arg(mnt).status();
+}

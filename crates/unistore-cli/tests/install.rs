@@ -1,0 +1,261 @@
+//! End-to-end: `install to-filesystem`, `status`, `internals mount` on real
+//! loop-mounted XFS and ext4, from `oci:` and from a real registry.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+use unistore_fixtures::env::{FsKind, LoopFs, Registry};
+use unistore_fixtures::image::{BuiltImage, TestImageOpts, build_test_image};
+
+fn image(dir: &Path, tag: &str, version: &str) -> BuiltImage {
+    let opts = TestImageOpts {
+        version: version.into(),
+        ..Default::default()
+    };
+    build_test_image(dir, tag, &opts).unwrap()
+}
+
+fn status_json(root: &Path) -> Value {
+    let out = run_ok(
+        unistore()
+            .args(["--sysroot"])
+            .arg(root)
+            .args(["status", "--json"]),
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Checks an installed root: status, boot entry, mounted tree.
+fn check_installed(root: &Path, img: &BuiltImage, image_name: &str, transport: &str) {
+    let st = status_json(root);
+    let booted = &st["status"]["booted"];
+    assert_eq!(st["kind"], "BootcHost");
+    assert_eq!(st["apiVersion"], "org.containers.bootc/v1");
+    assert_eq!(booted["image"]["image"]["image"], image_name);
+    assert_eq!(booted["image"]["image"]["transport"], transport);
+    assert_eq!(booted["image"]["imageDigest"], img.manifest_digest.as_str());
+    assert_eq!(booted["image"]["architecture"], "amd64");
+    assert_eq!(booted["image"]["version"], "1.0");
+    assert!(st["status"]["rollback"].is_null());
+    let id = booted["composefs"]["verity"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 128, "SHA-512 verity id");
+    assert!(
+        booted["composefs"]["missingVerityAllowed"]
+            .as_bool()
+            .unwrap()
+    );
+
+    // The bootc layout.
+    assert!(root.join(format!("composefs/images/{id}")).exists());
+    let tag = format!("localhost%2Fbootc-{}", img.manifest_digest);
+    assert!(
+        root.join("composefs/streams/refs/oci").join(&tag).exists(),
+        "tag {tag}"
+    );
+    let state = root.join(format!("state/deploy/{id}"));
+    assert!(state.join("etc/hostname").is_file());
+    assert_eq!(
+        std::fs::read_link(state.join("var"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "../../os/default/var"
+    );
+    let origin = std::fs::read_to_string(state.join(format!("{id}.origin"))).unwrap();
+    assert!(
+        origin.contains(&format!("manifest_digest={}", img.manifest_digest)),
+        "{origin}"
+    );
+
+    // The boot entry points at files that exist and carry the image's kernel.
+    let entries: Vec<_> = std::fs::read_dir(root.join("boot/loader/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    let entry = std::fs::read_to_string(&entries[0]).unwrap();
+    assert!(entry.contains(&format!("composefs=?{id}")), "{entry}");
+    assert!(entry.contains("rw"));
+    for key in ["linux", "initrd"] {
+        let line = entry.lines().find(|l| l.starts_with(key)).unwrap();
+        let p = line.split_whitespace().nth(1).unwrap();
+        let f = root.join(p.trim_start_matches('/'));
+        assert!(f.is_file(), "{key} {p} does not exist");
+    }
+    let vmlinuz = root.join(format!("boot/bootc_composefs-{id}/vmlinuz"));
+    let want = img
+        .expected
+        .iter()
+        .find(|e| e.path.ends_with("/vmlinuz"))
+        .expect("fixture has a kernel");
+    let unistore_fixtures::image::EntryKind::File { size, .. } = &want.kind else {
+        panic!()
+    };
+    assert_eq!(std::fs::metadata(&vmlinuz).unwrap().len(), *size);
+
+    // Mount it as the initramfs would and compare every file.
+    let mnt = tempfile::tempdir().unwrap();
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(root)
+            .args(["internals", "mount"])
+            .arg(mnt.path()),
+    );
+    let checked = std::panic::catch_unwind(|| compare_tree(mnt.path(), &img.expected));
+    // The deployment's /etc is what is mounted over /etc.
+    let hostname_ok = std::fs::read(mnt.path().join("etc/hostname")).ok()
+        == std::fs::read(state.join("etc/hostname")).ok();
+    let ro = std::fs::write(mnt.path().join("usr/should-fail"), b"x").is_err();
+    umount_all(mnt.path());
+    let checked = checked.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(checked > 20, "only {checked} entries compared");
+    assert!(hostname_ok);
+    assert!(ro, "the mounted image must be read-only");
+}
+
+#[test]
+fn install_from_oci_on_xfs() {
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", "1.0");
+    let src = format!("oci:{}:v1", oci.display());
+    let out = run_ok(
+        unistore()
+            .args([
+                "install",
+                "to-filesystem",
+                "--json",
+                "--karg",
+                "console=ttyS0",
+                "--source-imgref",
+            ])
+            .arg(&src)
+            .arg(fs.path()),
+    );
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["manifest_digest"], img.manifest_digest.as_str());
+    check_installed(fs.path(), &img, &format!("{}:v1", oci.display()), "oci");
+    let entry = std::fs::read_dir(fs.path().join("boot/loader/entries"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::read_to_string(entry)
+            .unwrap()
+            .contains("console=ttyS0")
+    );
+
+    // Human status says what "booted" means here.
+    let human = run_ok(unistore().arg("--sysroot").arg(fs.path()).arg("status"));
+    assert!(human.contains("not the running system"), "{human}");
+    assert!(human.contains(&img.manifest_digest));
+
+    // Status reads only.
+    let before = snapshot(fs.path());
+    status_json(fs.path());
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["status", "--format", "yaml"]),
+    );
+    assert_eq!(before, snapshot(fs.path()), "status changed the root");
+
+    // A second install onto the same root is refused and changes nothing.
+    run_fails(
+        unistore()
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(&src)
+            .arg(fs.path()),
+        "already holds a deployment",
+    );
+    assert_eq!(before, snapshot(fs.path()));
+}
+
+#[test]
+fn install_from_registry_on_ext4() {
+    let fs = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", "1.0");
+    let reg = Registry::start().unwrap();
+    let src = reg.push_oci(&oci, "v1", "testos").unwrap();
+    run_ok(
+        unistore()
+            .env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(&src)
+            .arg(fs.path()),
+    );
+    check_installed(
+        fs.path(),
+        &img,
+        src.trim_start_matches("docker://"),
+        "registry",
+    );
+}
+
+/// Each bad input: one clear error line, non-zero exit, root unchanged.
+#[test]
+fn bad_inputs_leave_root_unchanged() {
+    let fs = LoopFs::new(FsKind::Xfs, 512).unwrap();
+    let root = fs.path();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", "1.0");
+    let before = snapshot(root);
+    let install = |src: &str, needle: &str| {
+        run_fails(
+            unistore()
+                .args(["install", "to-filesystem", "--source-imgref", src])
+                .arg(root),
+            needle,
+        );
+        assert_eq!(before, snapshot(root), "root changed after {src}");
+    };
+
+    install("ftp:/nowhere", "unknown transport");
+    install(
+        &format!("oci:{}/missing:v1", work.path().display()),
+        "missing",
+    );
+    install(&format!("oci:{}:nosuchtag", oci.display()), "nosuchtag");
+
+    // An image without a kernel.
+    let nok = work.path().join("nokernel");
+    build_test_image(
+        &nok,
+        "v1",
+        &TestImageOpts {
+            with_kernel: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    install(&format!("oci:{}:v1", nok.display()), "no kernel");
+
+    // A blob whose digest does not match its descriptor.
+    let bad = work.path().join("corrupt");
+    build_test_image(&bad, "v1", &TestImageOpts::default()).unwrap();
+    unistore_fixtures::image::corrupt_first_layer_blob(&bad).unwrap();
+    install(&format!("oci:{}:v1", bad.display()), "digest");
+
+    // A root that is not a directory.
+    let file = work.path().join("plainfile");
+    std::fs::write(&file, b"x").unwrap();
+    run_fails(
+        unistore()
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(format!("oci:{}:v1", oci.display()))
+            .arg(&file),
+        "not a directory",
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}

@@ -1,0 +1,123 @@
+//! Loop-mounted XFS/ext4 filesystems for tests that need reflinks, or their absence.
+
+use super::cmd::run;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Filesystem type of a [`LoopFs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsKind {
+    /// XFS with reflinks (`mkfs.xfs -m reflink=1`); needs at least 300 MiB.
+    Xfs,
+    /// ext4: no reflinks (the copy-fallback case).
+    Ext4,
+}
+
+/// A sparse image file under `/var/tmp`, formatted, attached to a free loop device and
+/// mounted at a fresh directory. Dropping it unmounts, detaches and removes everything.
+#[derive(Debug)]
+pub struct LoopFs {
+    kind: FsKind,
+    workdir: Option<tempfile::TempDir>,
+    mountpoint: PathBuf,
+    device: Option<String>,
+    mounted: bool,
+}
+
+impl LoopFs {
+    /// Create and mount a `size_mib` MiB filesystem of `kind`. Needs root.
+    pub fn new(kind: FsKind, size_mib: u64) -> Result<LoopFs> {
+        let workdir = tempfile::Builder::new()
+            .prefix("unistore-loopfs-")
+            .tempdir_in("/var/tmp")
+            .context("creating work dir under /var/tmp")?;
+        let image = workdir.path().join("disk.img");
+        let mountpoint = workdir.path().join("mnt");
+        std::fs::create_dir(&mountpoint)?;
+        let f = std::fs::File::create(&image)?;
+        f.set_len(size_mib * 1024 * 1024)?;
+        drop(f);
+        let mut fs = LoopFs {
+            kind,
+            workdir: Some(workdir),
+            mountpoint,
+            device: None,
+            mounted: false,
+        };
+        match kind {
+            FsKind::Xfs => run(Command::new("mkfs.xfs")
+                .args(["-q", "-f", "-m", "reflink=1"])
+                .arg(&image))?,
+            FsKind::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?,
+        };
+        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
+        let dev = dev.trim().to_string();
+        anyhow::ensure!(dev.starts_with("/dev/"), "losetup printed {dev:?}");
+        fs.device = Some(dev.clone());
+        run(Command::new("mount").arg(&dev).arg(&fs.mountpoint))?;
+        fs.mounted = true;
+        Ok(fs)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The filesystem type.
+    pub fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    /// The loop device, e.g. `/dev/loop3`.
+    pub fn device(&self) -> &str {
+        self.device.as_deref().unwrap_or("")
+    }
+
+    /// Bytes available to unprivileged users (statvfs `f_bavail * f_frsize`).
+    pub fn free_bytes(&self) -> u64 {
+        rustix::fs::statvfs(&self.mountpoint)
+            .map(|s| s.f_bavail * s.f_frsize)
+            .unwrap_or(0)
+    }
+
+    /// Flush this filesystem (syncfs), so space accounting is up to date.
+    pub fn sync(&self) {
+        if let Ok(d) = std::fs::File::open(&self.mountpoint) {
+            let _ = rustix::fs::syncfs(&d);
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let ok = Command::new("umount")
+                .arg("-R")
+                .arg(&self.mountpoint)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!(
+                    "unistore-fixtures: umount {:?} failed, detaching lazily",
+                    self.mountpoint
+                );
+                let _ = Command::new("umount")
+                    .args(["-R", "-l"])
+                    .arg(&self.mountpoint)
+                    .status();
+            }
+        }
+        if let Some(dev) = &self.device
+            && let Err(e) = run(Command::new("losetup").arg("-d").arg(dev))
+        {
+            eprintln!("unistore-fixtures: {e:#}");
+        }
+        if let Some(w) = self.workdir.take()
+            && let Err(e) = w.close()
+        {
+            eprintln!("unistore-fixtures: removing loopfs work dir: {e}");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Generating OCI images for tests, and describing what their merged tree must contain.
+//!
+//! * [`build_test_image`]: a small deterministic multi-layer image exercising whiteouts,
+//!   opaque dirs, hard links, symlinks, xattrs, odd modes and owners, and a kernel.
+//! * [`build_from_rootfs`]: pack a real root filesystem directory.
+//! * [`BuiltImage::expected`] is computed by applying the written layer blobs in memory
+//!   ([`merge`]); [`verify::compare_tree`] compares a real tree with it.
+//! * [`corrupt_first_layer_blob`] prepares bad input.
+
+pub mod expected;
+pub mod layer;
+pub mod merge;
+pub mod oci;
+pub mod rootfs;
+pub mod synthetic;
+pub mod verify;
+
+pub use expected::{
+    COMPOSEFS_VISIBLE_XATTRS, EntryKind, ExpectedEntry, Xattrs, find_entry,
+    is_composefs_visible_xattr,
+};
+pub use oci::{corrupt_first_layer_blob, expected_from_oci, layer_blobs};
+pub use rootfs::build_from_rootfs;
+pub use synthetic::{TEST_KVER, TestImageOpts, build_test_image};
+pub use verify::{CompareOpts, XattrCheck, compare_tree, scan_tree};
+
+/// The result of building an image.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuiltImage {
+    /// `sha256:<hex>` of the manifest.
+    pub manifest_digest: String,
+    /// `sha256:<hex>` of the config.
+    pub config_digest: String,
+    /// `sha256:<hex>` of each uncompressed layer, bottom first.
+    pub diff_ids: Vec<String>,
+    /// The final merged tree (whiteouts applied), sorted by path, root omitted.
+    pub expected: Vec<ExpectedEntry>,
+}
+
+impl BuiltImage {
+    /// The expected entry at absolute `path`.
+    pub fn entry(&self, path: &str) -> Option<&ExpectedEntry> {
+        find_entry(&self.expected, path)
+    }
+}
