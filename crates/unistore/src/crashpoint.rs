@@ -6,10 +6,8 @@
 /// SIGKILLs this process if `UNISTORE_CRASHPOINT` names this point.
 pub fn hit(name: &str) {
     if std::env::var_os("UNISTORE_CRASHPOINT").is_some_and(|v| v == name) {
-        let _ = rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::KILL,
-        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; this is never reached.
         std::process::abort();
     }

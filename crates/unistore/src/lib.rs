@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bootloader;
 pub mod composefs_store;
 pub mod crashpoint;
+pub mod deploy;
 pub mod deployment;
 pub mod design;
 pub mod etc;

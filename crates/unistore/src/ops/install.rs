@@ -13,14 +13,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use composefs_boot::os_release::OsReleaseInfo;
 
-use crate::bootloader::{self, BlsEntry};
 use crate::composefs_store::{self, Pulled};
-use crate::deployment::{self, NewDeployment};
+use crate::deploy::{self, DeployRequest};
+use crate::deployment;
 use crate::imgref::ImageRef;
-use crate::install_config::InstallConfig;
-use crate::origin::Origin;
 use crate::progress::{self, Progress};
 use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
@@ -140,69 +137,24 @@ async fn install_inner(
         ..
     } = composefs_store::pull(&repo, &opts.source, &opts.fetch, progress.clone()).await?;
 
-    progress::step(&progress, "Reading the image");
-    let img = composefs_store::open_image(&repo, &manifest_digest)?;
-    let fs = img
-        .read_filesystem(&repo, false)
-        .context("reading the image's filesystem")?;
-    let kernel = bootloader::find_kernel(&fs)?;
-    let os_release = composefs_store::read_image_file(&fs, &repo, "/usr/lib/os-release")?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let osr = OsReleaseInfo::parse(&os_release);
-    let os_id = osr.get_value(&["ID"]).unwrap_or_else(|| "linux".into());
-    let version = img
-        .label("org.opencontainers.image.version")
-        .map(str::to_string)
-        .or_else(|| osr.get_value(&["VERSION_ID"]))
-        .unwrap_or_else(|| "0".into());
-    let title = osr
-        .get_pretty_name()
-        .unwrap_or_else(|| format!("{os_id} {version}"));
-    let config = InstallConfig::from_image(&fs, &repo, &img.architecture())?;
-
     progress::step(&progress, format!("Deploying {id}"));
-    let origin = Origin {
-        image: opts.target.clone().unwrap_or_else(|| opts.source.clone()),
-        boot_type: "bls".into(),
-        boot_digest: Some(bootloader::boot_digest(&kernel, &repo)?),
-        manifest_digest: Some(manifest_digest.clone()),
-    };
-    created.track(&deployment::state_dir(&id))?;
-    deployment::create(
+    let origin_image = opts.target.clone().unwrap_or_else(|| opts.source.clone());
+    let deployed = deploy::deploy_image(
         sysroot,
-        &NewDeployment {
+        &repo,
+        &DeployRequest {
+            manifest_digest: &manifest_digest,
             id: &id,
-            origin: &origin,
-            fs: &fs,
-            repo: &repo,
+            origin_image: &origin_image,
+            kargs: None,
+            extra_kargs: &opts.kargs,
+            reusable_kernels: &[],
         },
+        &mut |p| created.track(p),
     )?;
-
-    progress::step(&progress, format!("Writing kernel {}", kernel.kver));
-    let dir = sysroot.dir();
-    dir.create_dir_all(BOOT_DIR)?;
-    let boot = dir.open_dir(BOOT_DIR)?;
-    let kdir = bootloader::kernel_dir_name(&id);
-    created.track(&format!("{BOOT_DIR}/{kdir}"))?;
-    bootloader::write_kernel_dir(&boot, &kdir, &kernel, &repo)?;
-
-    let prefix = sysroot.boot_path_prefix()?;
-    let insecure = if repo.is_insecure() { "?" } else { "" };
-    let mut options = vec![format!("composefs={insecure}{id}"), "rw".to_string()];
-    options.extend(config.kargs.iter().cloned());
-    options.extend(opts.kargs.iter().cloned());
-    let entry = BlsEntry {
-        file_name: bootloader::entry_file_name(&os_id, &version, true),
-        title,
-        version: version.clone(),
-        sort_key: Some(bootloader::sort_key(&os_id, true)),
-        linux: format!("{prefix}/{kdir}/vmlinuz"),
-        initrd: format!("{prefix}/{kdir}/initrd"),
-        options,
-    };
-    drop(img);
+    let entry = deployed.entry;
     drop(repo);
+    let dir = sysroot.dir();
     dir.create_dir_all(ENTRIES_DIR)?;
     util::atomic_write(
         dir,
@@ -214,7 +166,7 @@ async fn install_inner(
         deployment_id: id,
         manifest_digest,
         entry_file: entry.file_name,
-        kernel_version: kernel.kver,
+        kernel_version: deployed.kernel_version,
         bytes_stored: stats.new_bytes() + stats.bytes_inlined,
     })
 }

@@ -1,0 +1,140 @@
+//! Turning a pulled image into a deployment: its state directory, its
+//! kernel directory (reusing an identical pair of another deployment) and
+//! the loader entry that will name it. Shared by install, upgrade and switch;
+//! where the entry is written (entries/ or entries.staged/) is the caller's.
+
+use anyhow::{Context, Result};
+use composefs_boot::os_release::OsReleaseInfo;
+
+use crate::bootloader::{self, BlsEntry};
+use crate::composefs_store::{self, Repo};
+use crate::deployment::{self, NewDeployment};
+use crate::imgref::ImageRef;
+use crate::install_config::InstallConfig;
+use crate::origin::Origin;
+use crate::sysroot::{BOOT_DIR, Sysroot};
+
+/// What to deploy.
+pub struct DeployRequest<'a> {
+    /// The image, already in the repository.
+    pub manifest_digest: &'a str,
+    /// Its boot EROFS id: the deployment id.
+    pub id: &'a str,
+    /// The reference the deployment follows.
+    pub origin_image: &'a ImageRef,
+    /// Kernel arguments after `composefs=` and `rw`. `None`: those of the
+    /// image's install config.
+    pub kargs: Option<Vec<String>>,
+    /// Extra kernel arguments appended in all cases.
+    pub extra_kargs: &'a [String],
+    /// Kernel directories of live deployments that may be reused when their
+    /// origin records the same boot digest: `(kernel dir, boot digest)`.
+    pub reusable_kernels: &'a [(String, String)],
+}
+
+/// A deployment ready to be named by an entry.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The primary entry naming it (the caller picks the directory).
+    pub entry: BlsEntry,
+    /// Kernel version.
+    pub kernel_version: String,
+    /// The kernel directory under `boot/` the entry uses.
+    pub kernel_dir: String,
+    /// Whether the kernel directory was shared with another deployment.
+    pub kernel_reused: bool,
+}
+
+/// Creates the state directory (unless it exists) and the kernel directory.
+/// `track` is called with each path about to be created, so an install can
+/// remove them if a later step fails.
+pub fn deploy_image(
+    sysroot: &Sysroot,
+    repo: &Repo,
+    req: &DeployRequest<'_>,
+    track: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Deployed> {
+    let id = req.id;
+    let img = composefs_store::open_image(repo, req.manifest_digest)?;
+    let fs = img
+        .read_filesystem(repo, false)
+        .context("reading the image's filesystem")?;
+    let kernel = bootloader::find_kernel(&fs)?;
+    let os_release = composefs_store::read_image_file(&fs, repo, "/usr/lib/os-release")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let osr = OsReleaseInfo::parse(&os_release);
+    let os_id = osr.get_value(&["ID"]).unwrap_or_else(|| "linux".into());
+    let version = img
+        .label("org.opencontainers.image.version")
+        .map(str::to_string)
+        .or_else(|| osr.get_value(&["VERSION_ID"]))
+        .unwrap_or_else(|| "0".into());
+    let title = osr
+        .get_pretty_name()
+        .unwrap_or_else(|| format!("{os_id} {version}"));
+    let kargs = match &req.kargs {
+        Some(k) => k.clone(),
+        None => InstallConfig::from_image(&fs, repo, &img.architecture())?.kargs,
+    };
+    let boot_digest = bootloader::boot_digest(&kernel, repo)?;
+
+    let origin = Origin {
+        image: req.origin_image.clone(),
+        boot_type: "bls".into(),
+        boot_digest: Some(boot_digest.clone()),
+        manifest_digest: Some(req.manifest_digest.to_string()),
+    };
+    let state = deployment::state_dir(id);
+    if !sysroot.dir().try_exists(&state)? {
+        track(&state)?;
+        deployment::create(
+            sysroot,
+            &NewDeployment {
+                id,
+                origin: &origin,
+                fs: &fs,
+                repo,
+            },
+        )?;
+    }
+
+    let dir = sysroot.dir();
+    dir.create_dir_all(BOOT_DIR)?;
+    let boot = dir.open_dir(BOOT_DIR)?;
+    let reused = req
+        .reusable_kernels
+        .iter()
+        .find(|(kd, d)| *d == boot_digest && boot.try_exists(kd).unwrap_or(false))
+        .map(|(kd, _)| kd.clone());
+    let (kdir, kernel_reused) = match reused {
+        Some(kd) => (kd, true),
+        None => {
+            let kd = bootloader::kernel_dir_name(id);
+            track(&format!("{BOOT_DIR}/{kd}"))?;
+            bootloader::write_kernel_dir(&boot, &kd, &kernel, repo)?;
+            (kd, false)
+        }
+    };
+
+    let prefix = sysroot.boot_path_prefix()?;
+    let insecure = if repo.is_insecure() { "?" } else { "" };
+    let mut options = vec![format!("composefs={insecure}{id}"), "rw".to_string()];
+    options.extend(kargs);
+    options.extend(req.extra_kargs.iter().cloned());
+    let entry = BlsEntry {
+        file_name: bootloader::entry_file_name(&os_id, &version, true),
+        title,
+        version,
+        sort_key: Some(bootloader::sort_key(&os_id, true)),
+        linux: format!("{prefix}/{kdir}/vmlinuz"),
+        initrd: format!("{prefix}/{kdir}/initrd"),
+        options,
+    };
+    Ok(Deployed {
+        entry,
+        kernel_version: kernel.kver,
+        kernel_dir: kdir,
+        kernel_reused,
+    })
+}
