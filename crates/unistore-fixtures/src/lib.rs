@@ -6,11 +6,11 @@
 //!   into an OCI layout directory, packs an existing root filesystem (e.g. a debootstrap
 //!   tree) into an image, and computes the *expected* merged tree of an image by really
 //!   applying its layers (whiteouts included), so tests can compare a mounted tree to it.
-//! * [`env`]: real test environments that clean up on drop: loop-mounted XFS/ext4
+//! * [`mod@env`]: real test environments that clean up on drop: loop-mounted XFS/ext4
 //!   filesystems, a loopback `docker-registry`, a podman configuration that can run
 //!   containers on this kind of host, and a FIEMAP-based reflink check.
 //!
-//! Most of [`env`] needs root and the host tools (`mkfs.xfs`, `losetup`, `docker-registry`,
+//! Most of [`mod@env`] needs root and the host tools (`mkfs.xfs`, `losetup`, `docker-registry`,
 //! `skopeo`, `podman`); nothing in it silently skips.
 
 pub mod env;

@@ -2,13 +2,19 @@
 //!
 //! * `unistore-fixture test-image --out DIR --tag TAG [--version V] [--variant N] [--no-kernel]`
 //! * `unistore-fixture from-rootfs ROOTFS --out DIR --tag TAG [--version V]`
+//! * `unistore-fixture compare TREE --oci DIR --tag TAG [--xattrs MODE] [--ignore PATH]...`
 //!
-//! Both print the manifest digest on stdout.
+//! The first two print the manifest digest on stdout; `compare` prints the differences
+//! between a real tree (a mount, an unpacked bundle) and the image's merged layers, and
+//! exits with status 1 if there are any.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use unistore_fixtures::image::{TestImageOpts, build_from_rootfs, build_test_image};
+use unistore_fixtures::image::{
+    CompareOpts, TestImageOpts, XattrCheck, build_from_rootfs, build_test_image, compare_tree,
+    expected_from_oci,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,7 +45,7 @@ enum Cmd {
         /// Content variant: different kernels and a few files.
         #[arg(long, default_value_t = 1)]
         variant: u32,
-        /// Leave out /usr/lib/modules/<kver>/{vmlinuz,initramfs.img}.
+        /// Leave out the kernel and initramfs under /usr/lib/modules/6.1.0-test/.
         #[arg(long)]
         no_kernel: bool,
         /// Add deterministic pseudo-random payload files of this many MiB in total
@@ -68,29 +74,71 @@ enum Cmd {
         #[arg(long)]
         expected_json: Option<PathBuf>,
     },
+    /// Compare a real directory tree with the merged layers of an image.
+    Compare {
+        /// The tree to check (e.g. a composefs mount).
+        tree: PathBuf,
+        /// OCI layout directory holding the image.
+        #[arg(long)]
+        oci: PathBuf,
+        /// Tag of the image.
+        #[arg(long)]
+        tag: String,
+        /// Which xattrs to compare: composefs (security.capability), layer (also user.*),
+        /// ignore.
+        #[arg(long, default_value = "composefs")]
+        xattrs: String,
+        /// Absolute paths to leave out (with everything below), repeatable.
+        #[arg(long)]
+        ignore: Vec<String>,
+    },
 }
 
-fn payload(total_mib: u64) -> Vec<(String, Vec<u8>)> {
-    const CHUNK: u64 = 8;
-    let mut files = Vec::new();
-    let mut left = total_mib;
-    let mut i = 0;
-    while left > 0 {
-        let mib = left.min(CHUNK);
-        let seed = format!("payload-{i}");
-        files.push((
-            format!("/usr/share/unistore-payload/blob-{i:03}.bin"),
-            unistore_fixtures::rng::pseudo_random_bytes(&seed, (mib * 1024 * 1024) as usize),
-        ));
-        left -= mib;
-        i += 1;
+fn compare(
+    tree: PathBuf,
+    oci: PathBuf,
+    tag: String,
+    xattrs: String,
+    ignore: Vec<String>,
+) -> Result<()> {
+    let xattrs = match xattrs.as_str() {
+        "composefs" => XattrCheck::Composefs,
+        "layer" => XattrCheck::Layer,
+        "ignore" => XattrCheck::Ignore,
+        other => anyhow::bail!("unknown --xattrs {other:?}"),
+    };
+    let expected = expected_from_oci(&oci, &tag)?;
+    let opts = CompareOpts {
+        xattrs,
+        ignore,
+        ignore_owners: false,
+    };
+    let diffs = compare_tree(&tree, &expected, &opts)?;
+    for d in &diffs {
+        println!("{d}");
     }
-    files
+    if !diffs.is_empty() {
+        eprintln!(
+            "{} difference(s) in {} expected entries",
+            diffs.len(),
+            expected.len()
+        );
+        std::process::exit(1);
+    }
+    eprintln!("{} entries match", expected.len());
+    Ok(())
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (built, expected_json) = match cli.cmd {
+        Cmd::Compare {
+            tree,
+            oci,
+            tag,
+            xattrs,
+            ignore,
+        } => return compare(tree, oci, tag, xattrs, ignore),
         Cmd::TestImage {
             out,
             tag,
@@ -106,8 +154,9 @@ fn main() -> Result<()> {
                 os_id,
                 with_kernel: !no_kernel,
                 variant,
-                extra_files: payload(payload_mib),
+                extra_files: Vec::new(),
                 etc_files: Vec::new(),
+                payload_mib,
             };
             (build_test_image(&out, &tag, &opts)?, expected_json)
         }

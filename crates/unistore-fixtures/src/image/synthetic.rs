@@ -11,7 +11,7 @@
 //!    same for every variant (so objects are shared even when layers are not).
 //! 3. `config` — depends on `version`, `os_id`, `variant`, `etc_files`: os-release, a
 //!    whiteout, an opaque directory, an overwritten file, `/etc/unistore-test.conf`.
-//! 4. `extra` — only when `extra_files` is non-empty.
+//! 4. `extra` — only when `extra_files` is non-empty or `payload_mib` is set.
 
 use super::BuiltImage;
 use super::layer::{LayerTar, Meta};
@@ -39,6 +39,10 @@ pub const CAP_NET_RAW_EP: [u8; 20] = [
 
 const MIB: u64 = 1024 * 1024;
 
+/// Where [`TestImageOpts::payload_mib`] files go.
+pub const PAYLOAD_DIR: &str = "/usr/share/unistore-payload";
+const PAYLOAD_CHUNK_MIB: u64 = 8;
+
 /// Options of [`build_test_image`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestImageOpts {
@@ -57,6 +61,10 @@ pub struct TestImageOpts {
     /// Files under `/etc` (`"name"`, `"sub/name"` or `"/etc/name"`), mode 0644, in the
     /// config layer.
     pub etc_files: Vec<(String, Vec<u8>)>,
+    /// MiB of pseudo-random payload in the last layer, as 8 MiB files
+    /// `/usr/share/unistore-payload/blob-NNN.bin` (streamed, the same for every variant);
+    /// 0 for none. For benchmark-sized images.
+    pub payload_mib: u64,
 }
 
 impl Default for TestImageOpts {
@@ -68,6 +76,7 @@ impl Default for TestImageOpts {
             variant: 1,
             extra_files: Vec::new(),
             etc_files: Vec::new(),
+            payload_mib: 0,
         }
     }
 }
@@ -86,7 +95,7 @@ pub fn build_test_image(oci_dir: &Path, tag: &str, opts: &TestImageOpts) -> Resu
     w.add_layer("unistore-fixture: config", |t| {
         config_layer(t, opts, &mut dirs)
     })?;
-    if !opts.extra_files.is_empty() {
+    if !opts.extra_files.is_empty() || opts.payload_mib > 0 {
         w.add_layer("unistore-fixture: extra files", |t| {
             extra_layer(t, opts, &mut dirs)
         })?;
@@ -399,6 +408,17 @@ fn extra_layer(t: &mut Tar, opts: &TestImageOpts, dirs: &mut Known) -> Result<()
         t.file(path, Meta::root(mode), content)
             .with_context(|| format!("extra file {path}"))?;
     }
+    let (mut left, mut i) = (opts.payload_mib, 0);
+    if left > 0 {
+        ensure_dirs(t, dirs, PAYLOAD_DIR)?;
+    }
+    while left > 0 {
+        let mib = left.min(PAYLOAD_CHUNK_MIB);
+        let path = format!("{PAYLOAD_DIR}/blob-{i:03}.bin");
+        random_file(t, &path, &format!("payload-{i}"), mib * MIB)?;
+        left -= mib;
+        i += 1;
+    }
     Ok(())
 }
 
@@ -555,6 +575,27 @@ mod tests {
         assert_ne!(v1.entry(&k).unwrap().kind, v2.entry(&k).unwrap().kind);
         let big = format!("{TEST_DATA_DIR}/large-9m.bin");
         assert_eq!(v1.entry(&big).unwrap().kind, v2.entry(&big).unwrap().kind);
+
+        let with_payload = build_test_image(
+            td.path(),
+            "p",
+            &TestImageOpts {
+                payload_mib: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(with_payload.diff_ids.len(), 4);
+        let sizes: Vec<u64> = with_payload
+            .expected
+            .iter()
+            .filter(|e| e.path.starts_with(PAYLOAD_DIR))
+            .filter_map(|e| match e.kind {
+                crate::image::EntryKind::File { size, .. } => Some(size),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sizes, vec![8 * MIB, 2 * MIB]);
 
         let nk = build_test_image(
             td.path(),
