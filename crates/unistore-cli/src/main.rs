@@ -1,6 +1,7 @@
 //! `unistore`: the porcelain. Parses arguments, calls one library function
 //! per command, prints the result, renders progress.
 
+mod lifecycle;
 mod progress;
 mod render;
 
@@ -38,6 +39,12 @@ enum Cmd {
     Install(InstallCmd),
     /// Show the host's deployments.
     Status(StatusArgs),
+    /// Stage the newest version of the booted image for the next boot.
+    Upgrade(lifecycle::UpgradeArgs),
+    /// Stage another image for the next boot.
+    Switch(lifecycle::SwitchArgs),
+    /// Make the rollback deployment the next boot (again: undo).
+    Rollback(lifecycle::JsonArg),
     /// Low-level operations.
     #[command(subcommand)]
     Internals(InternalsCmd),
@@ -97,6 +104,10 @@ enum InternalsCmd {
         deployment: Option<String>,
         mountpoint: PathBuf,
     },
+    /// Make the staged deployment the next boot (the shutdown step).
+    FinalizeStaged(lifecycle::JsonArg),
+    /// Remove what no boot entry needs.
+    Gc(lifecycle::GcArgs),
 }
 
 fn main() {
@@ -141,6 +152,21 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("Mounted deployment {id} at {}", mountpoint.display());
             Ok(())
         }
+        Cmd::Upgrade(a) => {
+            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            rt.block_on(lifecycle::upgrade(&sysroot, a, fetch_config()))
+        }
+        Cmd::Switch(a) => {
+            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            rt.block_on(lifecycle::switch(&sysroot, a, fetch_config()))
+        }
+        Cmd::Rollback(a) => lifecycle::rollback(&open_sysroot(cli.sysroot.as_deref())?, a),
+        Cmd::Internals(InternalsCmd::FinalizeStaged(a)) => {
+            lifecycle::finalize(&open_sysroot(cli.sysroot.as_deref())?, a)
+        }
+        Cmd::Internals(InternalsCmd::Gc(a)) => {
+            lifecycle::gc(&open_sysroot(cli.sysroot.as_deref())?, a)
+        }
     }
 }
 
@@ -158,13 +184,16 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
             else {
                 bail!("this system was not booted from a composefs deployment; use --sysroot DIR");
             };
-            Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })
+            Ok(
+                Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })?
+                    .with_run_dir("/run"),
+            )
         }
     }
 }
 
 /// Registry settings from the environment, as podman reads them.
-fn fetch_config() -> unistore::composefs_store::FetchConfig {
+pub(crate) fn fetch_config() -> unistore::composefs_store::FetchConfig {
     unistore::composefs_store::FetchConfig {
         registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
     }

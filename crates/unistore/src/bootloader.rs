@@ -113,6 +113,67 @@ impl BlsEntry {
     }
 }
 
+impl BlsEntry {
+    /// The same entry moved to the primary or the secondary position: the
+    /// `-1.conf`/`-0.conf` file name suffix and the `-0`/`-1` sort-key
+    /// suffix follow.
+    pub fn at_position(&self, primary: bool) -> Self {
+        let mut e = self.clone();
+        let stem = e.file_name.trim_end_matches(".conf");
+        let stem = stem
+            .strip_suffix("-1")
+            .or_else(|| stem.strip_suffix("-0"))
+            .unwrap_or(stem);
+        e.file_name = format!("{stem}-{}.conf", if primary { 1 } else { 0 });
+        if let Some(k) = &e.sort_key {
+            let base = k
+                .strip_suffix("-0")
+                .or_else(|| k.strip_suffix("-1"))
+                .unwrap_or(k);
+            e.sort_key = Some(format!("{base}-{}", if primary { 0 } else { 1 }));
+        }
+        e
+    }
+}
+
+/// Writes `entries` (first = primary) as the complete content of the loader
+/// directory `rel_dir` (relative to the sysroot), atomically: a new
+/// directory is filled and fsynced beside it, then exchanged with the old
+/// one (or renamed into place), then the old one is removed.
+pub fn replace_entries_dir(sysroot: &Sysroot, rel_dir: &str, entries: &[BlsEntry]) -> Result<()> {
+    let dir = sysroot.dir();
+    let tmp = format!("{rel_dir}.tmp");
+    util::remove_all(dir, &tmp)?;
+    dir.create_dir_all(&tmp)?;
+    for (i, e) in entries.iter().enumerate() {
+        let e = e.at_position(i == 0);
+        util::atomic_write(dir, format!("{tmp}/{}", e.file_name), e.render().as_bytes())?;
+    }
+    util::fsync_dir(dir, Some(Path::new(&tmp)))?;
+    if dir.try_exists(rel_dir)? {
+        exchange(sysroot, &tmp, rel_dir)?;
+        util::remove_all(dir, &tmp)?;
+    } else {
+        dir.rename(&tmp, dir, rel_dir)?;
+    }
+    let parent = Path::new(rel_dir).parent();
+    util::fsync_dir(dir, parent)?;
+    Ok(())
+}
+
+/// Atomically exchanges two paths below the sysroot (renameat2 EXCHANGE).
+pub fn exchange(sysroot: &Sysroot, a: &str, b: &str) -> Result<()> {
+    rustix::fs::renameat_with(
+        sysroot.dir(),
+        a,
+        sysroot.dir(),
+        b,
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .with_context(|| format!("exchanging {a} and {b}"))?;
+    Ok(())
+}
+
 /// `bootc_<os_id>-<version>-<1|0>.conf` ('-' in the os id written '_').
 pub fn entry_file_name(os_id: &str, version: &str, primary: bool) -> String {
     let os = os_id.replace('-', "_");
@@ -245,6 +306,26 @@ mod tests {
         assert!(p.missing_verity_allowed());
         assert!(p.is_primary());
         assert_eq!(p.kernel_dir(), Some("bootc_composefs-abc"));
+    }
+
+    #[test]
+    fn positions() {
+        let e = BlsEntry::parse(
+            "bootc_x-1.0-1.conf",
+            "title x\nversion 1\nsort-key bootc-x-0\nlinux /a/vmlinuz\ninitrd /a/initrd\noptions composefs=?ab\n",
+        )
+        .unwrap();
+        let s = e.at_position(false);
+        assert_eq!(s.file_name, "bootc_x-1.0-0.conf");
+        assert_eq!(s.sort_key.as_deref(), Some("bootc-x-1"));
+        assert!(!s.is_primary());
+        assert_eq!(s.at_position(true), e);
+        let odd = BlsEntry {
+            file_name: "old.conf".into(),
+            sort_key: None,
+            ..e.clone()
+        };
+        assert_eq!(odd.at_position(true).file_name, "old-1.conf");
     }
 
     #[test]

@@ -109,6 +109,45 @@ impl FetchConfig {
     }
 }
 
+/// What a registry (or layout) says an image is now, without fetching layers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RemoteImage {
+    /// The manifest digest.
+    pub manifest_digest: String,
+    /// `org.opencontainers.image.version` of its config.
+    pub version: Option<String>,
+}
+
+/// Fetches only the manifest and config of `imgref`.
+pub async fn inspect_remote(imgref: &ImageRef, fetch: &FetchConfig) -> Result<RemoteImage> {
+    let config = fetch.proxy_config().unwrap_or_default();
+    let proxy = containers_image_proxy::ImageProxy::new_with_config(config)
+        .await
+        .context("starting skopeo")?;
+    let spec = imgref.to_string();
+    let img = proxy
+        .open_image(&spec)
+        .await
+        .with_context(|| format!("opening {spec}"))?;
+    let (digest, _) = proxy
+        .fetch_manifest_raw_oci(&img)
+        .await
+        .with_context(|| format!("fetching the manifest of {spec}"))?;
+    let config = proxy
+        .fetch_config(&img)
+        .await
+        .with_context(|| format!("fetching the config of {spec}"))?;
+    let version = config
+        .labels_of_config()
+        .and_then(|l| l.get("org.opencontainers.image.version").cloned());
+    let _ = proxy.close_image(&img).await;
+    let _ = proxy.finalize().await;
+    Ok(RemoteImage {
+        manifest_digest: digest,
+        version,
+    })
+}
+
 /// Pulls `imgref` into the repository, generates the boot EROFS image, and
 /// tags the manifest `localhost/bootc-<digest>`.
 pub async fn pull(

@@ -3,11 +3,11 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::bootloader::{self, BlsEntry};
+use crate::bootloader::BlsEntry;
 use crate::composefs_store::{self, Repo};
 use crate::deployment;
 use crate::imgref::ImageRef;
-use crate::sysroot::{BootedMode, ENTRIES_DIR, Sysroot};
+use crate::sysroot::{BootedMode, Sysroot};
 
 /// `{apiVersion, kind, metadata, spec, status}`.
 #[derive(Debug, Clone, Serialize)]
@@ -175,13 +175,12 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
 /// The status of a native composefs host.
 pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
     let repo = composefs_store::open(sysroot).ok();
-    let entries = bootloader::read_entries(sysroot, ENTRIES_DIR)?;
-    let booted_idx = match sysroot.booted_mode() {
-        BootedMode::Offline => (!entries.is_empty()).then_some(0),
-        BootedMode::Running { booted_id } => entries
-            .iter()
-            .position(|e| e.deployment_id() == Some(booted_id.as_str())),
-    };
+    let host = crate::host::HostState::read(sysroot)?;
+    let entries = &host.entries;
+    let booted_idx = host.booted;
+    let staged = host
+        .staged_entry()
+        .map(|e| describe_entry(sysroot, repo.as_deref(), e));
     let mut booted = None;
     let mut rollback = None;
     let mut other = vec![];
@@ -216,7 +215,7 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
             },
         },
         status: HostStatus {
-            staged: None,
+            staged,
             booted,
             rollback,
             other_deployments: other,

@@ -44,6 +44,7 @@ pub struct Sysroot {
     dir: Dir,
     path: PathBuf,
     mode: BootedMode,
+    run: PathBuf,
 }
 
 impl Sysroot {
@@ -64,7 +65,27 @@ impl Sysroot {
             .with_context(|| format!("resolving root {}", path.display()))?;
         let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority())
             .with_context(|| format!("opening root {}", path.display()))?;
-        Ok(Self { dir, path, mode })
+        // Offline roots keep their runtime state (the staged-deployment
+        // marker) under `<root>/run`; the running system's caller passes
+        // `/run` with [`Sysroot::with_run_dir`].
+        let run = path.join("run");
+        Ok(Self {
+            dir,
+            path,
+            mode,
+            run,
+        })
+    }
+
+    /// Uses `run` as the runtime directory (`/run` on the running system).
+    pub fn with_run_dir(mut self, run: impl Into<PathBuf>) -> Self {
+        self.run = run.into();
+        self
+    }
+
+    /// The runtime directory (`/run` on the running system).
+    pub fn run_dir(&self) -> &Path {
+        &self.run
     }
 
     /// The root directory handle.

@@ -1,5 +1,9 @@
 //! One module per user operation, each taking a [`crate::Sysroot`] (or the
 //! root to create one on) and an options struct.
 
+pub mod finalize;
+pub mod gc;
 pub mod install;
 pub mod mount;
+pub mod rollback;
+pub mod upgrade;

@@ -1,0 +1,213 @@
+//! upgrade, switch, rollback, finalize-staged, gc: parse, call, print.
+
+use anyhow::{Result, bail};
+use unistore::Sysroot;
+use unistore::composefs_store::FetchConfig;
+use unistore::imgref::ImageRef;
+use unistore::ops::finalize::FinalizeOutcome;
+use unistore::ops::gc::{GcOpts, GcReport};
+use unistore::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
+
+use crate::progress;
+
+#[derive(clap::Args)]
+pub struct JsonArg {
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct UpgradeArgs {
+    /// Only report whether an update exists (digest, version); fetch no layers.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub out: JsonArg,
+}
+
+#[derive(clap::Args)]
+pub struct SwitchArgs {
+    /// The image to follow from now on.
+    pub target: String,
+    #[command(flatten)]
+    pub out: JsonArg,
+}
+
+#[derive(clap::Args)]
+pub struct GcArgs {
+    /// Report what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Fail (exit 1) if anything would be removed. Implies --dry-run.
+    #[arg(long)]
+    pub assert_no_op: bool,
+    #[command(flatten)]
+    pub out: JsonArg,
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(16)]
+}
+
+fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
+    if json {
+        return print_json(o);
+    }
+    match o {
+        UpgradeOutcome::NoChange {
+            image,
+            manifest_digest,
+            staged,
+        } => {
+            if *staged {
+                println!("Already staged: {image} ({manifest_digest})");
+            } else {
+                println!("No update available: {image} is {manifest_digest}");
+            }
+        }
+        UpgradeOutcome::UpdateAvailable {
+            image,
+            booted_digest,
+            remote,
+        } => {
+            println!("Update available for {image}");
+            println!(
+                "  booted:  {}",
+                booted_digest.as_deref().unwrap_or("<unknown>")
+            );
+            println!("  new:     {}", remote.manifest_digest);
+            if let Some(v) = &remote.version {
+                println!("  version: {v}");
+            }
+        }
+        UpgradeOutcome::Staged {
+            image,
+            deployment_id,
+            manifest_digest,
+            version,
+            kernel_reused,
+            gc,
+        } => {
+            println!("Staged {image} for the next boot");
+            println!("  deployment: {deployment_id}");
+            println!("  digest:     {manifest_digest}");
+            if let Some(v) = version {
+                println!("  version:    {v}");
+            }
+            if *kernel_reused {
+                println!("  kernel:     shared with an existing deployment");
+            }
+            if let Some(g) = gc {
+                print_gc_summary(g);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn upgrade(sysroot: &Sysroot, a: UpgradeArgs, fetch: FetchConfig) -> Result<()> {
+    let opts = UpgradeOpts {
+        target: None,
+        check: a.check,
+        fetch,
+    };
+    let o = unistore::ops::upgrade::upgrade(sysroot, &opts, progress::reporter()).await?;
+    print_upgrade(&o, a.out.json)
+}
+
+pub async fn switch(sysroot: &Sysroot, a: SwitchArgs, fetch: FetchConfig) -> Result<()> {
+    let target = ImageRef::parse(&a.target)?;
+    let opts = UpgradeOpts {
+        target: Some(target),
+        check: false,
+        fetch,
+    };
+    let o = unistore::ops::upgrade::upgrade(sysroot, &opts, progress::reporter()).await?;
+    print_upgrade(&o, a.out.json)
+}
+
+pub fn rollback(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
+    let r = unistore::ops::rollback::rollback(sysroot)?;
+    if a.json {
+        return print_json(&r);
+    }
+    if let Some(s) = &r.discarded_staged {
+        println!("Discarded staged deployment {}", short(s));
+    }
+    println!("Next boot: {}", short(&r.next_boot));
+    println!("Rollback:  {}", short(&r.rollback));
+    if r.rollback_queued {
+        println!("Rollback queued: reboot to start it.");
+    }
+    Ok(())
+}
+
+pub fn finalize(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
+    let o = unistore::ops::finalize::finalize(sysroot)?;
+    if a.json {
+        return print_json(&o);
+    }
+    match o {
+        FinalizeOutcome::NothingStaged => println!("No staged deployment."),
+        FinalizeOutcome::Locked { deployment_id } => {
+            println!(
+                "Staged deployment {} is locked; not finalized.",
+                short(&deployment_id)
+            )
+        }
+        FinalizeOutcome::Finalized {
+            deployment_id,
+            etc_local_changes_kept,
+        } => {
+            println!("Finalized {}: it boots next.", short(&deployment_id));
+            println!("  /etc: {etc_local_changes_kept} local change(s) carried over");
+        }
+    }
+    Ok(())
+}
+
+fn print_gc_summary(r: &GcReport) {
+    let verb = if r.dry_run { "Would remove" } else { "Removed" };
+    println!(
+        "{verb} {} kernel dir(s), {} state dir(s), {} tag(s), {} object(s); {} bytes freed",
+        r.kernel_dirs.len(),
+        r.state_dirs.len(),
+        r.tags_removed.len(),
+        r.objects_removed,
+        r.bytes_freed()
+    );
+}
+
+pub fn gc(sysroot: &Sysroot, a: GcArgs) -> Result<()> {
+    let opts = GcOpts {
+        dry_run: a.dry_run || a.assert_no_op,
+    };
+    let r = unistore::ops::gc::run(sysroot, opts)?;
+    if a.out.json {
+        print_json(&r)?;
+    } else {
+        print_gc_summary(&r);
+        for k in &r.kernel_dirs {
+            println!("  kernel dir  boot/{k}");
+        }
+        for s in &r.state_dirs {
+            println!("  state dir   state/deploy/{s}");
+        }
+        for t in &r.tags_removed {
+            println!("  tag         {t}");
+        }
+        for t in &r.tags_added {
+            println!("  tag added   {t}");
+        }
+    }
+    if a.assert_no_op && !r.is_no_op() {
+        bail!("gc is not a no-op: there is garbage to collect");
+    }
+    Ok(())
+}

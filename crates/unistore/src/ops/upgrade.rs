@@ -1,0 +1,196 @@
+//! `upgrade` and `switch`: stage a new deployment for the next boot.
+//!
+//! Order (the staged marker is written last):
+//! 1. lock; migrate an old layout;
+//! 2. ask the source for its manifest digest: unchanged means nothing to do;
+//! 3. pull; state directory; kernel directory (reusing an identical pair);
+//! 4. `boot/loader/entries.staged/` = new (primary) + booted (rollback);
+//! 5. the staged-deployment marker;
+//! 6. GC.
+
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+
+use crate::composefs_store::{self, FetchConfig, RemoteImage};
+use crate::deploy::{self, DeployRequest};
+use crate::deployment;
+use crate::host::HostState;
+use crate::imgref::ImageRef;
+use crate::ops::gc::{self, GcOpts, GcReport};
+use crate::progress::{self, Progress};
+use crate::staged::{self, StagedMarker};
+use crate::sysroot::{STAGED_ENTRIES_DIR, Sysroot};
+use crate::{bootloader, crashpoint, lock, migrate};
+
+/// Options of an upgrade or switch.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeOpts {
+    /// `switch`: follow this reference instead of the booted one's.
+    pub target: Option<ImageRef>,
+    /// Only report what would change; fetch no layers, write nothing.
+    pub check: bool,
+    /// How to reach registries.
+    pub fetch: FetchConfig,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum UpgradeOutcome {
+    /// The source has the image already booted (or staged).
+    NoChange {
+        image: String,
+        manifest_digest: String,
+        staged: bool,
+    },
+    /// `--check`: an update exists.
+    UpdateAvailable {
+        image: String,
+        booted_digest: Option<String>,
+        remote: RemoteImage,
+    },
+    /// A deployment was staged for the next boot.
+    Staged {
+        image: String,
+        deployment_id: String,
+        manifest_digest: String,
+        version: Option<String>,
+        kernel_reused: bool,
+        gc: Option<GcReport>,
+    },
+}
+
+/// Runs `upgrade` (or `switch` when `opts.target` is set).
+pub async fn upgrade(
+    sysroot: &Sysroot,
+    opts: &UpgradeOpts,
+    progress: Progress,
+) -> Result<UpgradeOutcome> {
+    let _lock = if opts.check {
+        None
+    } else {
+        Some(lock::lock(sysroot)?)
+    };
+    if !opts.check {
+        migrate::migrate(sysroot)?;
+    }
+    let host = HostState::read(sysroot)?;
+    let booted = host
+        .booted_entry()
+        .ok_or_else(|| anyhow!("no booted deployment: install a host first"))?;
+    let booted_id = booted.deployment_id().unwrap_or_default().to_string();
+    let booted_origin = deployment::read_origin(sysroot, &booted_id)?;
+    let repo = composefs_store::open(sysroot)?;
+    let booted_digest =
+        deployment::manifest_digest(sysroot, &repo, &booted_id, &booted_origin).ok();
+    let imgref = opts
+        .target
+        .clone()
+        .unwrap_or_else(|| booted_origin.image.clone());
+
+    progress::step(&progress, format!("Checking {imgref}"));
+    let remote = composefs_store::inspect_remote(&imgref, &opts.fetch).await?;
+    let staged_digest = match host.marker.as_ref() {
+        Some(m) => deployment::read_origin(sysroot, &m.depl_id)
+            .ok()
+            .and_then(|o| deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok()),
+        None => None,
+    };
+    if booted_digest.as_deref() == Some(remote.manifest_digest.as_str())
+        || staged_digest.as_deref() == Some(remote.manifest_digest.as_str())
+    {
+        return Ok(UpgradeOutcome::NoChange {
+            image: imgref.to_string(),
+            manifest_digest: remote.manifest_digest,
+            staged: staged_digest.is_some() && booted_digest != staged_digest,
+        });
+    }
+    if opts.check {
+        return Ok(UpgradeOutcome::UpdateAvailable {
+            image: imgref.to_string(),
+            booted_digest,
+            remote,
+        });
+    }
+
+    progress::step(&progress, format!("Pulling {imgref}"));
+    let pulled = composefs_store::pull(&repo, &imgref, &opts.fetch, progress.clone()).await?;
+    crashpoint::hit("upgrade:after-pull");
+    let id = pulled.boot_image_id.clone();
+    if id == booted_id {
+        return Ok(UpgradeOutcome::NoChange {
+            image: imgref.to_string(),
+            manifest_digest: pulled.manifest_digest,
+            staged: false,
+        });
+    }
+
+    progress::step(&progress, format!("Deploying {id}"));
+    // Kernels of live deployments that an identical pair may share.
+    let reusable: Vec<(String, String)> = host
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let id = e.deployment_id()?;
+            let o = deployment::read_origin(sysroot, id).ok()?;
+            Some((e.kernel_dir()?.to_string(), o.boot_digest?))
+        })
+        .collect();
+    // Keep the user's kernel arguments of the booted deployment.
+    let kargs: Vec<String> = booted
+        .options
+        .iter()
+        .filter(|o| !o.starts_with("composefs=") && *o != "rw")
+        .cloned()
+        .collect();
+    let deployed = deploy::deploy_image(
+        sysroot,
+        &repo,
+        &DeployRequest {
+            manifest_digest: &pulled.manifest_digest,
+            id: &id,
+            origin_image: &imgref,
+            kargs: Some(kargs),
+            extra_kargs: &[],
+            reusable_kernels: &reusable,
+        },
+        &mut |_| Ok(()),
+    )?;
+    crashpoint::hit("upgrade:after-deploy");
+
+    // Next boot: the new deployment, then the booted one as rollback.
+    let entries = vec![deployed.entry.clone(), booted.clone()];
+    // An older staged deployment is replaced: unmark it first, so no marker
+    // ever names entries that are not there.
+    staged::remove(sysroot)?;
+    bootloader::replace_entries_dir(sysroot, STAGED_ENTRIES_DIR, &entries)
+        .context("writing the staged boot entries")?;
+    crashpoint::hit("upgrade:after-entries");
+    staged::write(
+        sysroot,
+        &StagedMarker {
+            depl_id: id.clone(),
+            finalization_locked: false,
+        },
+    )?;
+    crashpoint::hit("upgrade:after-marker");
+
+    drop(repo);
+    progress::step(&progress, "Collecting garbage");
+    let gc_report = gc::gc(sysroot, GcOpts::default())?;
+    let version = composefs_store::open(sysroot)
+        .ok()
+        .and_then(|r| composefs_store::open_image(&r, &pulled.manifest_digest).ok())
+        .and_then(|i| {
+            i.label("org.opencontainers.image.version")
+                .map(str::to_string)
+        });
+    Ok(UpgradeOutcome::Staged {
+        image: imgref.to_string(),
+        deployment_id: id,
+        manifest_digest: pulled.manifest_digest,
+        version,
+        kernel_reused: deployed.kernel_reused,
+        gc: Some(gc_report),
+    })
+}
