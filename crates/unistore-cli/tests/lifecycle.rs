@@ -109,6 +109,10 @@ impl World {
     }
     /// Mounts `which` (booted/rollback) and compares it with image `v`.
     fn check_mount(&self, which: &str, v: usize) {
+        self.check_mount_img(which, &self.images[v - 1].1)
+    }
+    /// Mounts `which` and compares it with `img` (outside /etc).
+    fn check_mount_img(&self, which: &str, img: &BuiltImage) {
         let id = self.id_of(which);
         let mnt = tempfile::tempdir().unwrap();
         run_ok(
@@ -116,8 +120,7 @@ impl World {
                 .args(["internals", "mount", "--deployment", &id])
                 .arg(mnt.path()),
         );
-        let expected: Vec<_> = self.images[v - 1]
-            .1
+        let expected: Vec<_> = img
             .expected
             .iter()
             .filter(|e| !e.path.starts_with("/etc/"))
@@ -491,4 +494,60 @@ fn rollback_with_too_few_entries_is_an_error() {
     w.install(&w.push(1, "os"));
     run_fails(w.cmd().arg("rollback"), "no rollback deployment");
     assert_eq!(w.digests(), (w.v(1), None, None));
+}
+
+/// An upgrade whose kernel and initrd are identical reuses the kernel
+/// directory; GC keeps a shared directory while any entry uses it, even
+/// after the deployment that created it is gone.
+#[test]
+fn shared_kernel_dir_survives_gc() {
+    let w = world();
+    let work = tempfile::tempdir().unwrap();
+    let v1b = work.path().join("v1b");
+    let opts = TestImageOpts {
+        version: "1.1".into(),
+        variant: 1,
+        extra_files: vec![("/usr/share/extra.txt".into(), b"only in 1.1\n".to_vec())],
+        etc_files: vec![
+            (
+                "/etc/untouched.conf".into(),
+                b"same in every version\n".to_vec(),
+            ),
+            ("/etc/changed.conf".into(), b"version 1\n".to_vec()),
+        ],
+        ..Default::default()
+    };
+    let img = build_test_image(&v1b, "latest", &opts).unwrap();
+    w.install(&w.push(1, "os"));
+    let id1 = w.id_of("booted");
+    w.reg.push_oci(&v1b, "latest", "os").unwrap();
+    let o = w.json(&["upgrade"]);
+    assert_eq!(o["kernel_reused"], true, "{o}");
+    w.json(&["internals", "finalize-staged"]);
+    let shared = format!("bootc_composefs-{id1}");
+    let entries = std::fs::read_dir(w.root().join("boot/loader/entries")).unwrap();
+    for e in entries.flatten() {
+        let t = std::fs::read_to_string(e.path()).unwrap();
+        assert!(t.contains(&shared), "{t}");
+    }
+    assert_eq!(
+        w.status()["status"]["booted"]["image"]["imageDigest"],
+        img.manifest_digest.as_str()
+    );
+    // v1 leaves the menu; v1.1 still boots from v1's kernel directory.
+    let src2 = w.push(2, "two");
+    w.json(&["switch", &src2]);
+    w.json(&["internals", "finalize-staged"]);
+    let g = w.json(&["internals", "gc"]);
+    assert!(g["kernel_dirs"].as_array().unwrap().is_empty(), "{g}");
+    assert!(
+        w.root()
+            .join("boot")
+            .join(&shared)
+            .join("vmlinuz")
+            .is_file()
+    );
+    assert!(!w.root().join(format!("state/deploy/{id1}")).exists());
+    w.check_mount_img("rollback", &img);
+    run_ok(w.cmd().args(["internals", "gc", "--assert-no-op"]));
 }
