@@ -259,3 +259,41 @@ fn bad_inputs_leave_root_unchanged() {
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
+
+/// `containers-storage:[overlay@ROOT+RUNROOT]NAME`, read natively from a
+/// store podman's tools wrote, on XFS.
+#[test]
+fn install_from_containers_storage() {
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", "1.0");
+    let store = unistore_fixtures::env::PodmanStore::new().unwrap();
+    store.import_oci(&oci, "v1", "localhost/testos:v1").unwrap();
+    let src = store.storage_ref("localhost/testos:v1");
+    run_ok(
+        unistore()
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(&src)
+            .arg(fs.path()),
+    );
+    let st = status_json(fs.path());
+    assert_eq!(
+        st["status"]["booted"]["image"]["image"]["transport"],
+        "containers-storage"
+    );
+    // The store may rewrite the manifest (skopeo copy into it can), so the
+    // digest recorded is the one the store holds; the content must match.
+    let digest = st["status"]["booted"]["image"]["imageDigest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut img = img;
+    img.manifest_digest = digest;
+    check_installed(
+        fs.path(),
+        &img,
+        src.trim_start_matches("containers-storage:"),
+        "containers-storage",
+    );
+}

@@ -166,14 +166,20 @@ pub async fn pull(
     } else {
         composefs_oci::LocalFetchOpt::Disabled
     };
+    // `containers-storage:[driver@root+runroot]name`: composefs-oci takes
+    // the store root separately.
+    let (store_root, spec) = match imgref.containers_storage_store() {
+        Some((root, name)) => (Some(root), format!("containers-storage:{name}")),
+        None => (None, imgref.to_string()),
+    };
     let opts = PullOptions {
         progress: Some(progress),
         bootable: true,
         local_fetch,
+        storage_root: store_root.as_deref(),
         img_proxy_config: fetch.proxy_config(),
         ..Default::default()
     };
-    let spec = imgref.to_string();
     let result = composefs_oci::pull(repo, &spec, None, opts)
         .await
         .with_context(|| format!("pulling {spec}"))?;

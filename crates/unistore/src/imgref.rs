@@ -132,6 +132,19 @@ impl ImageRef {
         format!("{ORIGIN_IMAGE_PREFIX}{self}")
     }
 
+    /// For `containers-storage:[driver@root+runroot]name`: the store root
+    /// and the bare name. `None` for other forms.
+    pub fn containers_storage_store(&self) -> Option<(std::path::PathBuf, String)> {
+        if self.transport != Transport::ContainersStorage {
+            return None;
+        }
+        let rest = self.name.strip_prefix('[')?;
+        let (spec, name) = rest.split_once(']')?;
+        let spec = spec.split_once('@').map(|(_, s)| s).unwrap_or(spec);
+        let root = spec.split('+').next().filter(|r| !r.is_empty())?;
+        Some((std::path::PathBuf::from(root), name.to_string()))
+    }
+
     /// The registry host of a `docker://` reference, if any.
     pub fn registry_host(&self) -> Option<&str> {
         (self.transport == Transport::Registry)
@@ -191,6 +204,21 @@ mod tests {
             Err(ImageRefError::Empty(_))
         ));
         assert!(matches!(ImageRef::parse(""), Err(ImageRefError::Empty(_))));
+    }
+
+    #[test]
+    fn containers_storage_store() {
+        let r =
+            ImageRef::parse("containers-storage:[overlay@/s/root+/s/run]localhost/os:v1").unwrap();
+        assert_eq!(
+            r.containers_storage_store(),
+            Some((
+                std::path::PathBuf::from("/s/root"),
+                "localhost/os:v1".to_string()
+            ))
+        );
+        let r = ImageRef::parse("containers-storage:localhost/os").unwrap();
+        assert_eq!(r.containers_storage_store(), None);
     }
 
     #[test]
