@@ -297,3 +297,34 @@ fn install_from_containers_storage() {
         "containers-storage",
     );
 }
+
+/// `oci-archive:FILE[:TAG]` on ext4.
+#[test]
+fn install_from_oci_archive() {
+    let fs = LoopFs::new(FsKind::Ext4, 512).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", "1.0");
+    let archive = work.path().join("image.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&oci)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let src = format!("oci-archive:{}:v1", archive.display());
+    run_ok(
+        unistore()
+            .args(["install", "to-filesystem", "--source-imgref", &src])
+            .arg(fs.path()),
+    );
+    check_installed(
+        fs.path(),
+        &img,
+        &format!("{}:v1", archive.display()),
+        "oci-archive",
+    );
+}
