@@ -551,3 +551,22 @@ fn shared_kernel_dir_survives_gc() {
     w.check_mount_img("rollback", &img);
     run_ok(w.cmd().args(["internals", "gc", "--assert-no-op"]));
 }
+
+/// A broken origin file: status still reports the host and names the
+/// problem; upgrade fails with a clear error and changes nothing.
+#[test]
+fn broken_origin_is_reported_not_fatal() {
+    let w = world();
+    w.install(&w.push(1, "os"));
+    let id = w.id_of("booted");
+    let origin = w.root().join(format!("state/deploy/{id}/{id}.origin"));
+    std::fs::write(&origin, "[origin]\nnot an origin\n").unwrap();
+    let s = w.status();
+    let errors = s["status"]["booted"]["errors"].as_array().unwrap();
+    assert!(errors[0].as_str().unwrap().contains(".origin"), "{s}");
+    let human = run_ok(w.cmd().arg("status"));
+    assert!(human.contains("Error"), "{human}");
+    let before = snapshot(w.root());
+    run_fails(w.cmd().arg("upgrade"), "origin");
+    assert_eq!(before, snapshot(w.root()));
+}
