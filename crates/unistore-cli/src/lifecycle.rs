@@ -117,7 +117,9 @@ pub async fn upgrade(sysroot: &Sysroot, a: UpgradeArgs, fetch: FetchConfig) -> R
         check: a.check,
         fetch,
     };
-    let o = unistore::ops::upgrade::upgrade(sysroot, &opts, progress::reporter()).await?;
+    let o = unistore::backend::detect(sysroot)?
+        .upgrade(sysroot, &opts, progress::reporter())
+        .await?;
     print_upgrade(&o, a.out.json)
 }
 
@@ -128,12 +130,14 @@ pub async fn switch(sysroot: &Sysroot, a: SwitchArgs, fetch: FetchConfig) -> Res
         check: false,
         fetch,
     };
-    let o = unistore::ops::upgrade::upgrade(sysroot, &opts, progress::reporter()).await?;
+    let o = unistore::backend::detect(sysroot)?
+        .upgrade(sysroot, &opts, progress::reporter())
+        .await?;
     print_upgrade(&o, a.out.json)
 }
 
 pub fn rollback(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
-    let r = unistore::ops::rollback::rollback(sysroot)?;
+    let r = unistore::backend::detect(sysroot)?.rollback(sysroot)?;
     if a.json {
         return print_json(&r);
     }
@@ -149,7 +153,7 @@ pub fn rollback(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
 }
 
 pub fn finalize(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
-    let o = unistore::ops::finalize::finalize(sysroot)?;
+    let o = unistore::backend::detect(sysroot)?.finalize(sysroot)?;
     if a.json {
         return print_json(&o);
     }
@@ -188,7 +192,7 @@ pub fn gc(sysroot: &Sysroot, a: GcArgs) -> Result<()> {
     let opts = GcOpts {
         dry_run: a.dry_run || a.assert_no_op,
     };
-    let r = unistore::ops::gc::run(sysroot, opts)?;
+    let r = unistore::backend::detect(sysroot)?.gc(sysroot, opts)?;
     if a.out.json {
         print_json(&r)?;
     } else {

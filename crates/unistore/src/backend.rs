@@ -4,17 +4,44 @@
 //! repository; an ostree host (not supported yet) in `ostree/repo`. Commands
 //! ask the backend, never `match` on the kind themselves.
 
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
 use anyhow::{Result, bail};
 
+use crate::ops::finalize::{self, FinalizeOutcome};
+use crate::ops::gc::{self, GcOpts, GcReport};
+use crate::ops::rollback::{self, RollbackReport};
+use crate::ops::upgrade::{self, UpgradeOpts, UpgradeOutcome};
+use crate::progress::Progress;
 use crate::status::{self, Host};
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 
-/// A kind of image-based host.
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// A kind of image-based host: every host operation after install.
 pub trait HostBackend {
     /// A short name for messages (`composefs`, `ostree`).
     fn name(&self) -> &'static str;
     /// The status of the host, read-only.
     fn status(&self, sysroot: &Sysroot) -> Result<Host>;
+    /// Stage the newest (or another) image for the next boot.
+    fn upgrade<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: &'a UpgradeOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<UpgradeOutcome>>;
+    /// Make the staged deployment the next boot.
+    fn finalize(&self, sysroot: &Sysroot) -> Result<FinalizeOutcome>;
+    /// Make the rollback deployment the next boot.
+    fn rollback(&self, sysroot: &Sysroot) -> Result<RollbackReport>;
+    /// Remove what no boot entry needs.
+    fn gc(&self, sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport>;
+    /// Mount a deployment read-only as the initramfs would.
+    fn mount(&self, sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) -> Result<String>;
 }
 
 /// A native composefs host.
@@ -27,6 +54,26 @@ impl HostBackend for ComposefsBackend {
     }
     fn status(&self, sysroot: &Sysroot) -> Result<Host> {
         status::composefs_status(sysroot)
+    }
+    fn upgrade<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: &'a UpgradeOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<UpgradeOutcome>> {
+        Box::pin(upgrade::upgrade(sysroot, opts, progress))
+    }
+    fn finalize(&self, sysroot: &Sysroot) -> Result<FinalizeOutcome> {
+        finalize::finalize(sysroot)
+    }
+    fn rollback(&self, sysroot: &Sysroot) -> Result<RollbackReport> {
+        rollback::rollback(sysroot)
+    }
+    fn gc(&self, sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
+        gc::run(sysroot, opts)
+    }
+    fn mount(&self, sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) -> Result<String> {
+        crate::ops::mount::mount_deployment(sysroot, id, mountpoint)
     }
 }
 
