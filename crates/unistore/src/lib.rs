@@ -12,6 +12,8 @@ pub mod backend;
 pub mod bootloader;
 pub mod composefs_store;
 pub mod crashpoint;
+pub mod cstor_format;
+pub mod cstor_writer;
 pub mod deploy;
 pub mod deployment;
 pub mod design;
@@ -29,6 +31,7 @@ pub mod progress;
 pub mod staged;
 pub mod status;
 pub mod sysroot;
+pub mod tar_walk;
 pub mod util;
 
 pub use sysroot::Sysroot;
