@@ -1,6 +1,7 @@
 //! `unistore`: the porcelain. Parses arguments, calls one library function
 //! per command, prints the result, renders progress.
 
+mod image;
 mod lifecycle;
 mod progress;
 mod render;
@@ -45,6 +46,9 @@ enum Cmd {
     Switch(lifecycle::SwitchArgs),
     /// Make the rollback deployment the next boot (again: undo).
     Rollback(lifecycle::JsonArg),
+    /// The host's images and unified storage.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
     /// Low-level operations.
     #[command(subcommand)]
     Internals(InternalsCmd),
@@ -72,8 +76,42 @@ struct InstallArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Unified storage: share the image's files with the host
+    /// containers-storage (`enabled`: by reflinks, else fail;
+    /// `enabled-with-copy`: fall back to copies). Wins over
+    /// `[install.storage] unified` of the image's and the host's install
+    /// config files.
+    #[arg(long, value_parser = parse_unified)]
+    unified: Option<unistore::unified::UnifiedMode>,
+    /// An extra install config file, merged after the image's and the
+    /// host's (/etc/bootc/install, /run/bootc/install) (repeatable).
+    #[arg(long = "install-config")]
+    install_config: Vec<PathBuf>,
     /// The mounted target filesystem.
     root: PathBuf,
+}
+
+fn parse_unified(s: &str) -> Result<unistore::unified::UnifiedMode> {
+    s.parse()
+}
+
+/// The host's install config files: `/etc/bootc/install/*.toml`, then
+/// `/run/bootc/install/*.toml`, each directory in file-name order.
+fn host_install_configs() -> Vec<PathBuf> {
+    let mut out = vec![];
+    for dir in ["/etc/bootc/install", "/run/bootc/install"] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut v: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        v.sort();
+        out.extend(v);
+    }
+    out
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -133,6 +171,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // podman's private run roots (sockets, locks) live on the host's /run:
+    // short paths podman accepts, gone at reboot.
+    unistore::cstorage::set_runtime_dir("/run/unistore");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -144,7 +185,7 @@ fn run(cli: Cli) -> Result<()> {
             mountpoint,
         }) => {
             let sysroot = open_sysroot(cli.sysroot.as_deref())?;
-            let id = unistore::ops::mount::mount_deployment(
+            let id = unistore::backend::detect(&sysroot)?.mount(
                 &sysroot,
                 deployment.as_deref(),
                 &mountpoint,
@@ -159,6 +200,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Switch(a) => {
             let sysroot = open_sysroot(cli.sysroot.as_deref())?;
             rt.block_on(lifecycle::switch(&sysroot, a, fetch_config()))
+        }
+        Cmd::Image(c) => {
+            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            rt.block_on(image::run(&sysroot, c))
         }
         Cmd::Rollback(a) => lifecycle::rollback(&open_sysroot(cli.sysroot.as_deref())?, a),
         Cmd::Internals(InternalsCmd::FinalizeStaged(a)) => {
@@ -214,6 +259,12 @@ async fn install(a: InstallArgs) -> Result<()> {
         target,
         kargs: a.kargs,
         fetch: fetch_config(),
+        unified: a.unified,
+        host_config_files: {
+            let mut v = host_install_configs();
+            v.extend(a.install_config);
+            v
+        },
     };
     let progress = progress::reporter();
     let r = unistore::ops::install::install_to_filesystem(&a.root, &opts, progress.clone())
@@ -227,6 +278,9 @@ async fn install(a: InstallArgs) -> Result<()> {
             "Installed deployment {}\n  image   {}\n  digest  {}\n  kernel  {}\n  entry   {}",
             r.deployment_id, opts.source, r.manifest_digest, r.kernel_version, r.entry_file
         );
+        if let Some(u) = &r.unified {
+            println!("  storage {}", u.message);
+        }
     }
     Ok(())
 }

@@ -62,3 +62,44 @@
 //! applications may share the repository), then the repository's own GC from
 //! its tags. A kill between any two steps leaves garbage that the next run
 //! removes, never a live deployment without its pieces.
+//!
+//! ## Unified storage: the order, and why reflinks
+//!
+//! A unified host keeps each image twice, logically (composefs objects and
+//! the layer directories of the host containers-storage at
+//! `composefs/bootc/storage`, which podman uses directly) and once,
+//! physically: the two files share their data extents. Reflinks, not
+//! hardlinks, because the store's files carry the image's owners, modes and
+//! xattrs on their inodes while composefs objects are bare content shared by
+//! every image: a reflink shares only the extents, each store keeps its own
+//! inode. `enabled` therefore needs a filesystem with reflinks (probed with
+//! `FICLONE` between two `O_TMPFILE` files before anything is written);
+//! `enabled-with-copy` accepts hardlinks (composefs-oci's fallback into the
+//! repository) or plain copies, and says so.
+//!
+//! The unified pull goes registry → containers-storage (podman, through a
+//! transient `podman system service`, so that its streaming pull gives
+//! per-layer bytes) → composefs (composefs-oci reads the store natively and
+//! reflinks each file into `objects/`). The manifest composefs imports is the
+//! one podman stored, byte for byte the registry's, so the origin's
+//! `manifest_digest` names a manifest that is in the repository and tagged.
+//!
+//! `set-unified full` goes the other way, without the network: each live
+//! image is exported from the repository (layers rebuilt from their
+//! splitstreams and checked against their diff ids), copied into the store by
+//! skopeo, and the store's files are then deduplicated against the composefs
+//! objects (`FIDEDUPERANGE`: the kernel compares the bytes before sharing, so
+//! a wrong pairing changes nothing). The store's manifest is then a new one
+//! with uncompressed layers; the image id (config digest) is the same.
+//!
+//! The flag `composefs/bootc.json` is written last, with write-temp, fsync
+//! and rename, only after every live image is complete in the store: a
+//! failure or a kill at any earlier step leaves the host unmarked, and
+//! running again resumes (images already complete are not copied again).
+//! What unistore put in the store is recorded in
+//! `composefs/bootc/unistore-images.json` (before a copy starts, so a crash
+//! cannot orphan an image): the store's GC removes only images unistore
+//! created and nobody else named, and otherwise only takes unistore's names
+//! back. podman's own database stays out of the store (unistore's podman
+//! runs with a private `static_dir`), because podman pins a store to the run
+//! root recorded there and would refuse the user's own `podman --root`.

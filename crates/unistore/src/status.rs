@@ -172,6 +172,17 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
     }
 }
 
+/// `status.storage` from the unified flag (`composefs/bootc.json`); `None`
+/// when the host is not marked. Reads one file, creates nothing.
+pub fn storage_status(sysroot: &Sysroot) -> Result<Option<StorageStatus>> {
+    Ok(
+        crate::unified::unified_mode(sysroot)?.map(|m| StorageStatus {
+            unified: m.to_string(),
+            ostree_composefs_bound: false,
+        }),
+    )
+}
+
 /// The status of a native composefs host.
 pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
     let repo = composefs_store::open(sysroot).ok();
@@ -221,7 +232,7 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
             other_deployments: other,
             rollback_queued,
             ty: Some("bootcHost"),
-            storage: None,
+            storage: storage_status(sysroot)?,
             booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
         },
     })

@@ -25,6 +25,14 @@ pub const STAGED_ENTRIES_DIR: &str = "boot/loader/entries.staged";
 pub const KERNEL_DIR_PREFIX: &str = "bootc_composefs-";
 /// Tag prefix every deployment's manifest carries in the repository.
 pub const BOOTC_TAG_PREFIX: &str = "localhost/bootc-";
+/// `composefs/bootc/`: bootc's state next to the repository.
+pub const BOOTC_STATE_DIR: &str = "composefs/bootc";
+/// The host-owned containers-storage (overlay driver) podman is pointed at.
+pub const HOST_STORAGE_DIR: &str = "composefs/bootc/storage";
+/// Compatibility link `ostree/bootc -> ../composefs/bootc`.
+pub const OSTREE_BOOTC_LINK: &str = "ostree/bootc";
+/// The unified-storage flag, written last by `set-unified full`.
+pub const UNIFIED_FLAG: &str = "composefs/bootc.json";
 
 /// What "booted" means for this root.
 #[derive(Debug, Clone, PartialEq, Eq)]

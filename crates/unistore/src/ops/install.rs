@@ -1,25 +1,38 @@
 //! `install to-filesystem`: a native composefs host on a mounted filesystem.
 //!
 //! Order (the loader entry is the "done" marker, written last):
-//! 1. refuse a root that already holds a deployment;
-//! 2. pull into `composefs/`, generate the boot EROFS image, tag the manifest;
-//! 3. `state/deploy/<id>/` (tmp + rename);
-//! 4. `boot/bootc_composefs-<id>/{vmlinuz,initrd}` (tmp + rename);
-//! 5. `boot/loader/entries/<entry>.conf` (tmp + rename + fsync).
+//! 1. refuse a root that already holds a deployment; read the host's install
+//!    config; when `--unified` or the host config asks for unified storage,
+//!    probe reflinks and refuse `enabled` without them (nothing written yet);
+//! 2. fetch ([`fetch`]): plain (into `composefs/`) or unified (through the
+//!    host containers-storage); generate the boot EROFS image, tag the
+//!    manifest;
+//! 3. when only the image's install config asks for unified storage, bring
+//!    the image into the store from composefs (or fail for `enabled`
+//!    without reflinks, removing what was written);
+//! 4. `state/deploy/<id>/` (tmp + rename);
+//! 5. `boot/bootc_composefs-<id>/{vmlinuz,initrd}` (tmp + rename);
+//! 6. the unified flag `composefs/bootc.json`, when unified;
+//! 7. `boot/loader/entries/<entry>.conf` (tmp + rename + fsync).
 //!
 //! On failure everything this run created is removed, so the root is as it
 //! was, or holds nothing a later run would take for a deployment.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::composefs_store::{self, Pulled};
+use crate::composefs_store::{self, FetchConfig, Pulled, Repo};
+use crate::cstorage;
 use crate::deploy::{self, DeployRequest};
 use crate::deployment;
 use crate::imgref::ImageRef;
+use crate::install_config::{InstallConfig, UnifiedMode};
 use crate::progress::{self, Progress};
+use crate::reflink::{self, Policy};
 use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, STATE_DEPLOY_DIR, Sysroot};
+use crate::unified;
 use crate::util;
 
 /// Options of an install.
@@ -33,6 +46,25 @@ pub struct InstallOpts {
     pub kargs: Vec<String>,
     /// How to reach registries.
     pub fetch: composefs_store::FetchConfig,
+    /// `--unified`: wins over every install config file.
+    pub unified: Option<UnifiedMode>,
+    /// The host's own install config files (`/etc/bootc/install/*.toml`,
+    /// then `/run/bootc/install/*.toml`), merged after the image's, in this
+    /// order. The CLI finds them; the library only reads what it is given.
+    pub host_config_files: Vec<PathBuf>,
+}
+
+/// How the installed host stores its images, when unified.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnifiedSummary {
+    /// The mode the host is marked with.
+    pub mode: UnifiedMode,
+    /// Whether the target filesystem has reflinks.
+    pub reflinks: bool,
+    /// Where the decision came from: `cli`, `host-config`, `image-config`.
+    pub decided_by: String,
+    /// What was done, for people.
+    pub message: String,
 }
 
 /// What an install did.
@@ -48,6 +80,8 @@ pub struct InstallResult {
     pub kernel_version: String,
     /// Bytes stored in the repository by this pull.
     pub bytes_stored: u64,
+    /// Unified storage, when enabled.
+    pub unified: Option<UnifiedSummary>,
 }
 
 /// Paths the install may create, removed again on failure.
@@ -113,18 +147,90 @@ pub async fn install_to_filesystem(
 ) -> Result<InstallResult> {
     let sysroot = Sysroot::open(root)?;
     check_empty(&sysroot)?;
+    let host_config = read_host_config(&opts.host_config_files)?;
+    // Known before fetching: the flag, then the host's config. Checked
+    // before anything is written.
+    let early = match (opts.unified, host_config.unified) {
+        (Some(m), _) => Some((m, "cli")),
+        (None, Some(m)) => Some((m, "host-config")),
+        (None, None) => None,
+    };
+    if let Some((mode, _)) = early
+        && mode != UnifiedMode::Disabled
+    {
+        let probe = reflink::probe(sysroot.path())?;
+        reflink::require_for_mode(mode, &probe, sysroot.path())?;
+    }
     let mut created = Created::new(&sysroot);
-    for p in [COMPOSEFS_DIR, "state", BOOT_DIR, "boot/loader"] {
+    for p in [COMPOSEFS_DIR, "state", BOOT_DIR, "boot/loader", "ostree"] {
         created.track(p)?;
     }
-    let result = install_inner(&sysroot, opts, progress, &mut created).await?;
+    let result = install_inner(&sysroot, opts, &host_config, early, progress, &mut created).await?;
     created.armed = false;
     Ok(result)
+}
+
+/// The architecture name install configs use for this machine.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+/// Merges the host's install config files, in order.
+fn read_host_config(files: &[PathBuf]) -> Result<InstallConfig> {
+    let mut cfg = InstallConfig::default();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading install config {}", f.display()))?;
+        cfg.merge_text(&f.display().to_string(), &text, host_arch())?;
+    }
+    Ok(cfg)
+}
+
+/// The fetch step: plain (into the composefs repository only) when `mode`
+/// is `None` or `disabled`, else unified (podman into the host
+/// containers-storage, then composefs from there by reflinks).
+pub async fn fetch(
+    sysroot: &Sysroot,
+    repo: &Arc<Repo>,
+    source: &ImageRef,
+    fetch: &FetchConfig,
+    mode: Option<UnifiedMode>,
+    progress: Progress,
+) -> Result<Pulled> {
+    match mode {
+        Some(m @ (UnifiedMode::Enabled | UnifiedMode::EnabledWithCopy)) => {
+            unified::fetch_unified(sysroot, repo, source, fetch, m, progress).await
+        }
+        _ => composefs_store::pull(repo, source, fetch, progress).await,
+    }
+}
+
+/// The image's install config, then the host's on top.
+fn effective_config(
+    repo: &Repo,
+    manifest_digest: &str,
+    host: &InstallConfig,
+) -> Result<InstallConfig> {
+    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let fs = img
+        .read_filesystem(repo, false)
+        .context("reading the image's filesystem")?;
+    let mut cfg = InstallConfig::from_image(&fs, repo, &img.architecture())?;
+    if host.unified.is_some() {
+        cfg.unified = host.unified;
+    }
+    Ok(cfg)
 }
 
 async fn install_inner(
     sysroot: &Sysroot,
     opts: &InstallOpts,
+    host_config: &InstallConfig,
+    early: Option<(UnifiedMode, &'static str)>,
     progress: Progress,
     created: &mut Created<'_>,
 ) -> Result<InstallResult> {
@@ -135,7 +241,65 @@ async fn install_inner(
         boot_image_id: id,
         stats,
         ..
-    } = composefs_store::pull(&repo, &opts.source, &opts.fetch, progress.clone()).await?;
+    } = fetch(
+        sysroot,
+        &repo,
+        &opts.source,
+        &opts.fetch,
+        early.map(|(m, _)| m),
+        progress.clone(),
+    )
+    .await?;
+
+    // The image's own install config is known only now.
+    let image_config = effective_config(&repo, &manifest_digest, host_config)?;
+    let (mode, decided_by) = match early {
+        Some((m, by)) => (m, by),
+        None => (image_config.unified.unwrap_or_default(), "image-config"),
+    };
+    let mut unified_summary = None;
+    if let Some(policy) = Policy::for_mode(mode) {
+        let probe = unified::probe_reflinks(sysroot)?;
+        let message = if early.is_none() {
+            // Fetched plainly: bring the image into the store from composefs.
+            reflink::require_for_mode(mode, &probe, sysroot.path())?;
+            let session = cstorage::Session::new(sysroot, opts.fetch.registries_conf.as_deref())?;
+            let origin = opts.target.clone().unwrap_or_else(|| opts.source.clone());
+            let r = unified::import_into_store(
+                &session,
+                sysroot,
+                &repo,
+                &manifest_digest,
+                Some(&origin),
+                policy,
+                &probe,
+                &progress,
+            )
+            .await?;
+            let m = unified::import_message(mode, &probe, &r);
+            progress::step(&progress, m.clone());
+            m
+        } else if probe.supported {
+            format!(
+                "unified ({mode}): files shared by reflinks between containers-storage and composefs"
+            )
+        } else {
+            format!(
+                "unified ({mode}): no reflinks on {}: fell back to copies ({} files hardlinked, {} copied)",
+                probe.describe(),
+                stats.objects_hardlinked,
+                stats.objects_copied
+            )
+        };
+        unified_summary = Some(UnifiedSummary {
+            mode,
+            reflinks: probe.supported,
+            decided_by: decided_by.to_string(),
+            message,
+        });
+    }
+    let mut extra_kargs = host_config.kargs.clone();
+    extra_kargs.extend(opts.kargs.iter().cloned());
 
     progress::step(&progress, format!("Deploying {id}"));
     let origin_image = opts.target.clone().unwrap_or_else(|| opts.source.clone());
@@ -147,14 +311,20 @@ async fn install_inner(
             id: &id,
             origin_image: &origin_image,
             kargs: None,
-            extra_kargs: &opts.kargs,
+            extra_kargs: &extra_kargs,
             reusable_kernels: &[],
         },
         &mut |p| created.track(p),
     )?;
     let entry = deployed.entry;
     drop(repo);
+    if let Some(u) = &unified_summary {
+        unified::write_flag(sysroot, u.mode)?;
+    }
     let dir = sysroot.dir();
+    // The writers' lock file exists from the start, so that a failed later
+    // operation leaves the root exactly as it was.
+    drop(crate::lock::lock(sysroot)?);
     dir.create_dir_all(ENTRIES_DIR)?;
     util::atomic_write(
         dir,
@@ -168,5 +338,6 @@ async fn install_inner(
         entry_file: entry.file_name,
         kernel_version: deployed.kernel_version,
         bytes_stored: stats.new_bytes() + stats.bytes_inlined,
+        unified: unified_summary,
     })
 }

@@ -3,7 +3,9 @@
 
 pub mod finalize;
 pub mod gc;
+pub mod image_list;
 pub mod install;
 pub mod mount;
 pub mod rollback;
+pub mod set_unified;
 pub mod upgrade;

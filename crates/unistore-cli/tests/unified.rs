@@ -1,0 +1,704 @@
+//! End-to-end unified storage on real loop-mounted XFS and ext4, a real
+//! registry and real podman: the unified install, `image set-unified full`
+//! (also killed at each stage), the install config, `status` and
+//! `image list`; extents shared between containers-storage and composefs,
+//! and the disk space both stores use.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+use unistore_fixtures::env::{
+    FsKind, LoopFs, Registry, podman_env, shared_extents, unmount_all_under,
+};
+use unistore_fixtures::image::{BuiltImage, EntryKind, TestImageOpts, build_test_image};
+
+const STORE: &str = "composefs/bootc/storage";
+const FLAG: &str = "composefs/bootc.json";
+
+/// A host file to put in the image: (path in the image, bytes).
+fn host_file(image_path: &str, host_path: &str) -> (String, Vec<u8>) {
+    let real = std::fs::canonicalize(host_path).unwrap();
+    (image_path.to_string(), std::fs::read(real).unwrap())
+}
+
+/// The test image plus what `podman run IMG cat FILE` needs (the host's
+/// cat, libc and loader), an optional install config, and a payload.
+fn image(
+    dir: &Path,
+    version: &str,
+    variant: u32,
+    payload_mib: u64,
+    toml: Option<&str>,
+) -> BuiltImage {
+    let mut extra_files = vec![
+        host_file("/usr/bin/cat", "/bin/cat"),
+        host_file(
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        host_file(
+            "/usr/lib64/ld-linux-x86-64.so.2",
+            "/lib64/ld-linux-x86-64.so.2",
+        ),
+    ];
+    if let Some(t) = toml {
+        extra_files.push((
+            "/usr/lib/bootc/install/50-storage.toml".into(),
+            t.as_bytes().to_vec(),
+        ));
+    }
+    let opts = TestImageOpts {
+        version: version.into(),
+        variant,
+        payload_mib,
+        extra_files,
+        ..Default::default()
+    };
+    build_test_image(dir, "latest", &opts).unwrap()
+}
+
+/// Bytes of the image's regular files (its unpacked size).
+fn unpacked_size(img: &BuiltImage) -> u64 {
+    img.expected
+        .iter()
+        .map(|e| match &e.kind {
+            EntryKind::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Bytes allocated below `p` (each inode once).
+fn allocated(p: &Path) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if seen.insert(m.ino()) {
+            n += m.blocks() * 512;
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    n
+}
+
+/// Drops XFS speculative preallocation: post-EOF blocks XFS gives to files
+/// being written (composefs objects written through O_TMPFILE keep them
+/// until XFS reclaims them by itself a few minutes later). They are not
+/// data, but they would count as used space and as unshared extents.
+fn trim_prealloc(mountpoint: &Path) {
+    let st = Command::new("xfs_spaceman")
+        .args(["-c", "prealloc -m 0"])
+        .arg(mountpoint)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Free bytes after flushing (and, on XFS, trimming preallocation).
+fn free_bytes(fs: &LoopFs) -> u64 {
+    fs.sync();
+    if fs.kind() == FsKind::Xfs {
+        trim_prealloc(fs.path());
+        fs.sync();
+    }
+    fs.free_bytes()
+}
+
+fn json(cmd: &mut Command) -> Value {
+    serde_json::from_str(&run_ok(cmd)).unwrap()
+}
+
+fn cmd(root: &Path, reg: Option<&Registry>) -> Command {
+    let mut c = unistore();
+    if let Some(r) = reg {
+        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
+    }
+    c.arg("--sysroot").arg(root);
+    c
+}
+
+fn install(root: &Path, reg: Option<&Registry>, src: &str, extra: &[&str]) -> std::process::Output {
+    let mut c = unistore();
+    if let Some(r) = reg {
+        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
+    }
+    c.args(["install", "to-filesystem", "--json", "--source-imgref", src])
+        .args(extra)
+        .arg(root);
+    run(&mut c)
+}
+
+fn image_list(root: &Path) -> Value {
+    json(cmd(root, None).args(["image", "list", "--json"]))
+}
+
+/// The image-list entry of `digest`.
+fn listed(root: &Path, digest: &str) -> Value {
+    image_list(root)["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["manifestDigest"] == digest)
+        .cloned()
+        .unwrap_or_else(|| panic!("{digest} not listed"))
+}
+
+/// podman on the host store with a private run root (one per test: podman
+/// remembers the run root of a store in its database).
+struct Podman {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+}
+
+impl Podman {
+    fn new(root: &Path) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            store: root.join(STORE),
+        }
+    }
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.envs(podman_env(&self.dir.path().join("conf")))
+            .arg("--root")
+            .arg(&self.store)
+            .arg("--runroot")
+            .arg(self.dir.path().join("rr"));
+        c
+    }
+    fn cat_os_release(&self, image: &str) -> String {
+        let out = self
+            .cmd()
+            .args([
+                "run",
+                "--rm",
+                "--network=none",
+                image,
+                "cat",
+                "/usr/lib/os-release",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman run {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+    fn images(&self) -> Value {
+        let out = self
+            .cmd()
+            .args(["images", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman images: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        unmount_all_under(&self.store);
+    }
+}
+
+/// The store's layer directories of the image with config `config_digest`,
+/// base first.
+fn store_layers(root: &Path, config_digest: &str) -> Vec<PathBuf> {
+    let store = root.join(STORE);
+    let images: Value =
+        serde_json::from_slice(&std::fs::read(store.join("overlay-images/images.json")).unwrap())
+            .unwrap();
+    let layers: Value =
+        serde_json::from_slice(&std::fs::read(store.join("overlay-layers/layers.json")).unwrap())
+            .unwrap();
+    let id = config_digest.trim_start_matches("sha256:");
+    let img = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .unwrap_or_else(|| panic!("image {id} not in the store"));
+    let by_id: BTreeMap<&str, &Value> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["id"].as_str().unwrap(), l))
+        .collect();
+    let mut out = vec![];
+    let mut next = img["layer"].as_str();
+    while let Some(l) = next {
+        out.push(store.join("overlay").join(l).join("diff"));
+        next = by_id[l]["parent"].as_str();
+    }
+    out.reverse();
+    out
+}
+
+/// Every regular file of at least 4 KiB in the image's store layers shares
+/// its extents with the composefs object of the same content (found by its
+/// fs-verity SHA-512 digest). Returns the number of files checked.
+fn check_shared(root: &Path, config_digest: &str) -> usize {
+    use composefs::fsverity::{FsVerityHashValue, Sha512HashValue, compute_verity};
+    trim_prealloc(root);
+    let mut checked = 0;
+    for diff in store_layers(root, config_digest) {
+        let mut stack = vec![diff];
+        while let Some(p) = stack.pop() {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if !m.is_file() || m.len() < 4096 {
+                continue;
+            }
+            let data = std::fs::read(&p).unwrap();
+            let hex = compute_verity::<Sha512HashValue>(&data).to_hex();
+            let obj = root.join(format!("composefs/objects/{}/{}", &hex[..2], &hex[2..]));
+            assert!(obj.is_file(), "{} has no composefs object", p.display());
+            assert!(
+                shared_extents(&p, &obj).unwrap(),
+                "{} and its composefs object do not share extents",
+                p.display()
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// Space both stores use: free-space drop minus the boot and state trees.
+fn check_space(fs: &LoopFs, free_before: u64, unpacked: u64) {
+    let consumed = free_before - free_bytes(fs);
+    let others = allocated(&fs.path().join("boot")) + allocated(&fs.path().join("state"));
+    let stores = consumed.saturating_sub(others);
+    let ratio = stores as f64 / unpacked as f64;
+    eprintln!(
+        "space: consumed {consumed}, boot+state {others}, stores {stores}, unpacked {unpacked}, ratio {ratio:.3}"
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "both stores use {stores} bytes for an image of {unpacked} bytes (ratio {ratio:.3})"
+    );
+}
+
+#[test]
+fn unified_install_from_registry_on_xfs() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(&work.path().join("oci"), "1.0", 1, 64, None);
+    let reg = Registry::start().unwrap();
+    let src = reg
+        .push_oci(&work.path().join("oci"), "latest", "unified/os")
+        .unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
+    let root = fs.path();
+    let free0 = free_bytes(&fs);
+
+    let out = install(root, Some(&reg), &src, &["--unified", "enabled"]);
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["unified"]["mode"], "enabled", "{r}");
+    assert_eq!(r["unified"]["reflinks"], true);
+    assert_eq!(r["unified"]["decided_by"], "cli");
+    // The digest recorded is the registry's manifest, which is in the
+    // repository and tagged.
+    assert_eq!(r["manifest_digest"], img.manifest_digest.as_str());
+    assert!(
+        root.join("composefs/streams/refs/oci")
+            .join(format!("localhost%2Fbootc-{}", img.manifest_digest))
+            .exists()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("into containers-storage"), "{stderr}");
+    assert!(root.join("ostree/bootc").is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(root.join(FLAG)).unwrap(),
+        r#"{"unified":"enabled"}"#
+    );
+
+    // status: JSON and the human row on the booted entry; read-only.
+    let before = snapshot(root);
+    let st = json(cmd(root, None).args(["status", "--json"]));
+    assert_eq!(st["status"]["storage"]["unified"], "enabled");
+    assert_eq!(st["status"]["storage"]["ostreeComposefsBound"], false);
+    let human = run_ok(cmd(root, None).arg("status"));
+    assert!(human.contains("Storage: unified (enabled)"), "{human}");
+    let l = listed(root, &img.manifest_digest);
+    assert_eq!(l["inComposefs"], true);
+    assert_eq!(l["inContainersStorage"], true);
+    assert_eq!(l["roles"][0], "booted");
+    assert_eq!(
+        before,
+        snapshot(root),
+        "status or image list changed the root"
+    );
+
+    // podman runs the booted image from the host store.
+    let podman = Podman::new(root);
+    let osr = podman.cat_os_release(src.trim_start_matches("docker://"));
+    assert!(osr.contains("ID=testos"), "{osr}");
+
+    // One physical copy.
+    let n = check_shared(root, &img.config_digest);
+    assert!(n >= 10, "only {n} files checked");
+    check_space(&fs, free0, unpacked_size(&img));
+
+    // Again: nothing to do. `composefs`: nothing to do on this host.
+    let o = run_ok(cmd(root, None).args(["image", "set-unified", "full"]));
+    assert!(o.contains("Already unified"), "{o}");
+    let o = run_ok(cmd(root, None).args(["image", "set-unified", "composefs"]));
+    assert!(o.contains("native composefs"), "{o}");
+}
+
+#[test]
+fn set_unified_full_on_plain_xfs_host() {
+    let work = tempfile::tempdir().unwrap();
+    let img1 = image(&work.path().join("v1"), "1.0", 1, 64, None);
+    let img2 = image(&work.path().join("v2"), "2.0", 2, 64, None);
+    let reg = Registry::start().unwrap();
+    let src = reg
+        .push_oci(&work.path().join("v1"), "latest", "plain/os")
+        .unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
+    let root = fs.path();
+    let free0 = free_bytes(&fs);
+    assert!(install(root, Some(&reg), &src, &[]).status.success());
+    assert!(!root.join(STORE).exists());
+    let st = json(cmd(root, None).args(["status", "--json"]));
+    assert!(st["status"]["storage"].is_null());
+    assert!(!run_ok(cmd(root, None).arg("status")).contains("Storage:"));
+    assert_eq!(
+        listed(root, &img1.manifest_digest)["inContainersStorage"],
+        false
+    );
+
+    let out = run_ok(cmd(root, Some(&reg)).args(["image", "set-unified", "full"]));
+    assert!(out.contains("unified (enabled)"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(root.join(FLAG)).unwrap(),
+        r#"{"unified":"enabled"}"#
+    );
+    let l = listed(root, &img1.manifest_digest);
+    assert_eq!(l["inContainersStorage"], true, "{l}");
+    let podman = Podman::new(root);
+    // Named after the registry reference and after its digest.
+    let osr = podman.cat_os_release(src.trim_start_matches("docker://"));
+    assert!(osr.contains("VERSION_ID=1.0"), "{osr}");
+    let by_digest = format!(
+        "localhost/bootc:{}",
+        img1.manifest_digest.trim_start_matches("sha256:")
+    );
+    assert!(podman.cat_os_release(&by_digest).contains("ID=testos"));
+    assert!(check_shared(root, &img1.config_digest) >= 10);
+    check_space(&fs, free0, unpacked_size(&img1));
+
+    // A staged image that is not in the store yet: set-unified brings it in.
+    reg.push_oci(&work.path().join("v2"), "latest", "plain/os")
+        .unwrap();
+    run_ok(cmd(root, Some(&reg)).args(["upgrade"]));
+    let o = run_ok(cmd(root, Some(&reg)).args(["image", "set-unified", "full"]));
+    assert!(!o.contains("Already unified"), "{o}");
+    let l2 = listed(root, &img2.manifest_digest);
+    assert_eq!(l2["roles"][0], "staged", "{l2}");
+    assert_eq!(l2["inContainersStorage"], true, "{l2}");
+    assert_eq!(
+        listed(root, &img1.manifest_digest)["inContainersStorage"],
+        true
+    );
+    assert!(check_shared(root, &img2.config_digest) >= 10);
+    let by_digest2 = format!(
+        "localhost/bootc:{}",
+        img2.manifest_digest.trim_start_matches("sha256:")
+    );
+    assert!(
+        podman
+            .cat_os_release(&by_digest2)
+            .contains("VERSION_ID=2.0")
+    );
+    let o = run_ok(cmd(root, None).args(["image", "set-unified", "full"]));
+    assert!(o.contains("Already unified"), "{o}");
+}
+
+fn run_killed(mut c: Command, point: &str) {
+    let out = c.env("UNISTORE_CRASHPOINT", point).output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "expected a kill at {point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The flag never says "unified" unless every live image is in the store.
+fn check_invariant(root: &Path, podman: &Podman) -> bool {
+    let flag = root.join(FLAG).exists();
+    let list = image_list(root);
+    let all = list["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| !i["roles"].as_array().unwrap().is_empty())
+        .all(|i| i["inContainersStorage"] == true);
+    assert!(!flag || all, "flag written with images missing: {list}");
+    // The store stays usable.
+    podman.images();
+    flag
+}
+
+#[test]
+fn set_unified_survives_kills_at_each_stage() {
+    let work = tempfile::tempdir().unwrap();
+    let img1 = image(&work.path().join("v1"), "1.0", 1, 0, None);
+    let img2 = image(&work.path().join("v2"), "2.0", 2, 0, None);
+    let reg = Registry::start().unwrap();
+    let src = reg
+        .push_oci(&work.path().join("v1"), "latest", "os")
+        .unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let root = fs.path();
+    assert!(install(root, Some(&reg), &src, &[]).status.success());
+    reg.push_oci(&work.path().join("v2"), "latest", "os")
+        .unwrap();
+    run_ok(cmd(root, Some(&reg)).args(["upgrade"]));
+
+    let podman = Podman::new(root);
+    let set_unified = || {
+        let mut c = cmd(root, Some(&reg));
+        c.args(["image", "set-unified", "full"]);
+        c
+    };
+    // In an order where each point is reached: the first image is exported,
+    // copied, shared and finished over several runs, then the second.
+    for point in [
+        "set-unified:start",
+        "unified:after-export",
+        "unified:after-store-copy",
+        "unified:after-share",
+        "set-unified:after-image",
+        "unified:after-store-copy",
+        "set-unified:before-flag",
+    ] {
+        run_killed(set_unified(), point);
+        assert!(
+            !check_invariant(root, &podman),
+            "flag present after a kill at {point}"
+        );
+    }
+    run_killed(set_unified(), "set-unified:after-flag");
+    assert!(check_invariant(root, &podman));
+    let o = run_ok(&mut set_unified());
+    assert!(o.contains("Already unified"), "{o}");
+    for img in [&img1, &img2] {
+        assert_eq!(
+            listed(root, &img.manifest_digest)["inContainersStorage"],
+            true
+        );
+        assert!(check_shared(root, &img.config_digest) >= 5);
+    }
+    // Nothing of the killed runs is left behind.
+    assert!(!root.join("composefs/bootc/tmp").exists());
+    let names: Vec<String> = podman
+        .images()
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["Names"].as_array().cloned().unwrap_or_default())
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    for img in [&img1, &img2] {
+        let n = format!(
+            "localhost/bootc:{}",
+            img.manifest_digest.trim_start_matches("sha256:")
+        );
+        assert!(names.contains(&n), "{n} not in {names:?}");
+    }
+}
+
+#[test]
+fn ext4_enabled_refuses_and_with_copy_copies() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(&work.path().join("oci"), "1.0", 1, 0, None);
+    let reg = Registry::start().unwrap();
+    let src = reg
+        .push_oci(&work.path().join("oci"), "latest", "os")
+        .unwrap();
+    let fs = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let root = fs.path();
+    let before = snapshot(root);
+
+    // `enabled` without reflinks: a clear error, the root unchanged.
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+        .args([
+            "install",
+            "to-filesystem",
+            "--unified",
+            "enabled",
+            "--source-imgref",
+        ])
+        .arg(&src)
+        .arg(root);
+    let line = run_fails(&mut c, "reflinks");
+    assert!(line.contains("ext4"), "{line}");
+    assert_eq!(before, snapshot(root));
+    // The same from a host install config file.
+    let cfg = work.path().join("host.toml");
+    std::fs::write(&cfg, "[install.storage]\nunified = \"enabled\"\n").unwrap();
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+        .args(["install", "to-filesystem", "--install-config"])
+        .arg(&cfg)
+        .arg("--source-imgref")
+        .arg(&src)
+        .arg(root);
+    run_fails(&mut c, "reflinks");
+    assert_eq!(before, snapshot(root));
+
+    // `enabled-with-copy` works and says it copied.
+    let out = install(root, Some(&reg), &src, &["--unified", "enabled-with-copy"]);
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["unified"]["mode"], "enabled-with-copy");
+    assert_eq!(r["unified"]["reflinks"], false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no reflinks") && stderr.contains("copied"),
+        "{stderr}"
+    );
+    let msg = r["unified"]["message"].as_str().unwrap();
+    assert!(msg.contains("copies"), "{msg}");
+    let st = json(cmd(root, None).args(["status", "--json"]));
+    assert_eq!(st["status"]["storage"]["unified"], "enabled-with-copy");
+    assert_eq!(
+        listed(root, &img.manifest_digest)["inContainersStorage"],
+        true
+    );
+    let podman = Podman::new(root);
+    assert!(
+        podman
+            .cat_os_release(src.trim_start_matches("docker://"))
+            .contains("ID=testos")
+    );
+    // set-unified full (reflinks required) refuses here; with copies it is done.
+    run_fails(
+        cmd(root, None).args(["image", "set-unified", "full"]),
+        "reflinks",
+    );
+    let o = run_ok(cmd(root, None).args(["image", "set-unified", "full", "--enabled-with-copy"]));
+    assert!(o.contains("Already unified"), "{o}");
+}
+
+#[test]
+fn image_install_config_decides() {
+    let work = tempfile::tempdir().unwrap();
+    // On XFS the image asks for unified storage: the host ends up unified.
+    let img = image(
+        &work.path().join("with"),
+        "1.0",
+        1,
+        0,
+        Some("[install.storage]\nunified = \"enabled\"\n"),
+    );
+    let src = format!("oci:{}:latest", work.path().join("with").display());
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let out = install(fs.path(), None, &src, &[]);
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["unified"]["decided_by"], "image-config", "{r}");
+    assert_eq!(
+        json(cmd(fs.path(), None).args(["status", "--json"]))["status"]["storage"]["unified"],
+        "enabled"
+    );
+    assert_eq!(
+        listed(fs.path(), &img.manifest_digest)["inContainersStorage"],
+        true
+    );
+    assert!(check_shared(fs.path(), &img.config_digest) >= 5);
+    // --unified disabled wins over the image.
+    let fs2 = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let out = install(fs2.path(), None, &src, &["--unified", "disabled"]);
+    assert!(out.status.success());
+    assert!(!fs2.path().join(FLAG).exists());
+    assert!(!fs2.path().join(STORE).exists());
+
+    // On ext4 `enabled` from the image fails once the image is read, and
+    // what was written is removed.
+    let ext4 = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let before = snapshot(ext4.path());
+    let mut c = unistore();
+    c.args(["install", "to-filesystem", "--source-imgref", &src])
+        .arg(ext4.path());
+    run_fails(&mut c, "reflinks");
+    assert_eq!(before, snapshot(ext4.path()));
+}
+
+#[test]
+fn bad_unified_values_are_clear_errors() {
+    let work = tempfile::tempdir().unwrap();
+    image(
+        &work.path().join("bad"),
+        "1.0",
+        1,
+        0,
+        Some("[install.storage]\nunified = \"sometimes\"\n"),
+    );
+    let fs = LoopFs::new(FsKind::Xfs, 512).unwrap();
+    let root = fs.path();
+    let before = snapshot(root);
+    let src = format!("oci:{}:latest", work.path().join("bad").display());
+    let mut c = unistore();
+    c.args(["install", "to-filesystem", "--source-imgref", &src])
+        .arg(root);
+    let line = run_fails(&mut c, "50-storage.toml");
+    assert!(line.contains("install config"), "{line}");
+    let out = run(&mut c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sometimes"), "{stderr}");
+    assert_eq!(before, snapshot(root));
+
+    // A bad host config file: refused before anything is written.
+    let cfg = work.path().join("host.toml");
+    std::fs::write(&cfg, "[install.storage]\nunified = \"yes\"\n").unwrap();
+    let mut c = unistore();
+    c.args(["install", "to-filesystem", "--install-config"])
+        .arg(&cfg)
+        .args(["--source-imgref", &src])
+        .arg(root);
+    run_fails(&mut c, "host.toml");
+    assert_eq!(before, snapshot(root));
+
+    // A bad flag value.
+    let mut c = unistore();
+    c.args([
+        "install",
+        "to-filesystem",
+        "--unified",
+        "always",
+        "--source-imgref",
+        &src,
+    ])
+    .arg(root);
+    run_fails(&mut c, "unknown unified storage mode");
+    assert_eq!(before, snapshot(root));
+}

@@ -1,0 +1,241 @@
+//! `image set-unified`: bring a host's images into the host containers-storage
+//! and mark it unified.
+//!
+//! `full`: for every image a boot entry names (booted, rollback, and the
+//! staged one when the staged marker exists), import it from the composefs
+//! repository into the store (no network: exported, copied by skopeo, then
+//! sharing extents with the composefs objects), and only then write the
+//! flag `composefs/bootc.json`. A failure or a crash at any point leaves the
+//! host unmarked; running again resumes (images already in the store are
+//! not copied again) and, once marked, is a no-op.
+//!
+//! `composefs`: on a native composefs host the composefs↔ostree binding of
+//! bootc's design is intrinsic: nothing to do.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::composefs_store;
+use crate::cstorage::{self, Session};
+use crate::deployment;
+use crate::host::HostState;
+use crate::imgref::ImageRef;
+use crate::progress::{self, Progress};
+use crate::reflink::{self, Policy};
+use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
+use crate::unified::{self, ImportReport, UnifiedMode};
+use crate::{crashpoint, lock};
+
+/// Which binding to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Images in containers-storage too, sharing extents with composefs.
+    Full,
+    /// The composefs↔ostree binding (ostree hosts only).
+    Composefs,
+}
+
+/// Options of `set-unified`.
+#[derive(Debug, Clone)]
+pub struct SetUnifiedOpts {
+    /// What to set.
+    pub target: Target,
+    /// `enabled` (reflinks required) or `enabled-with-copy`.
+    pub mode: UnifiedMode,
+    /// Registry settings, passed to podman and skopeo.
+    pub registries_conf: Option<std::path::PathBuf>,
+}
+
+/// One live image and its role.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveImage {
+    /// Manifest digest in composefs.
+    pub manifest_digest: String,
+    /// The reference the deployment follows.
+    pub image: String,
+    /// booted, rollback, staged, other.
+    pub role: String,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum SetUnifiedOutcome {
+    /// Nothing to do, and why.
+    NoOp { message: String },
+    /// Marked already, every image in the store: nothing done.
+    AlreadyUnified {
+        mode: UnifiedMode,
+        images: Vec<LiveImage>,
+    },
+    /// Images imported and the flag written.
+    Unified {
+        mode: UnifiedMode,
+        reflinks: bool,
+        filesystem: String,
+        images: Vec<ImportReport>,
+        messages: Vec<String>,
+    },
+}
+
+/// The live images, booted first, each manifest once.
+pub fn live_images(sysroot: &Sysroot) -> Result<Vec<(LiveImage, ImageRef)>> {
+    let host = HostState::read(sysroot)?;
+    let repo = composefs_store::open(sysroot)?;
+    let staged = host.staged_entry().and_then(|e| e.deployment_id());
+    let mut order: Vec<(&crate::bootloader::BlsEntry, &str)> = vec![];
+    if let Some(b) = host.booted_entry() {
+        order.push((b, "booted"));
+    }
+    if let Some(s) = host.staged_entry() {
+        order.push((s, "staged"));
+    }
+    let mut rollback_seen = false;
+    for (i, e) in host.entries.iter().enumerate() {
+        if Some(i) != host.booted {
+            let role = if rollback_seen { "other" } else { "rollback" };
+            rollback_seen = true;
+            order.push((e, role));
+        }
+    }
+    for e in &host.staged_entries {
+        if e.deployment_id() != staged {
+            order.push((e, "other"));
+        }
+    }
+    let mut out: Vec<(LiveImage, ImageRef)> = vec![];
+    for (e, role) in order {
+        let id = e
+            .deployment_id()
+            .ok_or_else(|| anyhow!("boot entry {} names no deployment", e.file_name))?;
+        let origin = deployment::read_origin(sysroot, id)?;
+        let digest = deployment::manifest_digest(sysroot, &repo, id, &origin)?;
+        if out.iter().any(|(l, _)| l.manifest_digest == digest) {
+            continue;
+        }
+        out.push((
+            LiveImage {
+                manifest_digest: digest,
+                image: origin.image.to_string(),
+                role: role.to_string(),
+            },
+            origin.image,
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs `set-unified`.
+pub async fn set_unified(
+    sysroot: &Sysroot,
+    opts: &SetUnifiedOpts,
+    progress: Progress,
+) -> Result<SetUnifiedOutcome> {
+    if !sysroot
+        .dir()
+        .try_exists(format!("{COMPOSEFS_DIR}/meta.json"))?
+    {
+        bail!(
+            "{} holds no composefs host (no {COMPOSEFS_DIR}/meta.json)",
+            sysroot.path().display()
+        );
+    }
+    if opts.target == Target::Composefs {
+        return Ok(SetUnifiedOutcome::NoOp {
+            message: "this is a native composefs host: its images already live in the composefs repository, \
+                      so there is no ostree repository to bind (set-unified composefs is for ostree hosts); \
+                      use `set-unified full` to share them with containers-storage"
+                .into(),
+        });
+    }
+    let Some(policy) = Policy::for_mode(opts.mode) else {
+        bail!("set-unified full needs a mode: enabled or enabled-with-copy");
+    };
+    let _lock = lock::lock(sysroot)?;
+    let probe = unified::probe_reflinks(sysroot)?;
+    reflink::require_for_mode(opts.mode, &probe, sysroot.path())?;
+    let live = live_images(sysroot)?;
+    if live.is_empty() {
+        bail!("no boot entry names a deployment: nothing to unify");
+    }
+    let repo = composefs_store::open(sysroot)?;
+    let mut missing = vec![];
+    for (l, _) in &live {
+        let img = composefs_store::open_image(&repo, &l.manifest_digest)?;
+        if !unified::image_in_store(sysroot, img.config_digest().as_ref())? {
+            missing.push(l.manifest_digest.clone());
+        }
+    }
+    let flag = unified::unified_mode(sysroot)?;
+    if flag == Some(opts.mode) && missing.is_empty() {
+        return Ok(SetUnifiedOutcome::AlreadyUnified {
+            mode: opts.mode,
+            images: live.into_iter().map(|(l, _)| l).collect(),
+        });
+    }
+    crashpoint::hit("set-unified:start");
+
+    let session = Session::new(sysroot, opts.registries_conf.as_deref())?;
+    let mut reports = vec![];
+    let mut messages = vec![];
+    for (l, origin) in &live {
+        progress::step(
+            &progress,
+            format!("{} image {} ({})", l.role, l.image, l.manifest_digest),
+        );
+        let r = unified::import_into_store(
+            &session,
+            sysroot,
+            &repo,
+            &l.manifest_digest,
+            Some(origin),
+            policy,
+            &probe,
+            &progress,
+        )
+        .await
+        .with_context(|| format!("bringing {} into containers-storage", l.manifest_digest))?;
+        let m = unified::import_message(opts.mode, &probe, &r);
+        progress::step(&progress, m.clone());
+        messages.push(m);
+        reports.push(r);
+        crashpoint::hit("set-unified:after-image");
+    }
+    // Every image must be there before the flag says so.
+    for (l, _) in &live {
+        let img = composefs_store::open_image(&repo, &l.manifest_digest)?;
+        if !unified::image_in_store(sysroot, img.config_digest().as_ref())? {
+            bail!(
+                "{} is still missing from containers-storage",
+                l.manifest_digest
+            );
+        }
+    }
+    drop(session);
+    crashpoint::hit("set-unified:before-flag");
+    unified::write_flag(sysroot, opts.mode)?;
+    crashpoint::hit("set-unified:after-flag");
+    Ok(SetUnifiedOutcome::Unified {
+        mode: opts.mode,
+        reflinks: probe.supported,
+        filesystem: probe.describe(),
+        images: reports,
+        messages,
+    })
+}
+
+/// Whether the store has every live image (for checks and tests).
+pub fn all_live_in_store(sysroot: &Sysroot) -> Result<bool> {
+    if !cstorage::store_exists(sysroot)? {
+        return Ok(false);
+    }
+    let repo = composefs_store::open(sysroot)?;
+    for (l, _) in live_images(sysroot)? {
+        let img = composefs_store::open_image(&repo, &l.manifest_digest)?;
+        if !unified::image_in_store(sysroot, img.config_digest().as_ref())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,904 @@
+//! Unified storage: one physical copy of each image file, shared by the
+//! composefs repository and the host containers-storage (see
+//! [`crate::cstorage`]) through reflinks.
+//!
+//! Two directions:
+//!
+//! * the unified pull ([`fetch_unified`]): podman pulls into the store
+//!   (stage 1, per-layer progress), then composefs-oci imports the image
+//!   from the store, reflinking every file into `composefs/objects`
+//!   (stage 2, no file data copied);
+//! * the import of an image already in composefs ([`import_into_store`],
+//!   used by `set-unified full` and by an install whose image asks for
+//!   unified storage): its layers are exported from the repository, copied
+//!   into the store by skopeo, and the store's files are then made to share
+//!   the extents of the composefs objects (`FIDEDUPERANGE`).
+//!
+//! After either, a pass over the image's layers makes every store file share
+//! its object's extents (files that were already in the repository, or
+//! duplicates inside the image, are not covered by stage 2).
+//!
+//! The host is marked unified by `composefs/bootc.json`
+//! (`{"unified": "enabled" | "enabled-with-copy"}`), written with
+//! write-temp + fsync + rename only after every image is in the store.
+//! `composefs/bootc/unistore-images.json` records which images unistore put
+//! in the store and which names it gave them: [`prune_store`] never removes
+//! anything else.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use cap_std_ext::cap_std::{self, fs::Dir};
+use composefs::fsverity::FsVerityHashValue;
+use composefs_oci::{LocalFetchOpt, OciDigest, PullOptions};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::composefs_store::{self, FetchConfig, ObjectId, Pulled, Repo};
+use crate::crashpoint;
+use crate::cstorage::{self, Session};
+use crate::imgref::{ImageRef, Transport};
+use crate::progress::{self, Progress};
+use crate::reflink::{self, Method, Policy, ReflinkProbe};
+use crate::sysroot::{COMPOSEFS_DIR, Sysroot, UNIFIED_FLAG};
+use crate::util;
+
+pub use crate::install_config::UnifiedMode;
+
+/// The record of images unistore put in the store.
+pub const RECORD_FILE: &str = "composefs/bootc/unistore-images.json";
+
+/// The name unistore gives every image it puts in the store:
+/// `localhost/bootc:<manifest digest hex>`. It keeps images that lost
+/// their human name to a newer one (an upgrade of the same tag) from
+/// looking dangling to `podman image prune`.
+pub fn store_name(manifest_digest: &str) -> String {
+    format!(
+        "localhost/bootc:{}",
+        manifest_digest.trim_start_matches("sha256:")
+    )
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FlagFile {
+    unified: UnifiedMode,
+}
+
+/// The unified mode the host is marked with; `None` when not marked.
+/// Reads only.
+pub fn unified_mode(sysroot: &Sysroot) -> Result<Option<UnifiedMode>> {
+    match sysroot.dir().read(UNIFIED_FLAG) {
+        Ok(b) => {
+            let f: FlagFile =
+                serde_json::from_slice(&b).with_context(|| format!("parsing {UNIFIED_FLAG}"))?;
+            Ok((f.unified != UnifiedMode::Disabled).then_some(f.unified))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {UNIFIED_FLAG}")),
+    }
+}
+
+/// Marks the host unified (write-temp, fsync, rename). Call it only once
+/// every live image is in the store.
+pub fn write_flag(sysroot: &Sysroot, mode: UnifiedMode) -> Result<()> {
+    let text = serde_json::to_vec(&FlagFile { unified: mode })?;
+    util::atomic_write(sysroot.dir(), UNIFIED_FLAG, &text)
+        .with_context(|| format!("writing {UNIFIED_FLAG}"))
+}
+
+/// Probes reflinks where the repository and the store live.
+pub fn probe_reflinks(sysroot: &Sysroot) -> Result<ReflinkProbe> {
+    let dir = if sysroot.dir().try_exists(COMPOSEFS_DIR)? {
+        sysroot.join(COMPOSEFS_DIR)
+    } else {
+        sysroot.path().to_path_buf()
+    };
+    reflink::probe(&dir)
+}
+
+/// One image unistore put in (or named in) the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnedImage {
+    /// The manifest digest of the image in the composefs repository.
+    pub manifest_digest: String,
+    /// The store's image id (config digest hex).
+    pub image_id: String,
+    /// The names unistore added.
+    pub names: Vec<String>,
+    /// Whether unistore created the image (it was not in the store before).
+    pub created: bool,
+    /// Being copied: the store may hold a partial image.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    #[serde(default)]
+    images: Vec<OwnedImage>,
+}
+
+fn read_record(sysroot: &Sysroot) -> Result<Record> {
+    match sysroot.dir().read(RECORD_FILE) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {RECORD_FILE}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {RECORD_FILE}")),
+    }
+}
+
+fn write_record(sysroot: &Sysroot, r: &Record) -> Result<()> {
+    util::atomic_write(sysroot.dir(), RECORD_FILE, &serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("writing {RECORD_FILE}"))
+}
+
+/// Adds or merges an entry (keyed by manifest digest).
+fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
+    let mut r = read_record(sysroot)?;
+    match r
+        .images
+        .iter_mut()
+        .find(|e| e.manifest_digest == new.manifest_digest)
+    {
+        Some(e) => {
+            e.created |= new.created;
+            e.image_id = new.image_id;
+            e.pending = new.pending;
+            for n in new.names {
+                if !e.names.contains(&n) {
+                    e.names.push(n);
+                }
+            }
+        }
+        None => r.images.push(new),
+    }
+    write_record(sysroot, &r)
+}
+
+/// The images unistore recorded as put in the store.
+pub fn owned_images(sysroot: &Sysroot) -> Result<Vec<OwnedImage>> {
+    Ok(read_record(sysroot)?.images)
+}
+
+/// Whether the store holds the image (by its config digest) with all its
+/// layers. Reads only.
+pub fn image_in_store(sysroot: &Sysroot, config_digest: &str) -> Result<bool> {
+    if !cstorage::store_exists(sysroot)? {
+        return Ok(false);
+    }
+    Ok(cstorage::find_complete_image(&cstorage::store_path(sysroot), config_digest)?.is_some())
+}
+
+/// The image in the store with id `config_digest`, if complete. Reads only.
+pub fn store_image(sysroot: &Sysroot, config_digest: &str) -> Result<Option<cstorage::StoreImage>> {
+    if !cstorage::store_exists(sysroot)? {
+        return Ok(None);
+    }
+    cstorage::find_complete_image(&cstorage::store_path(sysroot), config_digest)
+}
+
+/// How store files ended up relative to the composefs objects.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ShareStats {
+    /// Files of the image stored as composefs objects (larger than the
+    /// inline limit) that were checked.
+    pub files: u64,
+    /// Made to share extents by this pass.
+    pub reflinked: u64,
+    /// Already sharing extents.
+    pub already_shared: u64,
+    /// Left as separate copies (no reflinks, `enabled-with-copy`).
+    pub copied: u64,
+    /// Could not be checked (missing in the store, different content).
+    pub failed: u64,
+    /// Bytes of the files in `reflinked` and `already_shared`.
+    pub shared_bytes: u64,
+}
+
+/// Makes every store file of the image share the extents of its composefs
+/// object. Blocking.
+fn share_pass(
+    repo: &Repo,
+    store: &Path,
+    manifest_digest: &str,
+    image_id: &str,
+    policy: Policy,
+) -> Result<ShareStats> {
+    use composefs::tree::{LeafContent, RegularFile};
+    use composefs_oci::tar::{TarItem, get_entry};
+
+    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let simg = cstorage::find_complete_image(store, image_id)?
+        .ok_or_else(|| anyhow!("image {image_id} is not complete in the store"))?;
+    let chain = cstorage::layer_chain(&simg, &cstorage::read_layers(store)?)?;
+    let diff_ids = img.layer_diff_ids();
+    ensure!(
+        chain.len() == diff_ids.len(),
+        "image {image_id} has {} layers in the store and {} in composefs",
+        chain.len(),
+        diff_ids.len()
+    );
+    let mut stats = ShareStats::default();
+    for (layer, diff_id) in chain.iter().zip(diff_ids) {
+        if let Some(d) = &layer.diff_digest {
+            ensure!(
+                d == diff_id,
+                "store layer {} has diff {d}, composefs expects {diff_id}",
+                layer.id
+            );
+        }
+        let verity = img
+            .layer_verity(diff_id)
+            .ok_or_else(|| anyhow!("no layer {diff_id} in the composefs image"))?;
+        let digest: OciDigest = diff_id.parse().context("bad diff id")?;
+        let mut stream = repo.open_stream(
+            &composefs_oci::layer_content_id(&digest),
+            Some(verity),
+            Some(composefs_oci::LAYER_CONTENT_TYPE),
+        )?;
+        let diff_path = store.join("overlay").join(&layer.id).join("diff");
+        let diff = Dir::open_ambient_dir(&diff_path, cap_std::ambient_authority())
+            .with_context(|| format!("opening {}", diff_path.display()))?;
+        while let Some(entry) = get_entry(&mut stream)? {
+            let TarItem::Leaf(LeafContent::Regular(RegularFile::External(obj, size))) = &entry.item
+            else {
+                continue;
+            };
+            stats.files += 1;
+            let rel = entry.path.strip_prefix("/").unwrap_or(&entry.path);
+            let f = match diff.open(rel) {
+                Ok(f) => f.into_std(),
+                Err(e) => {
+                    tracing::warn!("{}: {e}", diff_path.join(rel).display());
+                    stats.failed += 1;
+                    continue;
+                }
+            };
+            let o = File::from(repo.open_object(obj)?);
+            match reflink::share_identical(&o, &f, policy) {
+                Ok(Method::Reflinked) => {
+                    stats.reflinked += 1;
+                    stats.shared_bytes += size;
+                }
+                Ok(Method::AlreadyShared) => {
+                    stats.already_shared += 1;
+                    stats.shared_bytes += size;
+                }
+                Ok(Method::Copied) => stats.copied += 1,
+                Err(e) if policy == Policy::ReflinkOnly => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "sharing {} with its composefs object",
+                            diff_path.join(rel).display()
+                        )
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("sharing {}: {e:#}", diff_path.join(rel).display());
+                    stats.failed += 1;
+                }
+            }
+        }
+    }
+    Ok(stats)
+}
+
+async fn share_pass_async(
+    repo: &Arc<Repo>,
+    store: &Path,
+    manifest_digest: &str,
+    image_id: &str,
+    policy: Policy,
+) -> Result<ShareStats> {
+    let (repo, store, m, i) = (
+        repo.clone(),
+        store.to_path_buf(),
+        manifest_digest.to_string(),
+        image_id.to_string(),
+    );
+    tokio::task::spawn_blocking(move || share_pass(&repo, &store, &m, &i, policy)).await?
+}
+
+/// Boot image, tag and sync after a composefs-oci pull (as
+/// [`composefs_store::pull`] does).
+fn finish_pull(repo: &Arc<Repo>, result: composefs_oci::PullResult<ObjectId>) -> Result<Pulled> {
+    let manifest_digest = result.manifest_digest.to_string();
+    let digest = result.manifest_digest.clone();
+    let boot_id = composefs_oci::boot::boot_image(repo, &digest)?
+        .map(Ok)
+        .unwrap_or_else(|| {
+            composefs_oci::generate_boot_image(
+                repo,
+                &digest,
+                &composefs::generic_tree::OciTransformOptions::default(),
+            )
+        })
+        .context("generating the boot EROFS image")?;
+    composefs_oci::oci_image::tag_image(
+        repo.as_ref(),
+        &digest,
+        &composefs_store::bootc_tag(&manifest_digest),
+    )
+    .context("tagging the image")?;
+    repo.sync().context("syncing the repository")?;
+    Ok(Pulled {
+        manifest_digest,
+        config_digest: result.config_digest.to_string(),
+        boot_image_id: boot_id.to_hex(),
+        stats: result.stats,
+    })
+}
+
+/// A registry name as containers/image normalizes it (`:latest` when it
+/// has neither tag nor digest); `None` when it is not fully qualified.
+fn normalized_registry_name(imgref: &ImageRef) -> Option<String> {
+    if imgref.transport != Transport::Registry {
+        return None;
+    }
+    let name = imgref.name.as_str();
+    let first = name.split('/').next()?;
+    if !name.contains('/') || !(first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        return None;
+    }
+    let last = name.rsplit('/').next()?;
+    if last.contains(':') || last.contains('@') {
+        Some(name.to_string())
+    } else {
+        Some(format!("{name}:latest"))
+    }
+}
+
+fn share_message(mode: UnifiedMode, probe: &ReflinkProbe, s: &ShareStats) -> String {
+    if probe.supported {
+        format!(
+            "Unified storage ({mode}): {} files ({}) share their extents between containers-storage and composefs ({} newly reflinked)",
+            s.reflinked + s.already_shared,
+            human_bytes(s.shared_bytes),
+            s.reflinked
+        )
+    } else {
+        format!(
+            "Unified storage ({mode}): no reflinks on {}: containers-storage keeps its own copy of the image files",
+            probe.describe()
+        )
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Fetches `imgref` the unified way: into the host store (podman for
+/// registries, skopeo for other transports), then into the composefs
+/// repository from the store without copying file data, tagged
+/// `localhost/bootc-<manifest digest>` with its boot EROFS image.
+///
+/// `mode` must not be `disabled` (that is [`composefs_store::pull`]).
+/// `enabled` fails before writing anything when the filesystem has no
+/// reflinks; `enabled-with-copy` then falls back to hardlinks or copies and
+/// says so through `progress`. The returned manifest digest is the one of
+/// the manifest stored in the repository, which is the manifest podman
+/// stored (the registry's, byte for byte).
+pub async fn fetch_unified(
+    sysroot: &Sysroot,
+    repo: &Arc<Repo>,
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    mode: UnifiedMode,
+    progress: Progress,
+) -> Result<Pulled> {
+    let Some(policy) = Policy::for_mode(mode) else {
+        bail!("fetch_unified called with unified storage disabled");
+    };
+    let probe = probe_reflinks(sysroot)?;
+    reflink::require_for_mode(mode, &probe, sysroot.path())?;
+    if imgref.transport == Transport::Oci {
+        crate::oci_layout::verify(imgref).await?;
+    }
+    let session = Session::new(sysroot, fetch.registries_conf.as_deref())?;
+    let store = session.store().to_path_buf();
+    let before = cstorage::read_images(&store)?;
+
+    progress::step(
+        &progress,
+        format!("Pulling {imgref} into containers-storage"),
+    );
+    let (image_id, temp_name) = match imgref.transport {
+        Transport::Registry => (session.podman_pull(&imgref.name, &progress).await?, None),
+        _ => {
+            let tmp = format!("localhost/bootc-import:{}", std::process::id());
+            session
+                .skopeo_copy_in(&imgref.to_string(), &tmp, false, &progress)
+                .await?;
+            let id = cstorage::read_images(&store)?
+                .into_iter()
+                .find(|i| i.names.contains(&tmp))
+                .map(|i| i.id)
+                .ok_or_else(|| anyhow!("{imgref} is not in containers-storage after copying it"))?;
+            (id, Some(tmp))
+        }
+    };
+    crashpoint::hit("unified:after-store-pull");
+
+    progress::step(
+        &progress,
+        "Importing from containers-storage into composefs (no copy of file data)",
+    );
+    let local_fetch = if probe.supported && policy == Policy::ReflinkOnly {
+        LocalFetchOpt::ZeroCopy
+    } else {
+        LocalFetchOpt::IfPossible
+    };
+    let spec = format!("containers-storage:{image_id}");
+    let result = composefs_oci::pull(
+        repo,
+        &spec,
+        None,
+        PullOptions {
+            local_fetch,
+            storage_root: Some(&store),
+            bootable: true,
+            progress: Some(progress.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
+    let pulled = finish_pull(repo, result)?;
+    let stored = cstorage::find_complete_image(&store, &image_id)?
+        .ok_or_else(|| anyhow!("image {image_id} vanished from containers-storage"))?;
+    if let Some(d) = &stored.digest
+        && *d != pulled.manifest_digest
+        && !stored.digests.contains(&pulled.manifest_digest)
+    {
+        tracing::warn!(
+            "containers-storage knows {imgref} as manifest {d}, composefs imported {}",
+            pulled.manifest_digest
+        );
+    }
+
+    // Names and the record of what unistore put in the store.
+    let ours = store_name(&pulled.manifest_digest);
+    session.tag(&image_id, &ours)?;
+    if let Some(t) = &temp_name {
+        session.untag(&image_id, t)?;
+    }
+    let prior = before.iter().find(|i| i.id == image_id);
+    let after = cstorage::find_complete_image(&store, &image_id)?.unwrap_or(stored);
+    let names: Vec<String> = after
+        .names
+        .iter()
+        .filter(|n| prior.is_none_or(|p| !p.names.contains(n)))
+        .cloned()
+        .collect();
+    record_upsert(
+        sysroot,
+        OwnedImage {
+            manifest_digest: pulled.manifest_digest.clone(),
+            image_id: image_id.clone(),
+            names,
+            created: prior.is_none(),
+            pending: false,
+        },
+    )?;
+
+    let st = &pulled.stats;
+    if probe.supported {
+        let share =
+            share_pass_async(repo, &store, &pulled.manifest_digest, &image_id, policy).await?;
+        progress::step(&progress, share_message(mode, &probe, &share));
+    } else {
+        progress::step(
+            &progress,
+            format!(
+                "Unified storage ({mode}): no reflinks on {}: fell back to copies: {} files hardlinked, {} copied into composefs ({} hardlinked, {} copied)",
+                probe.describe(),
+                st.objects_hardlinked,
+                st.objects_copied,
+                human_bytes(st.bytes_hardlinked),
+                human_bytes(st.bytes_copied)
+            ),
+        );
+    }
+    Ok(pulled)
+}
+
+/// What [`import_into_store`] did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportReport {
+    /// The image (its manifest digest in composefs).
+    pub manifest_digest: String,
+    /// The store's image id.
+    pub image_id: String,
+    /// Names it has in the store.
+    pub names: Vec<String>,
+    /// Whether it was copied into the store (false: it was there).
+    pub copied_into_store: bool,
+    /// How its files share extents with composefs.
+    pub share: Option<ShareStats>,
+}
+
+/// A writer that hashes what it writes.
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes `bytes` as a blob; returns its descriptor fields.
+fn write_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
+    let hex = hex::encode(Sha256::digest(bytes));
+    std::fs::write(blobs.join(&hex), bytes)?;
+    Ok((format!("sha256:{hex}"), bytes.len() as u64))
+}
+
+/// Exports an image of the repository as an OCI layout with uncompressed
+/// layers rebuilt from the layer splitstreams (each checked against its
+/// diff id). The manifest is the original one with uncompressed layer
+/// descriptors, so its digest differs from the original's. Blocking.
+fn export_layout(repo: &Repo, manifest_digest: &str, dir: &Path, tag: &str) -> Result<()> {
+    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let config = img.read_config_json(repo)?;
+    let (config_digest, config_size) = write_blob(&blobs, &config)?;
+    ensure!(
+        config_digest == img.config_digest().to_string(),
+        "the config of {manifest_digest} does not match its digest"
+    );
+    let mut layers = vec![];
+    for diff_id in img.layer_diff_ids() {
+        let digest: OciDigest = diff_id.parse().context("bad diff id")?;
+        let tmp = blobs.join(".layer.tmp");
+        let mut w = HashingWriter {
+            inner: std::io::BufWriter::new(File::create(&tmp)?),
+            hash: Sha256::new(),
+            size: 0,
+        };
+        composefs_oci::oci_image::layer_tar(repo, &digest, &mut w)
+            .with_context(|| format!("rebuilding layer {diff_id}"))?;
+        w.flush()?;
+        let got = format!("sha256:{}", hex::encode(w.hash.finalize()));
+        ensure!(
+            got == diff_id,
+            "layer {diff_id} rebuilt from composefs has digest {got}"
+        );
+        std::fs::rename(&tmp, blobs.join(diff_id.trim_start_matches("sha256:")))?;
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": diff_id,
+            "size": w.size,
+        }));
+    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(&img.read_manifest_json(repo)?)
+        .context("parsing the stored manifest")?;
+    manifest["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    manifest["config"] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        "digest": config_digest,
+        "size": config_size,
+    });
+    manifest["layers"] = layers.into();
+    if let Some(m) = manifest.as_object_mut() {
+        m.remove("subject");
+    }
+    let (mdigest, msize) = write_blob(&blobs, &serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": mdigest,
+            "size": msize,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    Ok(())
+}
+
+/// Puts an image of the composefs repository into the store without the
+/// network: export, `skopeo copy` into the store, then share extents with
+/// the composefs objects (where the filesystem has reflinks). An image
+/// already in the store is not copied again, only named and shared.
+/// `origin` (the reference the deployment follows) gives the human name
+/// when it is a registry reference no other store image carries.
+#[allow(clippy::too_many_arguments)]
+pub async fn import_into_store(
+    session: &Session,
+    sysroot: &Sysroot,
+    repo: &Arc<Repo>,
+    manifest_digest: &str,
+    origin: Option<&ImageRef>,
+    policy: Policy,
+    probe: &ReflinkProbe,
+    progress: &Progress,
+) -> Result<ImportReport> {
+    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let image_id = img
+        .config_digest()
+        .to_string()
+        .trim_start_matches("sha256:")
+        .to_string();
+    drop(img);
+    let store = session.store().to_path_buf();
+    let ours = store_name(manifest_digest);
+    let images = cstorage::read_images(&store)?;
+    let mut wanted = vec![ours.clone()];
+    if let Some(n) = origin.and_then(normalized_registry_name)
+        && !images.iter().any(|i| i.names.contains(&n))
+    {
+        wanted.push(n);
+    }
+    let present = cstorage::find_complete_image(&store, &image_id)?;
+    let copied = present.is_none();
+    let to_tag: Vec<String> = match &present {
+        Some(p) => {
+            let add: Vec<String> = wanted
+                .iter()
+                .filter(|n| !p.names.contains(n))
+                .cloned()
+                .collect();
+            record_upsert(
+                sysroot,
+                OwnedImage {
+                    manifest_digest: manifest_digest.to_string(),
+                    image_id: image_id.clone(),
+                    names: add.clone(),
+                    created: false,
+                    pending: true,
+                },
+            )?;
+            add
+        }
+        None => {
+            // Recorded before the copy: a crash leaves an entry that says
+            // unistore created whatever part of the image is there.
+            record_upsert(
+                sysroot,
+                OwnedImage {
+                    manifest_digest: manifest_digest.to_string(),
+                    image_id: image_id.clone(),
+                    names: wanted.clone(),
+                    created: true,
+                    pending: true,
+                },
+            )?;
+            progress::step(
+                progress,
+                format!("Exporting {manifest_digest} from composefs"),
+            );
+            let layout = session
+                .big_tmp()
+                .join(format!("export-{}", &image_id[..12]));
+            let _ = std::fs::remove_dir_all(&layout);
+            {
+                let (repo, m, l) = (repo.clone(), manifest_digest.to_string(), layout.clone());
+                tokio::task::spawn_blocking(move || export_layout(&repo, &m, &l, "image"))
+                    .await??;
+            }
+            crashpoint::hit("unified:after-export");
+            progress::step(
+                progress,
+                format!("Copying {manifest_digest} into containers-storage"),
+            );
+            session
+                .skopeo_copy_in(
+                    &format!("oci:{}:image", layout.display()),
+                    &ours,
+                    true,
+                    progress,
+                )
+                .await?;
+            std::fs::remove_dir_all(&layout)
+                .with_context(|| format!("removing {}", layout.display()))?;
+            crashpoint::hit("unified:after-store-copy");
+            wanted.iter().filter(|n| **n != ours).cloned().collect()
+        }
+    };
+    for n in &to_tag {
+        session.tag(&image_id, n)?;
+    }
+    let share = if probe.supported {
+        progress::step(progress, "Sharing extents with the composefs objects");
+        let s = share_pass_async(repo, &store, manifest_digest, &image_id, policy).await?;
+        Some(s)
+    } else {
+        None
+    };
+    crashpoint::hit("unified:after-share");
+    record_upsert(
+        sysroot,
+        OwnedImage {
+            manifest_digest: manifest_digest.to_string(),
+            image_id: image_id.clone(),
+            names: vec![],
+            created: false,
+            pending: false,
+        },
+    )?;
+    let names = cstorage::find_complete_image(&store, &image_id)?
+        .map(|i| i.names)
+        .unwrap_or_default();
+    Ok(ImportReport {
+        manifest_digest: manifest_digest.to_string(),
+        image_id,
+        names,
+        copied_into_store: copied,
+        share,
+    })
+}
+
+/// The message an import leaves for the user.
+pub fn import_message(mode: UnifiedMode, probe: &ReflinkProbe, r: &ImportReport) -> String {
+    match &r.share {
+        Some(s) => share_message(mode, probe, s),
+        None => format!(
+            "Unified storage ({mode}): no reflinks on {}: containers-storage holds a copy of {}",
+            probe.describe(),
+            r.manifest_digest
+        ),
+    }
+}
+
+/// What [`prune_store`] did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    /// Image ids removed from the store.
+    pub removed: Vec<String>,
+    /// `id name` pairs untagged (images kept: others named or use them).
+    pub untagged: Vec<String>,
+    /// Problems (the image stays recorded and is tried again next time).
+    pub errors: Vec<String>,
+}
+
+impl PruneReport {
+    /// Whether nothing was removed or untagged.
+    pub fn is_no_op(&self) -> bool {
+        self.removed.is_empty() && self.untagged.is_empty()
+    }
+}
+
+/// Removes from the host store the images unistore put there whose
+/// manifest is not in `live_manifest_digests`. Images unistore did not
+/// create, or that carry names unistore did not give, only lose
+/// unistore's names. Nothing unrecorded is touched. Blocking (podman).
+pub fn prune_store(sysroot: &Sysroot, live_manifest_digests: &[String]) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let mut record = read_record(sysroot)?;
+    if record.images.is_empty() || !cstorage::store_exists(sysroot)? {
+        return Ok(report);
+    }
+    let live: BTreeSet<&str> = live_manifest_digests.iter().map(String::as_str).collect();
+    let live_ids: BTreeSet<String> = record
+        .images
+        .iter()
+        .filter(|e| live.contains(e.manifest_digest.as_str()))
+        .map(|e| e.image_id.clone())
+        .collect();
+    let dead: Vec<OwnedImage> = record
+        .images
+        .iter()
+        .filter(|e| !live.contains(e.manifest_digest.as_str()))
+        .cloned()
+        .collect();
+    if dead.is_empty() {
+        return Ok(report);
+    }
+    let session = Session::new(sysroot, None)?;
+    let images = cstorage::read_images(session.store())?;
+    let mut keep = vec![];
+    for e in dead {
+        let Some(si) = images.iter().find(|i| i.id == e.image_id) else {
+            continue;
+        };
+        let others: Vec<&String> = si.names.iter().filter(|n| !e.names.contains(n)).collect();
+        if e.created && others.is_empty() && !live_ids.contains(&e.image_id) {
+            match session.remove_image(&e.image_id) {
+                Ok(()) => report.removed.push(e.image_id.clone()),
+                Err(err) => {
+                    report.errors.push(format!("{err:#}"));
+                    keep.push(e);
+                }
+            }
+        } else {
+            for n in si.names.iter().filter(|n| e.names.contains(n)) {
+                match session.untag(&e.image_id, n) {
+                    Ok(()) => report.untagged.push(format!("{} {n}", e.image_id)),
+                    Err(err) => report.errors.push(format!("{err:#}")),
+                }
+            }
+        }
+    }
+    record
+        .images
+        .retain(|e| live.contains(e.manifest_digest.as_str()));
+    record.images.extend(keep);
+    write_record(sysroot, &record)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            store_name(d),
+            "localhost/bootc:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        );
+        let r = |s: &str| normalized_registry_name(&ImageRef::parse(s).unwrap());
+        assert_eq!(
+            r("docker://127.0.0.1:5000/os:v1").as_deref(),
+            Some("127.0.0.1:5000/os:v1")
+        );
+        assert_eq!(
+            r("docker://quay.io/a/b").as_deref(),
+            Some("quay.io/a/b:latest")
+        );
+        assert_eq!(r("docker://fedora"), None);
+        assert_eq!(r("oci:/x:y"), None);
+    }
+
+    #[test]
+    fn flag_round_trip_and_record_merge() {
+        let td = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(td.path().join("composefs/bootc")).unwrap();
+        let s = Sysroot::open(td.path()).unwrap();
+        assert_eq!(unified_mode(&s).unwrap(), None);
+        write_flag(&s, UnifiedMode::EnabledWithCopy).unwrap();
+        assert_eq!(
+            unified_mode(&s).unwrap(),
+            Some(UnifiedMode::EnabledWithCopy)
+        );
+        let text = std::fs::read_to_string(td.path().join(UNIFIED_FLAG)).unwrap();
+        assert_eq!(text, r#"{"unified":"enabled-with-copy"}"#);
+        std::fs::write(td.path().join(UNIFIED_FLAG), "{").unwrap();
+        assert!(unified_mode(&s).is_err());
+
+        let e = |names: &[&str], created, pending| OwnedImage {
+            manifest_digest: "sha256:a".into(),
+            image_id: "id".into(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+            created,
+            pending,
+        };
+        record_upsert(&s, e(&["x"], true, true)).unwrap();
+        record_upsert(&s, e(&["y"], false, false)).unwrap();
+        let r = owned_images(&s).unwrap();
+        assert_eq!(r, vec![e(&["x", "y"], true, false)]);
+        // Nothing recorded for other digests; nothing pruned without a store.
+        assert!(prune_store(&s, &[]).unwrap().is_no_op());
+    }
+}
