@@ -1,6 +1,7 @@
 //! `unistore`: the porcelain. Parses arguments, calls one library function
 //! per command, prints the result, renders progress.
 
+mod fsck;
 mod image;
 mod lifecycle;
 mod progress;
@@ -146,6 +147,9 @@ enum InternalsCmd {
     FinalizeStaged(lifecycle::JsonArg),
     /// Remove what no boot entry needs.
     Gc(lifecycle::GcArgs),
+    /// Check the host's storage (everything, or only `images`); repair
+    /// with --repair.
+    Fsck(fsck::FsckArgs),
 }
 
 fn main() {
@@ -208,6 +212,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Rollback(a) => lifecycle::rollback(&open_sysroot(cli.sysroot.as_deref())?, a),
         Cmd::Internals(InternalsCmd::FinalizeStaged(a)) => {
             lifecycle::finalize(&open_sysroot(cli.sysroot.as_deref())?, a)
+        }
+        Cmd::Internals(InternalsCmd::Fsck(a)) => {
+            rt.block_on(fsck::run(&open_sysroot(cli.sysroot.as_deref())?, a))
         }
         Cmd::Internals(InternalsCmd::Gc(a)) => {
             lifecycle::gc(&open_sysroot(cli.sysroot.as_deref())?, a)

@@ -2,6 +2,7 @@
 //! root to create one on) and an options struct.
 
 pub mod finalize;
+pub mod fsck;
 pub mod gc;
 pub mod image_list;
 pub mod install;

@@ -1,0 +1,232 @@
+//! `internals fsck [images] [--repair] [--json] [--verify-content]`.
+//!
+//! Prints `[OK]`, `[FAIL]`, `[NOTE]` and `[REPAIRED]` lines and a summary
+//! (or the report as JSON), and exits with status 1 unless all is well.
+
+use std::io::Write;
+
+use anyhow::Result;
+use unistore::Sysroot;
+use unistore::ops::fsck::{self, FsckOpts, FullReport, ImageReport, ImagesReport};
+
+#[derive(clap::Args, Clone, Copy)]
+pub struct FsckFlags {
+    /// Fix what can be fixed from another copy on the host.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Re-hash the content of every object, layer and image.
+    #[arg(long)]
+    pub verify_content: bool,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct FsckArgs {
+    #[command(subcommand)]
+    pub what: Option<FsckWhat>,
+    #[command(flatten)]
+    pub flags: FsckFlags,
+}
+
+#[derive(clap::Subcommand)]
+pub enum FsckWhat {
+    /// Only the host images: composefs repository, boot entries and (on a
+    /// unified host) containers-storage.
+    Images(FsckFlags),
+}
+
+fn opts(f: FsckFlags) -> FsckOpts {
+    FsckOpts {
+        repair: f.repair,
+        verify_content: f.verify_content,
+    }
+}
+
+fn short(d: &str) -> &str {
+    let hex = d.strip_prefix("sha256:").unwrap_or(d);
+    &hex[..hex.len().min(12)]
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn image_lines(out: &mut impl Write, img: &ImageReport, unified: bool) -> Result<()> {
+    let label = format!("{} ({})", img.name, short(&img.manifest_digest));
+    for r in &img.repairs {
+        writeln!(out, "[REPAIRED] {label}: {r}")?;
+    }
+    for i in &img.issues {
+        writeln!(out, "[FAIL]     {label}: {i}")?;
+    }
+    for n in &img.notes {
+        writeln!(out, "[NOTE]     {label}: {n}")?;
+    }
+    if img.ok() {
+        let mut where_ = vec!["composefs"];
+        if img.in_containers_storage {
+            where_.push("containers-storage");
+        }
+        let live = if img.is_live {
+            format!("live ({} deployment(s))", img.deployments.len())
+        } else {
+            "not live".to_string()
+        };
+        let cs = if unified || img.in_containers_storage {
+            ""
+        } else {
+            " (not in containers-storage: unified storage is off)"
+        };
+        writeln!(
+            out,
+            "[OK]       {label}: in {}; {live}{cs}",
+            where_.join(" and ")
+        )?;
+    }
+    Ok(())
+}
+
+fn images_section(out: &mut impl Write, r: &ImagesReport) -> Result<()> {
+    for i in &r.containers_storage.issues {
+        writeln!(out, "[FAIL]     containers-storage: {i}")?;
+    }
+    for i in &r.issues {
+        writeln!(out, "[FAIL]     {i}")?;
+    }
+    for img in &r.images {
+        image_lines(out, img, r.unified_storage_enabled)?;
+    }
+    Ok(())
+}
+
+fn images_summary(r: &ImagesReport) -> String {
+    let failed = r.images.iter().filter(|i| !i.ok()).count();
+    let repaired = r.images.iter().filter(|i| i.repaired).count();
+    let storage = match r.unified_mode {
+        Some(m) => format!("unified ({m})"),
+        None => "not unified".to_string(),
+    };
+    format!(
+        "{} image(s): {} ok, {failed} failed, {repaired} repaired; storage {storage}; reflinks {}",
+        r.images.len(),
+        r.images.len() - failed,
+        yes_no(r.reflinks_supported)
+    )
+}
+
+fn finish(ok: bool) -> Result<()> {
+    std::io::stdout().flush()?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `internals fsck images`.
+pub fn images(sysroot: &Sysroot, f: FsckFlags) -> Result<()> {
+    let r = fsck::fsck_images(sysroot, opts(f))?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if f.json {
+        serde_json::to_writer_pretty(&mut out, &r)?;
+        writeln!(out)?;
+    } else {
+        images_section(&mut out, &r)?;
+        writeln!(
+            out,
+            "{}: {}",
+            if r.ok { "OK" } else { "FAILED" },
+            images_summary(&r)
+        )?;
+    }
+    finish(r.ok)
+}
+
+fn full_human(out: &mut impl Write, r: &FullReport) -> Result<()> {
+    let repo = &r.repository;
+    let what = if repo.content_verified {
+        "content verified"
+    } else {
+        "structure only; --verify-content re-hashes objects"
+    };
+    if repo.issues.is_empty() {
+        writeln!(
+            out,
+            "[OK]       composefs repository: {} objects, {} streams ({what})",
+            repo.objects_checked, repo.streams_checked
+        )?;
+    }
+    for i in &repo.issues {
+        writeln!(out, "[FAIL]     composefs repository: {i}")?;
+    }
+    for e in &r.boot_entries {
+        if e.issues.is_empty() {
+            writeln!(out, "[OK]       boot entry {}", e.file)?;
+        }
+        for i in &e.issues {
+            writeln!(out, "[FAIL]     boot entry {}: {i}", e.file)?;
+        }
+    }
+    for d in &r.deployments {
+        let label = format!("deployment {}", short(&d.id));
+        if d.issues.is_empty() {
+            writeln!(
+                out,
+                "[OK]       {label}: origin resolves to {}",
+                d.manifest_digest.as_deref().map(short).unwrap_or("-")
+            )?;
+        }
+        for i in &d.issues {
+            writeln!(out, "[FAIL]     {label}: {i}")?;
+        }
+        for n in &d.notes {
+            writeln!(out, "[NOTE]     {label}: {n}")?;
+        }
+    }
+    images_section(out, &r.images)?;
+    let failed_other = usize::from(!repo.issues.is_empty())
+        + r.boot_entries
+            .iter()
+            .filter(|e| !e.issues.is_empty())
+            .count()
+        + r.deployments
+            .iter()
+            .filter(|d| !d.issues.is_empty())
+            .count();
+    writeln!(
+        out,
+        "{}: repository {}, {} boot entr(y/ies), {} deployment(s), {} other problem(s); {}",
+        if r.ok { "OK" } else { "FAILED" },
+        if repo.issues.is_empty() {
+            "ok"
+        } else {
+            "damaged"
+        },
+        r.boot_entries.len(),
+        r.deployments.len(),
+        failed_other,
+        images_summary(&r.images)
+    )?;
+    Ok(())
+}
+
+/// `internals fsck` (everything) or `internals fsck images`.
+pub async fn run(sysroot: &Sysroot, a: FsckArgs) -> Result<()> {
+    if let Some(FsckWhat::Images(f)) = a.what {
+        return images(sysroot, f);
+    }
+    let r = fsck::fsck_all(sysroot, opts(a.flags)).await?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if a.flags.json {
+        serde_json::to_writer_pretty(&mut out, &r)?;
+        writeln!(out)?;
+    } else {
+        full_human(&mut out, &r)?;
+    }
+    drop(out);
+    finish(r.ok)
+}

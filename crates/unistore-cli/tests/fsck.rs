@@ -1,0 +1,612 @@
+//! `internals fsck [images] [--repair] [--verify-content]` on real hosts:
+//! loop-mounted XFS (reflinks) and ext4 (copies), real podman and skopeo.
+//!
+//! * an image removed from the host containers-storage (`podman rmi`) is
+//!   reported, then rebuilt there by the native writer: podman runs it,
+//!   skopeo exports layers with the image's diff-ids, its files share
+//!   extents with the composefs objects;
+//! * a damaged or missing composefs object is named and restored from the
+//!   store;
+//! * a store with a truncated `layers.json` or a missing `diff` directory
+//!   gives a clear error and is not damaged further;
+//! * without `--repair`, not a byte or an mtime under the root changes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use unistore_fixtures::env::{FsKind, LoopFs, podman_env, shared_extents, unmount_all_under};
+use unistore_fixtures::image::{BuiltImage, TestImageOpts, build_test_image};
+
+const STORE: &str = "composefs/bootc/storage";
+
+/// `(path in the image, content)` of a host binary and the libraries it
+/// loads, so that the image can run it.
+fn host_executable(bin: &str) -> Vec<(String, Vec<u8>)> {
+    let to_usr = |p: &str| {
+        if p.starts_with("/usr/") {
+            p.to_string()
+        } else {
+            format!("/usr{p}")
+        }
+    };
+    let mut files = vec![(to_usr(bin), std::fs::read(bin).unwrap())];
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|s| s.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let real = std::fs::canonicalize(p).unwrap();
+            files.push((to_usr(p), std::fs::read(real).unwrap()));
+        }
+    }
+    files
+}
+
+/// A host installed from a generated image that can run `cat`, on a fresh
+/// loop filesystem; podman pointed at its store with one private run root.
+struct Host {
+    fs: LoopFs,
+    _work: tempfile::TempDir,
+    img: BuiltImage,
+    podman_dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new(kind: FsKind) -> Self {
+        unistore_fixtures::env::require_root();
+        let work = tempfile::tempdir_in("/var/tmp").unwrap();
+        let oci = work.path().join("oci");
+        let opts = TestImageOpts {
+            extra_files: host_executable("/usr/bin/cat"),
+            ..Default::default()
+        };
+        let img = build_test_image(&oci, "t", &opts).unwrap();
+        let fs = LoopFs::new(kind, 1536).unwrap();
+        run_ok(
+            unistore()
+                .args(["install", "to-filesystem", "--source-imgref"])
+                .arg(format!("oci:{}:t", oci.display()))
+                .arg(fs.path()),
+        );
+        Self {
+            fs,
+            _work: work,
+            img,
+            podman_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.fs.path()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.root().join(STORE)
+    }
+
+    fn image_id(&self) -> &str {
+        self.img.config_digest.trim_start_matches("sha256:")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = unistore();
+        c.arg("--sysroot").arg(self.root());
+        c
+    }
+
+    fn runroot(&self) -> PathBuf {
+        self.podman_dir.path().join("rr")
+    }
+
+    fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.envs(podman_env(&self.podman_dir.path().join("conf")))
+            .arg("--root")
+            .arg(self.store())
+            .arg("--runroot")
+            .arg(self.runroot());
+        c
+    }
+
+    fn set_unified(&self, extra: &[&str]) {
+        run_ok(
+            self.cmd()
+                .args(["image", "set-unified", "full"])
+                .args(extra),
+        );
+    }
+
+    /// `fsck images ARGS` (and `--json` when asked): status and stdout.
+    fn fsck(&self, args: &[&str]) -> (bool, String) {
+        let out = run(self.cmd().args(["internals", "fsck"]).args(args));
+        (out.status.success(), String::from_utf8(out.stdout).unwrap())
+    }
+
+    fn fsck_json(&self, args: &[&str]) -> (bool, Value) {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let (ok, out) = self.fsck(&a);
+        (ok, serde_json::from_str(&out).unwrap())
+    }
+
+    /// Runs `fsck ARGS` and checks it changed nothing under the root.
+    fn fsck_read_only(&self, args: &[&str]) -> (bool, String) {
+        let before = snapshot(self.root());
+        let r = self.fsck(args);
+        let after = snapshot(self.root());
+        assert_snapshots_equal(&before, &after, &format!("fsck {args:?}"));
+        r
+    }
+
+    fn cat_os_release(&self) -> String {
+        let out = run(self.podman().args([
+            "run",
+            "--rm",
+            "--network=none",
+            self.image_id(),
+            "/usr/bin/cat",
+            "/usr/lib/os-release",
+        ]));
+        assert!(out.status.success(), "podman run failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The image's layer ids in the store, base first.
+    fn store_layer_ids(&self) -> Vec<String> {
+        let images: Value = serde_json::from_slice(
+            &std::fs::read(self.store().join("overlay-images/images.json")).unwrap(),
+        )
+        .unwrap();
+        let layers: Value = serde_json::from_slice(
+            &std::fs::read(self.store().join("overlay-layers/layers.json")).unwrap(),
+        )
+        .unwrap();
+        let img = images
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == self.image_id())
+            .expect("image in the store");
+        let mut out = vec![];
+        let mut next = img["layer"].as_str().map(str::to_string);
+        while let Some(id) = next {
+            let l = layers
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["id"] == id.as_str())
+                .unwrap();
+            next = l["parent"].as_str().map(str::to_string);
+            out.push(id);
+        }
+        out.reverse();
+        out
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        unmount_all_under(&self.store());
+    }
+}
+
+fn assert_snapshots_equal(
+    before: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
+    after: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
+    what: &str,
+) {
+    let changed: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "{what} changed the root:\n{}",
+        changed.join("\n")
+    );
+}
+
+fn sha256_file(p: &Path) -> String {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// Every regular file below `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Drops XFS speculative preallocation (post-EOF blocks that files written
+/// through O_TMPFILE keep for a while): FIEMAP lists them as unshared
+/// extents.
+fn trim_prealloc(fs: &LoopFs) {
+    fs.sync();
+    let st = Command::new("xfs_spaceman")
+        .args(["-c", "prealloc -m 0"])
+        .arg(fs.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs.sync();
+}
+
+/// The composefs objects by size.
+fn objects_by_size(root: &Path) -> BTreeMap<u64, Vec<PathBuf>> {
+    let mut m: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    for p in files_under(&root.join("composefs/objects")) {
+        m.entry(std::fs::metadata(&p).unwrap().len())
+            .or_default()
+            .push(p);
+    }
+    m
+}
+
+/// The object holding the content of `file` (same size and bytes).
+fn object_of(root: &Path, file: &Path) -> PathBuf {
+    let want = sha256_file(file);
+    let size = std::fs::metadata(file).unwrap().len();
+    objects_by_size(root)
+        .remove(&size)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|o| sha256_file(o) == want)
+        .unwrap_or_else(|| panic!("no object holds {}", file.display()))
+}
+
+fn image_report<'a>(r: &'a Value, digest: &str) -> &'a Value {
+    r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["manifestDigest"] == digest)
+        .unwrap_or_else(|| panic!("{digest} not in the report: {r:#}"))
+}
+
+/// `podman rmi` of the booted image, `fsck images` fails and changes
+/// nothing; `--repair` rebuilds it natively; podman runs it; skopeo exports
+/// its layers with their diff-ids; its files share extents with the
+/// composefs objects.
+#[test]
+fn removed_image_is_reported_then_rebuilt_natively() {
+    let h = Host::new(FsKind::Xfs);
+    h.set_unified(&[]);
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert!(ok, "{r:#}");
+    assert_eq!(r["unifiedStorageEnabled"], true);
+    assert_eq!(r["binding"], "unified");
+    assert_eq!(r["reflinksSupported"], true);
+    assert_eq!(r["ok"], true);
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["inComposefs"], true);
+    assert_eq!(img["inContainersStorage"], true);
+    assert_eq!(img["isLive"], true);
+    assert_eq!(img["repaired"], false);
+    assert!(h.cat_os_release().contains("ID=testos"));
+
+    run_ok(h.podman().args(["rmi", "--force", h.image_id()]));
+    assert!(!h.store().join("overlay-images").join(h.image_id()).exists());
+
+    // Reported, and nothing changes: human, JSON, everything, re-hashing.
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok, "fsck must fail: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[FAIL]") && l.contains("missing from containers-storage")),
+        "{out}"
+    );
+    assert!(out.lines().last().unwrap().starts_with("FAILED:"), "{out}");
+    let before = snapshot(h.root());
+    let (ok, r) = h.fsck_json(&["images", "--verify-content"]);
+    assert!(!ok);
+    assert_eq!(r["ok"], false);
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["inComposefs"], true);
+    assert_eq!(img["inContainersStorage"], false);
+    let (ok, _) = h.fsck(&["--verify-content"]);
+    assert!(!ok);
+    assert_snapshots_equal(&before, &snapshot(h.root()), "fsck --json/--verify-content");
+
+    // Repaired.
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[REPAIRED]") && l.contains("written into containers-storage")),
+        "{out}"
+    );
+    let (ok, r) = h.fsck_json(&["images", "--verify-content"]);
+    assert!(ok, "{r:#}");
+    assert_eq!(
+        image_report(&r, &h.img.manifest_digest)["inContainersStorage"],
+        true
+    );
+    assert!(h.cat_os_release().contains("ID=testos"));
+
+    // skopeo exports every layer with its diff-id.
+    let out_dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet"])
+            .arg(format!(
+                "containers-storage:[overlay@{}+{}]{}",
+                h.store().display(),
+                h.runroot().display(),
+                h.image_id()
+            ))
+            .arg(format!("dir:{}", out_dir.path().join("x").display())),
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("x/manifest.json")).unwrap())
+            .unwrap();
+    let exported: Vec<String> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap();
+            let blob = out_dir
+                .path()
+                .join("x")
+                .join(d.trim_start_matches("sha256:"));
+            sha256_file(&blob)
+        })
+        .collect();
+    assert_eq!(exported, h.img.diff_ids);
+
+    // The store's files share their extents with the composefs objects.
+    trim_prealloc(&h.fs);
+    let mut shared = 0;
+    for id in h.store_layer_ids() {
+        for f in files_under(&h.store().join("overlay").join(&id).join("diff")) {
+            let m = std::fs::metadata(&f).unwrap();
+            if m.len() <= 64 || m.nlink() > 1 {
+                continue;
+            }
+            let obj = object_of(h.root(), &f);
+            assert!(
+                shared_extents(&f, &obj).unwrap(),
+                "{} does not share extents with {}",
+                f.display(),
+                obj.display()
+            );
+            shared += 1;
+        }
+    }
+    assert!(shared >= 6, "only {shared} files checked");
+
+    // All is well now, and saying so changes nothing.
+    let (ok, out) = h.fsck_read_only(&["--verify-content"]);
+    assert!(ok, "{out}");
+    assert!(out.lines().last().unwrap().starts_with("OK:"), "{out}");
+}
+
+/// A damaged object is named by `--verify-content` and restored from the
+/// store; a missing one is found without it.
+#[test]
+fn damaged_and_missing_objects_are_restored_from_the_store() {
+    let h = Host::new(FsKind::Xfs);
+    h.set_unified(&[]);
+    let size_9m = 9 * 1024 * 1024;
+    let obj = objects_by_size(h.root())
+        .remove(&size_9m)
+        .unwrap()
+        .remove(0);
+    let rel = obj
+        .strip_prefix(h.root().join("composefs"))
+        .unwrap()
+        .to_path_buf();
+    let good = sha256_file(&obj);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&obj).unwrap();
+        f.write_all_at(b"garbage", 4096).unwrap();
+    }
+    assert_ne!(sha256_file(&obj), good);
+
+    let (ok, out) = h.fsck_read_only(&["images", "--verify-content"]);
+    assert!(!ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("[FAIL]") && l.contains(rel.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not named: {out}", rel.display()));
+    assert!(
+        line.contains("damaged") && line.contains("large-9m.bin"),
+        "{line}"
+    );
+    // The whole check names it too (the repository's own fsck).
+    let (ok, out) = h.fsck_read_only(&["--verify-content"]);
+    assert!(!ok);
+    assert!(out.contains("object-digest-mismatch"), "{out}");
+
+    let (ok, out) = h.fsck(&["images", "--verify-content", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[REPAIRED]") && l.contains("restored object")),
+        "{out}"
+    );
+    assert_eq!(sha256_file(&obj), good);
+    trim_prealloc(&h.fs);
+    let store_copy = files_under(&h.store().join("overlay"))
+        .into_iter()
+        .find(|f| f.ends_with("usr/share/unistore-test/large-9m.bin"))
+        .unwrap();
+    assert!(shared_extents(&obj, &store_copy).unwrap());
+
+    // A missing object: found by the structural check.
+    std::fs::remove_file(&obj).unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok);
+    assert!(
+        out.contains(rel.to_str().unwrap()) && out.contains("missing"),
+        "{out}"
+    );
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert_eq!(sha256_file(&obj), good);
+    let (ok, out) = h.fsck(&["--verify-content"]);
+    assert!(ok, "{out}");
+
+    // Not in the store either: named, not repairable, nothing changes.
+    run_ok(h.podman().args(["rmi", "--force", h.image_id()]));
+    std::fs::remove_file(&obj).unwrap();
+    let before = snapshot(h.root());
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(!ok);
+    assert!(out.contains("no copy of it in containers-storage"), "{out}");
+    assert_snapshots_equal(&before, &snapshot(h.root()), "an impossible repair");
+}
+
+/// A truncated `layers.json`: a clear error, and neither the check nor the
+/// repair changes anything. A missing `diff` directory: named; the repair
+/// rebuilds that layer.
+#[test]
+fn damaged_store_gives_a_clear_error_and_no_further_damage() {
+    let h = Host::new(FsKind::Xfs);
+    h.set_unified(&[]);
+    // Creates the sysroot lock file once, so that later repairs that change
+    // nothing leave the root as it is.
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("[REPAIRED]"), "{out}");
+
+    let json = h.store().join("overlay-layers/layers.json");
+    let good = std::fs::read(&json).unwrap();
+    std::fs::write(&json, &good[..good.len() / 3]).unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok);
+    let fail = out
+        .lines()
+        .find(|l| l.starts_with("[FAIL]") && l.contains("containers-storage"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        fail.contains("overlay-layers/layers.json") && fail.contains("not valid JSON"),
+        "{fail}"
+    );
+    let (ok, out) = h.fsck_read_only(&["images", "--repair"]);
+    assert!(!ok, "{out}");
+    let (ok, _) = h.fsck_read_only(&["--verify-content", "--repair"]);
+    assert!(!ok);
+    std::fs::write(&json, &good).unwrap();
+
+    let top = h.store_layer_ids().pop().unwrap();
+    let diff = h.store().join("overlay").join(&top).join("diff");
+    std::fs::remove_dir_all(&diff).unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[FAIL]") && l.contains(&top) && l.contains("diff is missing")),
+        "{out}"
+    );
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(diff.is_dir());
+    assert!(h.cat_os_release().contains("ID=testos"));
+    let (ok, out) = h.fsck_read_only(&["images", "--verify-content"]);
+    assert!(ok, "{out}");
+}
+
+/// ext4 has no reflinks: with `enabled-with-copy` the repair copies; the
+/// image runs and exports as before.
+#[test]
+fn ext4_repair_copies() {
+    let h = Host::new(FsKind::Ext4);
+    h.set_unified(&["--enabled-with-copy"]);
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert!(ok, "{r:#}");
+    assert_eq!(r["reflinksSupported"], false);
+    run_ok(h.podman().args(["rmi", "--force", h.image_id()]));
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok, "{out}");
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    let line = out.lines().find(|l| l.starts_with("[REPAIRED]")).unwrap();
+    assert!(line.contains("0 file(s) reflinked"), "{line}");
+    assert!(h.cat_os_release().contains("ID=testos"));
+    let (ok, out) = h.fsck_read_only(&["--verify-content"]);
+    assert!(ok, "{out}");
+}
+
+/// On a host that is not unified the store is not required; a tag no boot
+/// entry uses is a note, not a failure; a live image's missing tag is a
+/// failure the repair fixes.
+#[test]
+fn notes_and_tags_on_a_plain_host() {
+    let h = Host::new(FsKind::Xfs);
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert!(ok, "{r:#}");
+    assert_eq!(r["unifiedStorageEnabled"], false);
+    assert_eq!(r["binding"], "disabled");
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["inContainersStorage"], false);
+    assert!(!h.store().exists());
+
+    // The tag without an entry: hide the entry (keep it to put it back).
+    let entries = h.root().join("boot/loader/entries");
+    let entry = std::fs::read_dir(&entries)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let saved = std::fs::read(&entry).unwrap();
+    std::fs::remove_file(&entry).unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[NOTE]") && l.contains("no live boot entry uses it")),
+        "{out}"
+    );
+    std::fs::write(&entry, saved).unwrap();
+
+    // A live image without its tag.
+    let refs = h.root().join("composefs/streams/refs/oci");
+    let tag = std::fs::read_dir(&refs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let target = std::fs::read_link(&tag).unwrap();
+    std::fs::remove_file(&tag).unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok);
+    assert!(out.contains("not tagged"), "{out}");
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("[REPAIRED]") && out.contains("tagged it"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_link(&tag).unwrap(), target);
+}
