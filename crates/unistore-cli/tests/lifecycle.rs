@@ -570,3 +570,67 @@ fn broken_origin_is_reported_not_fatal() {
     run_fails(w.cmd().arg("upgrade"), "origin");
     assert_eq!(before, snapshot(w.root()));
 }
+
+/// Manifest digests of the images in the host containers-storage, from the
+/// store's own `overlay-images/images.json`.
+fn store_digests(root: &Path) -> Vec<String> {
+    let p = root.join("composefs/bootc/storage/overlay-images/images.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let mut d: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["digest"].as_str().unwrap().to_string())
+        .collect();
+    d.sort();
+    d
+}
+
+/// On a unified host, upgrades and switches go through the host store, and
+/// GC keeps the store to the live images.
+#[test]
+fn unified_host_lifecycle() {
+    let w = world();
+    let src = w.push(1, "os");
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", w.reg.registries_conf());
+    run_ok(
+        c.args([
+            "install",
+            "to-filesystem",
+            "--unified",
+            "enabled",
+            "--source-imgref",
+            &src,
+        ])
+        .arg(w.root()),
+    );
+    assert_eq!(store_digests(w.root()), vec![w.digest(1).to_string()]);
+    w.push(2, "os");
+    assert_eq!(w.json(&["upgrade"])["result"], "staged");
+    let mut want = vec![w.digest(1).to_string(), w.digest(2).to_string()];
+    want.sort();
+    assert_eq!(
+        store_digests(w.root()),
+        want,
+        "the upgrade did not pull through the store"
+    );
+    w.json(&["internals", "finalize-staged"]);
+    let src3 = w.push(3, "other");
+    w.json(&["switch", &src3]);
+    w.json(&["internals", "finalize-staged"]);
+    let g = w.json(&["internals", "gc"]);
+    assert_eq!(
+        g["store_images_removed"].as_array().unwrap().len(),
+        1,
+        "{g}"
+    );
+    let mut want = vec![w.digest(2).to_string(), w.digest(3).to_string()];
+    want.sort();
+    assert_eq!(store_digests(w.root()), want);
+    assert_eq!(w.digests(), (w.v(3), w.v(2), None));
+    let s = w.status();
+    assert_eq!(s["status"]["storage"]["unified"], "enabled", "{s}");
+    w.check_mount("booted", 3);
+    run_ok(w.cmd().args(["internals", "gc", "--assert-no-op"]));
+}

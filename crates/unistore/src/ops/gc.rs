@@ -38,6 +38,10 @@ pub struct GcReport {
     pub streams_pruned: u64,
     pub images_pruned: u64,
     pub dry_run: bool,
+    /// Images removed from the host containers-storage (unified hosts).
+    pub store_images_removed: Vec<String>,
+    /// Problems pruning the store (the images are tried again next time).
+    pub store_errors: Vec<String>,
 }
 
 impl GcReport {
@@ -50,6 +54,7 @@ impl GcReport {
             && self.objects_removed == 0
             && self.streams_pruned == 0
             && self.images_pruned == 0
+            && self.store_images_removed.is_empty()
     }
 
     /// Bytes freed in all.
@@ -160,7 +165,14 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         }
     }
 
-    // 4. Host containers-storage: see unified storage.
+    // 4. The host containers-storage: only images unistore put there, and
+    // only those no live deployment uses. (Not previewed by a dry run.)
+    if !opts.dry_run {
+        let live: Vec<String> = live_digests.iter().cloned().collect();
+        let pruned = crate::unified::prune_store(sysroot, &live)?;
+        report.store_images_removed = pruned.removed;
+        report.store_errors = pruned.errors;
+    }
     crate::crashpoint::hit("gc:before-repo-gc");
 
     // 5. Repository GC.

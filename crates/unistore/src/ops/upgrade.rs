@@ -114,7 +114,11 @@ pub async fn upgrade(
     }
 
     progress::step(&progress, format!("Pulling {imgref}"));
-    let pulled = composefs_store::pull(&repo, &imgref, &opts.fetch, progress.clone()).await?;
+    // A unified host pulls through its containers-storage.
+    let mode = crate::unified::unified_mode(sysroot)?;
+    let pulled =
+        crate::ops::install::fetch(sysroot, &repo, &imgref, &opts.fetch, mode, progress.clone())
+            .await?;
     crashpoint::hit("upgrade:after-pull");
     let id = pulled.boot_image_id.clone();
     if id == booted_id {
