@@ -120,6 +120,9 @@ fn print_list(w: &mut impl Write, l: &ImageList) -> Result<()> {
         "{:<20} {:<10} {:<9} {:<8} IMAGE",
         "DIGEST", "ROLES", "COMPOSEFS", "STORAGE"
     )?;
+    for e in &l.errors {
+        writeln!(w, "! {e}")?;
+    }
     for i in &l.images {
         let d = i.manifest_digest.trim_start_matches("sha256:");
         writeln!(

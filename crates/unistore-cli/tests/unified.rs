@@ -413,10 +413,27 @@ fn set_unified_full_on_plain_xfs_host() {
     assert!(check_shared(root, &img1.config_digest) >= 10);
     check_space(&fs, free0, unpacked_size(&img1));
 
-    // A staged image that is not in the store yet: set-unified brings it in.
+    // The upgrade of a unified host pulls through the store.
     reg.push_oci(&work.path().join("v2"), "latest", "plain/os")
         .unwrap();
     run_ok(cmd(root, Some(&reg)).args(["upgrade"]));
+    assert_eq!(
+        listed(root, &img2.manifest_digest)["inContainersStorage"],
+        true
+    );
+    // A staged image missing from the store (removed behind unistore's
+    // back): set-unified brings it back from composefs.
+    let id2 = img2.config_digest.trim_start_matches("sha256:");
+    let out = podman.cmd().args(["rmi", "--force", id2]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        listed(root, &img2.manifest_digest)["inContainersStorage"],
+        false
+    );
     let o = run_ok(cmd(root, Some(&reg)).args(["image", "set-unified", "full"]));
     assert!(!o.contains("Already unified"), "{o}");
     let l2 = listed(root, &img2.manifest_digest);
@@ -533,6 +550,44 @@ fn set_unified_survives_kills_at_each_stage() {
         );
         assert!(names.contains(&n), "{n} not in {names:?}");
     }
+
+    // The store's GC: only what unistore put there, only when not live.
+    let id = |img: &BuiltImage| img.config_digest.trim_start_matches("sha256:").to_string();
+    let user_name = "localhost/user/kept:1";
+    let out = podman
+        .cmd()
+        .args(["tag", &id(&img2), user_name])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    unistore::cstorage::set_runtime_dir("/run/unistore-test");
+    let sysroot = unistore::Sysroot::open(root).unwrap();
+    let live = vec![img1.manifest_digest.clone(), img2.manifest_digest.clone()];
+    let r = unistore::unified::prune_store(&sysroot, &live).unwrap();
+    assert!(r.is_no_op(), "{r:?}");
+    // v1 is no longer live: unistore created it and nobody else named it.
+    let r = unistore::unified::prune_store(&sysroot, &live[1..]).unwrap();
+    assert_eq!(r.removed, vec![id(&img1)], "{r:?}");
+    assert!(r.errors.is_empty(), "{r:?}");
+    // v2 carries a name the user gave: it only loses unistore's names.
+    let r = unistore::unified::prune_store(&sysroot, &[]).unwrap();
+    assert!(r.removed.is_empty(), "{r:?}");
+    assert!(!r.untagged.is_empty(), "{r:?}");
+    let left = podman.images();
+    let ids: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id(&img2).as_str()], "{left}");
+    assert_eq!(left[0]["Names"], serde_json::json!([user_name]), "{left}");
+    // Nothing recorded any more: a second run touches nothing.
+    assert!(
+        unistore::unified::prune_store(&sysroot, &[])
+            .unwrap()
+            .is_no_op()
+    );
 }
 
 #[test]

@@ -823,7 +823,15 @@ pub fn prune_store(sysroot: &Sysroot, live_manifest_digests: &[String]) -> Resul
         };
         let others: Vec<&String> = si.names.iter().filter(|n| !e.names.contains(n)).collect();
         if e.created && others.is_empty() && !live_ids.contains(&e.image_id) {
-            match session.remove_image(&e.image_id) {
+            // podman refuses `rmi ID` for an image with several names
+            // (short of --force, which would also remove containers):
+            // take the names back first, then remove the nameless image,
+            // which podman refuses while a container uses it.
+            let untagged = si
+                .names
+                .iter()
+                .try_for_each(|n| session.untag(&e.image_id, n));
+            match untagged.and_then(|()| session.remove_image(&e.image_id)) {
                 Ok(()) => report.removed.push(e.image_id.clone()),
                 Err(err) => {
                     report.errors.push(format!("{err:#}"));

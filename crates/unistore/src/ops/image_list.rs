@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::composefs_store;
-use crate::ops::set_unified::live_images;
+use crate::ops::set_unified::live_images_lenient;
 use crate::sysroot::{BOOTC_TAG_PREFIX, Sysroot};
 use crate::unified::{self, UnifiedMode};
 
@@ -48,6 +48,9 @@ pub struct ImageList {
     pub unified: Option<UnifiedMode>,
     /// The images, live ones first.
     pub images: Vec<HostImage>,
+    /// Live deployments whose image could not be told.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Lists the host's images. Reads only.
@@ -68,7 +71,8 @@ pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
     };
     // Every entry's image with its role (live_images dedups by digest, so
     // add roles of duplicates from the entries themselves).
-    for (l, _) in live_images(sysroot)? {
+    let (live, errors) = live_images_lenient(sysroot)?;
+    for (l, _) in live {
         let e = by_digest
             .entry(l.manifest_digest.clone())
             .or_insert_with(|| {
@@ -110,5 +114,6 @@ pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
     Ok(ImageList {
         unified: unified::unified_mode(sysroot)?,
         images,
+        errors,
     })
 }

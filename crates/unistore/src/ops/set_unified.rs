@@ -79,8 +79,25 @@ pub enum SetUnifiedOutcome {
     },
 }
 
-/// The live images, booted first, each manifest once.
-pub fn live_images(sysroot: &Sysroot) -> Result<Vec<(LiveImage, ImageRef)>> {
+/// Live images with the reference each deployment follows.
+pub type LiveImages = Vec<(LiveImage, ImageRef)>;
+
+/// The live images, booted first, each manifest once. Fails on a live
+/// deployment whose image cannot be told (set-unified must not mark a host
+/// it could not fully bring into the store).
+pub fn live_images(sysroot: &Sysroot) -> Result<LiveImages> {
+    let (images, errors) = collect_live_images(sysroot, true)?;
+    debug_assert!(errors.is_empty());
+    Ok(images)
+}
+
+/// Like [`live_images`], but a deployment whose origin or manifest cannot be
+/// read is reported in the second list instead of failing (for listings).
+pub fn live_images_lenient(sysroot: &Sysroot) -> Result<(LiveImages, Vec<String>)> {
+    collect_live_images(sysroot, false)
+}
+
+fn collect_live_images(sysroot: &Sysroot, strict: bool) -> Result<(LiveImages, Vec<String>)> {
     let host = HostState::read(sysroot)?;
     let repo = composefs_store::open(sysroot)?;
     let staged = host.staged_entry().and_then(|e| e.deployment_id());
@@ -104,13 +121,26 @@ pub fn live_images(sysroot: &Sysroot) -> Result<Vec<(LiveImage, ImageRef)>> {
             order.push((e, "other"));
         }
     }
-    let mut out: Vec<(LiveImage, ImageRef)> = vec![];
+    let mut out: LiveImages = vec![];
+    let mut errors = vec![];
     for (e, role) in order {
-        let id = e
+        let found = e
             .deployment_id()
-            .ok_or_else(|| anyhow!("boot entry {} names no deployment", e.file_name))?;
-        let origin = deployment::read_origin(sysroot, id)?;
-        let digest = deployment::manifest_digest(sysroot, &repo, id, &origin)?;
+            .ok_or_else(|| anyhow!("boot entry {} names no deployment", e.file_name))
+            .and_then(|id| {
+                let origin = deployment::read_origin(sysroot, id)?;
+                let digest = deployment::manifest_digest(sysroot, &repo, id, &origin)?;
+                Ok((origin, digest))
+            })
+            .with_context(|| format!("{role} deployment of {}", e.file_name));
+        let (origin, digest) = match found {
+            Ok(x) => x,
+            Err(err) if !strict => {
+                errors.push(format!("{err:#}"));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         if out.iter().any(|(l, _)| l.manifest_digest == digest) {
             continue;
         }
@@ -123,7 +153,7 @@ pub fn live_images(sysroot: &Sysroot) -> Result<Vec<(LiveImage, ImageRef)>> {
             origin.image,
         ));
     }
-    Ok(out)
+    Ok((out, errors))
 }
 
 /// Runs `set-unified`.
