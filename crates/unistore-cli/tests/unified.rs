@@ -332,6 +332,11 @@ fn unified_install_from_registry_on_xfs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("into containers-storage"), "{stderr}");
     assert!(root.join("ostree/bootc").is_symlink());
+    // Nothing of podman's stays mounted in the root.
+    assert_eq!(
+        unistore_fixtures::env::mounts::mounts_under(root),
+        vec![std::fs::canonicalize(root).unwrap()]
+    );
     assert_eq!(
         std::fs::read_to_string(root.join(FLAG)).unwrap(),
         r#"{"unified":"enabled"}"#

@@ -352,7 +352,11 @@ impl Session {
         std::fs::write(
             s.storage_conf(),
             format!(
-                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\n\
+                 [storage.options.overlay]\n\
+                 # No private bind mount of the store's overlay/ on itself:\n\
+                 # nothing may stay mounted in the host's root after unistore.\n\
+                 skip_mount_home = \"true\"\n",
                 toml_escape(&s.store),
                 toml_escape(&s.runroot())
             ),
