@@ -183,6 +183,15 @@ pub async fn pull(
     let result = composefs_oci::pull(repo, &spec, None, opts)
         .await
         .with_context(|| format!("pulling {spec}"))?;
+    finish_pull(repo, result)
+}
+
+/// Boot image, `localhost/bootc-<digest>` tag and sync after a composefs-oci
+/// pull, whatever the transport.
+pub fn finish_pull(
+    repo: &Arc<Repo>,
+    result: composefs_oci::PullResult<ObjectId>,
+) -> Result<Pulled> {
     let manifest_digest = result.manifest_digest.to_string();
     let digest: OciDigest = result.manifest_digest.clone();
     // The verity composefs-oci returns can be stale: re-resolve through the

@@ -33,12 +33,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use cap_std_ext::cap_std::{self, fs::Dir};
-use composefs::fsverity::FsVerityHashValue;
 use composefs_oci::{LocalFetchOpt, OciDigest, PullOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::composefs_store::{self, FetchConfig, ObjectId, Pulled, Repo};
+use crate::composefs_store::{self, FetchConfig, Pulled, Repo};
 use crate::crashpoint;
 use crate::cstorage::{self, Session};
 use crate::imgref::{ImageRef, Transport};
@@ -302,36 +301,6 @@ async fn share_pass_async(
     tokio::task::spawn_blocking(move || share_pass(&repo, &store, &m, &i, policy)).await?
 }
 
-/// Boot image, tag and sync after a composefs-oci pull (as
-/// [`composefs_store::pull`] does).
-fn finish_pull(repo: &Arc<Repo>, result: composefs_oci::PullResult<ObjectId>) -> Result<Pulled> {
-    let manifest_digest = result.manifest_digest.to_string();
-    let digest = result.manifest_digest.clone();
-    let boot_id = composefs_oci::boot::boot_image(repo, &digest)?
-        .map(Ok)
-        .unwrap_or_else(|| {
-            composefs_oci::generate_boot_image(
-                repo,
-                &digest,
-                &composefs::generic_tree::OciTransformOptions::default(),
-            )
-        })
-        .context("generating the boot EROFS image")?;
-    composefs_oci::oci_image::tag_image(
-        repo.as_ref(),
-        &digest,
-        &composefs_store::bootc_tag(&manifest_digest),
-    )
-    .context("tagging the image")?;
-    repo.sync().context("syncing the repository")?;
-    Ok(Pulled {
-        manifest_digest,
-        config_digest: result.config_digest.to_string(),
-        boot_image_id: boot_id.to_hex(),
-        stats: result.stats,
-    })
-}
-
 /// A registry name as containers/image normalizes it (`:latest` when it
 /// has neither tag nor digest); `None` when it is not fully qualified.
 fn normalized_registry_name(imgref: &ImageRef) -> Option<String> {
@@ -459,7 +428,7 @@ pub async fn fetch_unified(
     )
     .await
     .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
-    let pulled = finish_pull(repo, result)?;
+    let pulled = composefs_store::finish_pull(repo, result)?;
     let stored = cstorage::find_complete_image(&store, &image_id)?
         .ok_or_else(|| anyhow!("image {image_id} vanished from containers-storage"))?;
     if let Some(d) = &stored.digest
