@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::prelude::*;
-use crc::{CRC_64_GO_ISO, Crc};
+use crc::{CRC_64_GO_ISO, Crc, Table};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -56,7 +56,7 @@ pub const LAYERS_DIR: &str = "overlay-layers";
 pub const IMAGES_DIR: &str = "overlay-images";
 
 /// CRC-64 with the ISO polynomial, as Go's `hash/crc64` computes it.
-pub static CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_GO_ISO);
+pub static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
 
 /// containers/storage's `compression` values.
 pub mod compression {

@@ -103,3 +103,47 @@
 //! back. podman's own database stays out of the store (unistore's podman
 //! runs with a private `static_dir`), because podman pins a store to the run
 //! root recorded there and would refuse the user's own `podman --root`.
+//!
+//! ## fsck, and writing containers-storage natively
+//!
+//! `internals fsck` must be safe to run at any time, so without `--repair`
+//! it writes nothing at all: the repository is opened with its shared lock
+//! only, the store's JSON is read under containers/storage's own lock files
+//! taken shared and only if they exist (creating one would be a change),
+//! the sysroot lock is not taken, and reflink support is read from the
+//! filesystem (XFS geometry flags, btrfs) instead of probed with a file.
+//! The tests compare the mode, size and mtime of every path under the root
+//! before and after.
+//!
+//! `--repair` goes from the copy that is right to the one that is not, in
+//! this order: composefs objects from store files (the store file's
+//! fs-verity digest must equal the object id before it is cloned in and
+//! renamed over the damaged one), then the store from composefs. The store is
+//! rebuilt by unistore's own writer ([`crate::cstor_writer`]) rather than by
+//! an OCI export and `skopeo copy`: the layer splitstream already holds the
+//! tar headers and the object ids of file contents, so one pass over it
+//! creates `diff/` (contents by `FICLONE` from the objects: no data written
+//! on a reflink filesystem) and the tar-split (headers and padding), and
+//! checks the layer's sha256 against its diff-id before anything is
+//! published. The store keeps the image's original manifest (compressed
+//! layer digests recorded as `compressed-diff-digest`, so a later `podman
+//! pull` of the same image reuses the layers).
+//!
+//! The writer follows what podman 4.3 writes on this machine, checked by a
+//! test that writes the same image both ways and compares the layer ids,
+//! trees (types, modes, owners, xattrs, mtimes), tar-split records and JSON:
+//! layer ids chain as `sha256("<parent id>+<diff-id hex>")`; whiteouts are
+//! 0/0 character devices with mode 0, opaque directories carry
+//! `trusted.overlay.opaque=y`; the `diff` root is 0555 and parents the tar
+//! does not list are created 0755; tar-split records are the padding of the
+//! previous file plus the next headers as one segment, then the entry (CRC-64
+//! ISO of its content, big-endian, `null` for empty files), and a final
+//! empty segment; `layers.json`/`images.json` are replaced through
+//! `.tmp-<name><random>` files under `fcntl` (not `flock`) locks, whose
+//! 64-byte "last writer" token is rewritten so running podman processes
+//! reload. A layer is built under a temporary name, renamed into place with
+//! its link and tar-split, and recorded in `layers.json` last (after
+//! `syncfs`); a directory the writer published but did not record is marked
+//! and removed by its next run, under the lock. A store whose JSON cannot be
+//! parsed is never rewritten: it may describe images unistore knows nothing
+//! about.

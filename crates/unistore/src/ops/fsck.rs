@@ -857,7 +857,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                                     c,
                                     cfs.config_json.as_deref(),
                                     &cfs.diff_ids,
-                                    true,
+                                    opts.verify_content,
                                 )
                             });
                 }
