@@ -533,6 +533,31 @@ fn damaged_store_gives_a_clear_error_and_no_further_damage() {
     assert!(h.cat_os_release().contains("ID=testos"));
     let (ok, out) = h.fsck_read_only(&["images", "--verify-content"]);
     assert!(ok, "{out}");
+
+    // A file gone from a layer: found without reading contents.
+    let base = h.store_layer_ids().remove(0);
+    let victim = h
+        .store()
+        .join("overlay")
+        .join(&base)
+        .join("diff/usr/share/unistore-test/small.txt");
+    std::fs::remove_file(&victim).unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok);
+    assert!(out.contains("small.txt"), "{out}");
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"hello\n");
+    // Same size, other bytes: only re-hashing sees it; so does its repair.
+    std::fs::write(&victim, b"HELLO\n").unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(ok, "{out}");
+    let (ok, out) = h.fsck_read_only(&["images", "--verify-content"]);
+    assert!(!ok);
+    assert!(out.contains("small.txt") && out.contains("CRC"), "{out}");
+    let (ok, out) = h.fsck(&["images", "--verify-content", "--repair"]);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"hello\n");
 }
 
 /// ext4 has no reflinks: with `enabled-with-copy` the repair copies; the

@@ -446,6 +446,30 @@ pub fn assemble_layer(
     Ok((format!("sha256:{}", hex::encode(sha.finalize())), size))
 }
 
+/// Checks, without reading contents, that every file a layer's tar-split
+/// reads from `diff` exists there as a regular file of the recorded size.
+pub fn check_layer_files(diff: &Path, entries: &[TarSplitEntry]) -> Result<()> {
+    for e in entries {
+        if let TarSplitEntry::File { name, size, .. } = e
+            && *size > 0
+        {
+            let rel = crate::tar_walk::normalize(name)?;
+            let p = diff.join(crate::tar_walk::as_os_str(&rel));
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() && m.len() == *size => {}
+                Ok(m) if m.is_file() => bail!(
+                    "{} has {} bytes, the layer says {size}",
+                    p.display(),
+                    m.len()
+                ),
+                Ok(_) => bail!("{} is not a regular file", p.display()),
+                Err(e) => bail!("{}: {e}", p.display()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A writer that only counts and hashes.
 #[derive(Default)]
 pub struct Sink;
@@ -566,9 +590,16 @@ mod tests {
         assert_eq!(out, b"HDRcontentPAD");
         assert_eq!(size, 13);
         assert_eq!(digest, sha256_digest(b"HDRcontentPAD"));
+        check_layer_files(&diff, &entries).unwrap();
         // A changed file is caught.
         std::fs::write(diff.join("d/f"), b"CONTENT").unwrap();
         assert!(assemble_layer(&diff, &entries, &mut Sink).is_err());
+        check_layer_files(&diff, &entries).unwrap();
+        // A missing or resized one, even without reading contents.
+        std::fs::write(diff.join("d/f"), b"longer content").unwrap();
+        assert!(check_layer_files(&diff, &entries).is_err());
+        std::fs::remove_file(diff.join("d/f")).unwrap();
+        assert!(check_layer_files(&diff, &entries).is_err());
     }
 
     #[test]

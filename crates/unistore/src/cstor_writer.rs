@@ -69,6 +69,9 @@ pub struct WriteOptions {
     /// Copy file contents where the filesystem cannot reflink (otherwise
     /// that is an error).
     pub allow_copy: bool,
+    /// Reuse a layer the store has only after reassembling it and checking
+    /// its diff-id (reads every file); otherwise its structure decides.
+    pub verify_reused: bool,
 }
 
 /// What a write did.
@@ -178,6 +181,19 @@ fn load_source(repo: &Repo, manifest_digest: &str) -> Result<Source> {
     })
 }
 
+/// Reassembles layer `id` of the store from its tar-split and `diff` (every
+/// file's CRC checked) and compares the result with `diff_id`.
+pub fn verify_layer(store: &Path, id: &str, diff_id: &str) -> Result<()> {
+    let diff = store.join(OVERLAY_DIR).join(id).join("diff");
+    let entries = fmt::read_tar_split(&store.join(fmt::tar_split_path(id)))?;
+    let (digest, _) = fmt::assemble_layer(&diff, &entries, &mut fmt::Sink)?;
+    ensure!(
+        digest == diff_id,
+        "layer {id} exports with digest {digest}, not {diff_id}"
+    );
+    Ok(())
+}
+
 /// Why the store's record of layer `id` (expected to hold `diff_id`) is not
 /// usable, or `None` when it is whole: listed complete, diff directory,
 /// tar-split and link in place.
@@ -202,11 +218,16 @@ pub fn layer_problem(store: &Path, entry: &Value, diff_id: &str) -> Option<Strin
     if !dir.join("diff").is_dir() {
         return Some(format!("layer {id}: {}/diff is missing", dir.display()));
     }
-    if !store.join(fmt::tar_split_path(id)).is_file() {
-        return Some(format!(
-            "layer {id}: {} is missing",
-            store.join(fmt::tar_split_path(id)).display()
-        ));
+    let split = store.join(fmt::tar_split_path(id));
+    if !split.is_file() {
+        return Some(format!("layer {id}: {} is missing", split.display()));
+    }
+    // Every file the layer exports is there, with its size (contents are
+    // not read: see `verify_layer`).
+    if let Err(e) =
+        fmt::read_tar_split(&split).and_then(|e| fmt::check_layer_files(&dir.join("diff"), &e))
+    {
+        return Some(format!("layer {id}: {e:#}"));
     }
     match std::fs::read_to_string(dir.join("link")) {
         Ok(link) => {
@@ -268,6 +289,7 @@ pub fn write_image(
             let existing = layers.iter().position(|l| entry_id(l) == id);
             if let Some(idx) = existing
                 && layer_problem(store, &layers[idx], &layer.diff_id).is_none()
+                && (!opts.verify_reused || verify_layer(store, id, &layer.diff_id).is_ok())
             {
                 stats.layers_reused += 1;
                 continue;
@@ -1213,6 +1235,7 @@ mod tests {
             &WriteOptions {
                 names: vec![name.clone()],
                 allow_copy: true,
+                verify_reused: false,
             },
         )
         .unwrap();
@@ -1330,6 +1353,7 @@ mod tests {
             &WriteOptions {
                 names: vec![name],
                 allow_copy: true,
+                verify_reused: true,
             },
         )
         .unwrap();
@@ -1348,6 +1372,7 @@ mod tests {
         let opts = WriteOptions {
             names: vec!["localhost/x:y".into()],
             allow_copy: true,
+            verify_reused: false,
         };
         write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
         let ids = fmt::chain_ids(&built.diff_ids).unwrap();

@@ -435,18 +435,10 @@ fn check_store_image(
             Some(l) => {
                 if let Some(p) = cstor_writer::layer_problem(&store.path, l, diff_id) {
                     problems.push(p);
-                } else if verify {
-                    let diff = store.path.join("overlay").join(id).join("diff");
-                    let r = cfmt::read_tar_split(&store.path.join(cfmt::tar_split_path(id)))
-                        .and_then(|e| cfmt::assemble_layer(&diff, &e, &mut cfmt::Sink));
-                    match r {
-                        Ok((d, _)) if &d == diff_id => {}
-                        Ok((d, _)) => problems.push(format!(
-                            "layer {} exports with digest {d}, not {diff_id}",
-                            short(id)
-                        )),
-                        Err(e) => problems.push(format!("layer {}: {e:#}", short(id))),
-                    }
+                } else if verify
+                    && let Err(e) = cstor_writer::verify_layer(&store.path, id, diff_id)
+                {
+                    problems.push(format!("{e:#}"));
                 }
             }
         }
@@ -831,6 +823,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             let wo = WriteOptions {
                 names,
                 allow_copy: mode != Some(UnifiedMode::Enabled),
+                verify_reused: opts.verify_content,
             };
             let written = crate::cstorage::ensure_store(sysroot).and_then(|()| {
                 cstor_writer::write_image(&repo, &img.manifest_digest, &store_path, &wo)
