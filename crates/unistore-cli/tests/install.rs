@@ -328,3 +328,25 @@ fn install_from_oci_archive() {
         "oci-archive",
     );
 }
+
+/// A full disk: a clear error, and nothing left that looks like a deployment.
+#[test]
+fn full_disk_is_a_clear_error_and_leaves_nothing() {
+    let fs = LoopFs::new(FsKind::Ext4, 96).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let opts = TestImageOpts {
+        payload_mib: 150,
+        ..Default::default()
+    };
+    build_test_image(&oci, "v1", &opts).unwrap();
+    let before = snapshot(fs.path());
+    run_fails(
+        unistore()
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(format!("oci:{}:v1", oci.display()))
+            .arg(fs.path()),
+        "no space left",
+    );
+    assert_eq!(before, snapshot(fs.path()));
+}
