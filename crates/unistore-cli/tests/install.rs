@@ -350,3 +350,46 @@ fn full_disk_is_a_clear_error_and_leaves_nothing() {
     );
     assert_eq!(before, snapshot(fs.path()));
 }
+
+/// A layer whose tar names climb out of the root (`../../escape`): nothing
+/// is written outside ROOT, the import refuses the layer with an error that
+/// names the entry, and the root is as it was.
+#[test]
+fn hostile_tar_paths_stay_inside() {
+    let fs = LoopFs::new(FsKind::Xfs, 512).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", "1.0");
+    let canary_dir = fs.path().parent().unwrap().to_path_buf();
+    for (i, name) in ["../../escape-a", "./../escape-b", "usr/../../escape-c"]
+        .iter()
+        .enumerate()
+    {
+        let tag = format!("hostile{i}");
+        unistore_fixtures::image::add_hostile_layer(&oci, "v1", &tag, name).unwrap();
+        let base = name.rsplit('/').next().unwrap();
+        let before = snapshot(fs.path());
+        let out = run(unistore()
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(format!("oci:{}:{tag}", oci.display()))
+            .arg(fs.path()));
+        for outside in [
+            canary_dir.join(base),
+            Path::new("/").join(base),
+            work.path().join(base),
+        ] {
+            assert!(
+                !outside.exists(),
+                "{name}: {} was written",
+                outside.display()
+            );
+        }
+        // The layer is refused, naming the entry; the root is as it was.
+        assert!(!out.status.success(), "{name}: accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(base), "{}", errors[0]);
+        assert_eq!(before, snapshot(fs.path()), "{name}: root changed");
+    }
+}

@@ -19,7 +19,7 @@ pub use expected::{
     COMPOSEFS_VISIBLE_XATTRS, EntryKind, ExpectedEntry, Xattrs, find_entry,
     is_composefs_visible_xattr,
 };
-pub use oci::{corrupt_first_layer_blob, expected_from_oci, layer_blobs};
+pub use oci::{add_hostile_layer, corrupt_first_layer_blob, expected_from_oci, layer_blobs};
 pub use rootfs::build_from_rootfs;
 pub use synthetic::{TEST_KVER, TestImageOpts, build_test_image};
 pub use verify::{CompareOpts, XattrCheck, compare_tree, scan_tree};

@@ -196,6 +196,61 @@ pub fn corrupt_first_layer_blob(oci_dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Adds to the image tagged `tag` a top layer holding one regular file whose
+/// tar name is `hostile_name` verbatim (e.g. `../../escape` or
+/// `/etc/../../x`), and retags the result `new_tag`. For bad-input tests:
+/// the name is written into the raw tar header, bypassing the `tar` crate's
+/// path checks. Returns the new manifest digest.
+pub fn add_hostile_layer(
+    oci_dir: &Path,
+    tag: &str,
+    new_tag: &str,
+    hostile_name: &str,
+) -> Result<String> {
+    let oci = open_existing(oci_dir)?;
+    let mut manifest = oci
+        .find_manifest_with_tag(tag)?
+        .with_context(|| format!("no tag {tag} in {oci_dir:?}"))?;
+    let mut config: ImageConfiguration = oci.read_json_blob(manifest.config())?;
+    let mut header = tar::Header::new_old();
+    let name = hostile_name.as_bytes();
+    anyhow::ensure!(name.len() < 100, "hostile name too long");
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    let data = b"escaped\n";
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut raw = Vec::new();
+    raw.extend_from_slice(header.as_bytes());
+    raw.extend_from_slice(data);
+    raw.resize(raw.len().div_ceil(512) * 512, 0);
+    raw.extend_from_slice(&[0u8; 1024]);
+    let mut w = oci.create_gzip_layer(None)?;
+    std::io::Write::write_all(&mut w, &raw)?;
+    let layer = w.complete()?;
+    let created = chrono::DateTime::parse_from_rfc3339(FIXED_CREATED)?.to_utc();
+    oci.push_layer_full(
+        &mut manifest,
+        &mut config,
+        layer,
+        None::<HashMap<String, String>>,
+        "hostile",
+        created,
+    );
+    let config_desc = oci.write_config(config)?;
+    manifest.set_config(config_desc);
+    let platform = PlatformBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .build()?;
+    let desc = oci.insert_manifest(manifest, Some(new_tag), platform)?;
+    Ok(desc.digest().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
