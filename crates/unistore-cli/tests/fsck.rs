@@ -258,6 +258,35 @@ fn trim_prealloc(fs: &LoopFs) {
     fs.sync();
 }
 
+/// Access times of the store's layer files and of the composefs objects
+/// that are file contents (splitstreams, read through composefs-rs, left
+/// out).
+fn file_atimes(root: &Path) -> BTreeMap<PathBuf, (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for dir in [
+        root.join(STORE).join("overlay"),
+        root.join("composefs/objects"),
+    ] {
+        for p in files_under(&dir) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let m = std::fs::metadata(&p).unwrap();
+            // O_NOATIME: looking must not change what is looked at.
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOATIME.bits() as i32)
+                .open(&p)
+                .unwrap();
+            let mut head = [0u8; 11];
+            let n = std::io::Read::read(&mut f, &mut head).unwrap();
+            if &head[..n] == b"SplitStream" {
+                continue;
+            }
+            out.insert(p, (m.atime(), m.atime_nsec()));
+        }
+    }
+    out
+}
+
 /// The composefs objects by size.
 fn objects_by_size(root: &Path) -> BTreeMap<u64, Vec<PathBuf>> {
     let mut m: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
@@ -342,8 +371,17 @@ fn removed_image_is_reported_then_rebuilt_natively() {
             .any(|l| l.starts_with("[REPAIRED]") && l.contains("written into containers-storage")),
         "{out}"
     );
+    // Re-hashing reads every file it rebuilt (whose atimes are older than
+    // their mtimes, so relatime would update them) and every object: their
+    // atimes stay.
+    let before = file_atimes(h.root());
     let (ok, r) = h.fsck_json(&["images", "--verify-content"]);
     assert!(ok, "{r:#}");
+    assert_eq!(
+        before,
+        file_atimes(h.root()),
+        "--verify-content changed atimes"
+    );
     assert_eq!(
         image_report(&r, &h.img.manifest_digest)["inContainersStorage"],
         true

@@ -197,10 +197,33 @@ pub fn new_link_name() -> Result<String> {
         .collect())
 }
 
+/// Opens `path` for reading without updating its access time where the
+/// kernel allows it (`O_NOATIME`: owner or CAP_FOWNER), so that a check
+/// leaves even atimes alone.
+pub fn open_noatime(path: &Path) -> std::io::Result<File> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlags::NOATIME.bits() as i32)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
+            File::open(path)
+        }
+        r => r,
+    }
+}
+
+/// Reads a whole file with [`open_noatime`].
+pub fn read_noatime(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut v = vec![];
+    open_noatime(path)?.read_to_end(&mut v)?;
+    Ok(v)
+}
+
 /// Reads a JSON array file of the store. `Ok(None)` when the file does not
 /// exist; an error (naming the file) when it cannot be parsed.
 pub fn read_json_array(path: &Path) -> Result<Option<Vec<Value>>> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_noatime(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -350,7 +373,7 @@ impl<W: Write> TarSplitWriter<W> {
 
 /// Reads a whole tar-split file.
 pub fn read_tar_split(path: &Path) -> Result<Vec<TarSplitEntry>> {
-    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let f = open_noatime(path).with_context(|| format!("opening {}", path.display()))?;
     let r = BufReader::new(flate2::read::GzDecoder::new(f));
     let mut out = vec![];
     for (n, line) in r.split(b'\n').enumerate() {
@@ -418,7 +441,7 @@ pub fn assemble_layer(
             TarSplitEntry::File { name, size: n, crc } => {
                 let rel = crate::tar_walk::normalize(name)?;
                 let p = diff.join(crate::tar_walk::as_os_str(&rel));
-                let mut f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+                let mut f = open_noatime(&p).with_context(|| format!("opening {}", p.display()))?;
                 let mut digest = CRC64.digest();
                 let mut left = *n;
                 while left > 0 {

@@ -22,6 +22,8 @@ use composefs_oci::OciDigest;
 use tar_core::parse::{ParseEvent, Parser};
 use tar_core::{EntryType, HEADER_SIZE, PaxExtensions};
 
+use composefs::fsverity::FsVerityHashValue;
+
 use crate::composefs_store::{ObjectId, Repo};
 
 /// The kind of a tar entry, as it matters for unpacking.
@@ -142,9 +144,28 @@ pub fn walk_layer(
     visitor: &mut dyn LayerVisitor,
 ) -> Result<()> {
     let stream_id = layer_stream_id(diff_id)?;
-    let mut reader = repo
-        .open_stream(&stream_id, verity, Some(composefs_oci::LAYER_CONTENT_TYPE))
-        .with_context(|| format!("opening the splitstream of layer {diff_id}"))?;
+    let mut reader = match verity {
+        // Read without touching its atime (a check must change nothing);
+        // an insecure repository does not verify the stream either.
+        Some(v) if repo.is_insecure() => {
+            let fd = rustix::fs::openat(
+                repo.objects_dir()?,
+                v.to_object_pathname(),
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::CLOEXEC
+                    | rustix::fs::OFlags::NOATIME,
+                rustix::fs::Mode::empty(),
+            )
+            .with_context(|| format!("opening the splitstream of layer {diff_id}"))?;
+            composefs::splitstream::SplitStreamReader::new(
+                std::fs::File::from(fd),
+                Some(composefs_oci::LAYER_CONTENT_TYPE),
+            )?
+        }
+        _ => repo
+            .open_stream(&stream_id, verity, Some(composefs_oci::LAYER_CONTENT_TYPE))
+            .with_context(|| format!("opening the splitstream of layer {diff_id}"))?,
+    };
     let mut walker = Walker::new(visitor);
     reader
         .for_each_chunk(|chunk| match chunk {

@@ -183,8 +183,9 @@ impl CfsCheck {
 }
 
 /// Checks a layer's splitstream and the objects it references.
-struct LayerCheck<'a> {
-    repo: &'a Repo,
+struct LayerCheck {
+    /// `composefs/objects`.
+    objects: PathBuf,
     diff_id: String,
     verify: bool,
     sha: Sha256,
@@ -193,7 +194,7 @@ struct LayerCheck<'a> {
     buf: Vec<u8>,
 }
 
-impl LayerVisitor for LayerCheck<'_> {
+impl LayerVisitor for LayerCheck {
     fn raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.sha.update(bytes);
         Ok(())
@@ -211,8 +212,9 @@ impl LayerVisitor for LayerCheck<'_> {
                     size: e.size,
                     missing,
                 };
-                let fd = match self.repo.open_object(id) {
-                    Ok(fd) => fd,
+                let path = self.objects.join(id.to_object_pathname());
+                let mut f = match cfmt::open_noatime(&path) {
+                    Ok(f) => f,
                     Err(_) => {
                         self.bad.push(bad(true));
                         self.hash_complete = false;
@@ -220,7 +222,6 @@ impl LayerVisitor for LayerCheck<'_> {
                     }
                 };
                 if self.verify {
-                    let mut f = File::from(fd);
                     let mut h = FsVerityHasher::<ObjectId, 12>::new();
                     let mut n = 0u64;
                     loop {
@@ -260,6 +261,7 @@ fn verity_of(f: &mut File) -> Result<(ObjectId, u64)> {
 
 fn check_composefs(
     repo: &Repo,
+    objects: &Path,
     manifest_digest: &str,
     deployments: &[String],
     verify: bool,
@@ -303,7 +305,7 @@ fn check_composefs(
             continue;
         };
         let mut lc = LayerCheck {
-            repo,
+            objects: objects.to_path_buf(),
             diff_id: diff_id.clone(),
             verify,
             sha: Sha256::new(),
@@ -347,9 +349,13 @@ fn check_composefs(
     }
     for id in erofs {
         match repo.open_image(&id) {
-            Ok((fd, _)) => {
+            Ok(_) => {
+                let image_path = objects.join("../images").join(&id);
                 if verify {
-                    match verity_of(&mut File::from(fd)) {
+                    match cfmt::open_noatime(&image_path)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|mut f| verity_of(&mut f))
+                    {
                         Ok((actual, _)) if actual.to_hex() == id => {}
                         Ok(_) => c.problems.push(format!(
                             "EROFS image {} is damaged (its content does not match its digest)",
@@ -573,7 +579,9 @@ fn find_in_store(store: &StoreView, bad: &BadObject) -> Option<PathBuf> {
         if !m.is_file() || m.len() != bad.size {
             continue;
         }
-        let Ok(mut f) = File::open(&p) else { continue };
+        let Ok(mut f) = cfmt::open_noatime(&p) else {
+            continue;
+        };
         if let Ok((d, _)) = verity_of(&mut f)
             && d == bad.id
         {
@@ -711,6 +719,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         return Ok(report);
     }
     let repo = composefs_store::open(sysroot)?;
+    let objects = sysroot.join(COMPOSEFS_DIR).join("objects");
     let (images, issues) = host_images(sysroot, &repo)?;
     report.issues = issues;
     let mut store = match read_store(&store_path) {
@@ -753,6 +762,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         };
         let mut cfs = check_composefs(
             &repo,
+            &objects,
             &img.manifest_digest,
             &img.deployments,
             opts.verify_content,
@@ -799,7 +809,13 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                 }
             }
             if !r.repairs.is_empty() {
-                cfs = check_composefs(&repo, &img.manifest_digest, &img.deployments, true);
+                cfs = check_composefs(
+                    &repo,
+                    &objects,
+                    &img.manifest_digest,
+                    &img.deployments,
+                    true,
+                );
             }
         }
 
