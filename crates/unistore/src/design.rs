@@ -112,8 +112,11 @@
 //! taken shared and only if they exist (creating one would be a change),
 //! the sysroot lock is not taken, and reflink support is read from the
 //! filesystem (XFS geometry flags, btrfs) instead of probed with a file.
-//! The tests compare the mode, size and mtime of every path under the root
-//! before and after.
+//! Files are read with `O_NOATIME` (freshly written store files have atimes
+//! older than their mtimes, which relatime would update on the first read);
+//! only composefs-rs's own reads of manifests and configs escape that. The
+//! tests compare the mode, size and mtime of every path under the root, and
+//! the atimes of the files a content check reads, before and after.
 //!
 //! `--repair` goes from the copy that is right to the one that is not, in
 //! this order: composefs objects from store files (the store file's
