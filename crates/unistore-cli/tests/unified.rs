@@ -376,6 +376,61 @@ fn unified_install_from_registry_on_xfs() {
     assert!(o.contains("native composefs"), "{o}");
 }
 
+/// `<root>/composefs/streams/<name>` -> its object, for the layer and config
+/// splitstreams.
+fn layer_streams(root: &Path) -> BTreeMap<String, PathBuf> {
+    std::fs::read_dir(root.join("composefs/streams"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("oci-layer-") || n.starts_with("oci-config-"))
+        .map(|n| {
+            let target = std::fs::read_link(root.join("composefs/streams").join(&n)).unwrap();
+            (n, target)
+        })
+        .collect()
+}
+
+/// The unified install imports the store's layers with its own parallel
+/// import (early, while podman still pulls): the layer splitstreams are the
+/// ones composefs-oci's own containers-storage import writes from the same
+/// store, byte for byte, and so is the boot image (the deployment id).
+#[test]
+fn unified_import_writes_what_composefs_oci_writes() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(&work.path().join("oci"), "1.0", 1, 16, None);
+    let reg = Registry::start().unwrap();
+    let src = reg
+        .push_oci(&work.path().join("oci"), "latest", "same/os")
+        .unwrap();
+    let a = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let out = install(a.path(), Some(&reg), &src, &["--unified", "enabled"]);
+    assert!(out.status.success());
+    let ra: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(check_shared(a.path(), &img.config_digest) >= 5);
+
+    // composefs-oci reads the same store natively into another root.
+    let b = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let runroot = tempfile::tempdir().unwrap();
+    let store_ref = format!(
+        "containers-storage:[overlay@{}+{}]{}",
+        a.path().join(STORE).display(),
+        runroot.path().display(),
+        src.trim_start_matches("docker://")
+    );
+    let out = install(b.path(), None, &store_ref, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rb: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let (sa, sb) = (layer_streams(a.path()), layer_streams(b.path()));
+    assert!(sa.keys().filter(|k| k.starts_with("oci-layer-")).count() >= 2);
+    assert_eq!(sa, sb);
+    assert_eq!(ra["deployment_id"], rb["deployment_id"]);
+}
+
 #[test]
 fn set_unified_full_on_plain_xfs_host() {
     let work = tempfile::tempdir().unwrap();

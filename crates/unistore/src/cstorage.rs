@@ -110,6 +110,9 @@ pub struct StoreLayer {
     /// `sha256:` of the uncompressed layer (the OCI diff id).
     #[serde(default, rename = "diff-digest")]
     pub diff_digest: Option<String>,
+    /// `sha256:` of the blob the layer was pulled from, when pulled.
+    #[serde(default, rename = "compressed-diff-digest")]
+    pub compressed_digest: Option<String>,
     /// containers/storage flags; `incomplete` marks an interrupted write.
     #[serde(default)]
     pub flags: HashMap<String, serde_json::Value>,
@@ -505,7 +508,9 @@ impl Session {
     /// Pulls `reference` (a registry name) into the store with podman,
     /// reporting per-layer bytes; returns the image id (hex).
     pub async fn podman_pull(&self, reference: &str, progress: &Progress) -> Result<String> {
+        let t = Instant::now();
         let svc = Service::start(self).await?;
+        tracing::debug!("podman service listening after {:?}", t.elapsed());
         let path = format!(
             "/v1.41/images/create?fromImage={}",
             percent_encode(reference, false)
@@ -635,7 +640,8 @@ impl Service {
                     svc.socket.display()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Short: this wait is on the critical path of every pull.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
@@ -856,6 +862,7 @@ mod tests {
             id: id.into(),
             parent: parent.map(str::to_string),
             diff_digest: None,
+            compressed_digest: None,
             flags: if incomplete {
                 [("incomplete".to_string(), serde_json::Value::Bool(true))].into()
             } else {
