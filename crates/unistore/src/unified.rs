@@ -646,6 +646,7 @@ pub async fn fetch_unified(
             let early = EarlyImport::start(repo, &store, opts, announced.clone())?;
             let p: Progress = announced;
             let pulled = session.podman_pull(&imgref.name, &p).await;
+            tracing::debug!("podman pull returned after {:?}", t.elapsed());
             imported = early.finish().await;
             (pulled?, None)
         }
