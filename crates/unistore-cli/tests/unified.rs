@@ -390,10 +390,10 @@ fn layer_streams(root: &Path) -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
-/// The unified install imports the store's layers with its own parallel
-/// import (early, while podman still pulls): the layer splitstreams are the
-/// ones composefs-oci's own containers-storage import writes from the same
-/// store, byte for byte, and so is the boot image (the deployment id).
+/// The store a unified install writes (composefs first, then the native
+/// writer) reads back into composefs as what composefs had: composefs-oci's
+/// own containers-storage import of that store writes the same layer
+/// splitstreams, byte for byte, and the same boot image (deployment id).
 #[test]
 fn unified_import_writes_what_composefs_oci_writes() {
     let work = tempfile::tempdir().unwrap();
@@ -565,15 +565,16 @@ fn set_unified_survives_kills_at_each_stage() {
         c.args(["image", "set-unified", "full"]);
         c
     };
-    // In an order where each point is reached: the first image is exported,
-    // copied, shared and finished over several runs, then the second.
+    // In an order where each point is reached: the first image's layers
+    // are written, then the image, shared and finished over several runs,
+    // then the second.
     for point in [
         "set-unified:start",
-        "unified:after-export",
-        "unified:after-store-copy",
+        "cstor-writer:after-layer",
+        "unified:after-store-write",
         "unified:after-share",
         "set-unified:after-image",
-        "unified:after-store-copy",
+        "cstor-writer:after-layer",
         "set-unified:before-flag",
     ] {
         run_killed(set_unified(), point);
@@ -648,6 +649,62 @@ fn set_unified_survives_kills_at_each_stage() {
             .unwrap()
             .is_no_op()
     );
+}
+
+/// A unified upgrade killed after its pull into composefs, then in the
+/// middle of writing the store: the booted image stays in the store and
+/// runs, nothing is staged, and the next upgrade completes; what a killed
+/// run left in the store is recorded as unistore's, so the store GC can
+/// remove it once it is no longer live.
+#[test]
+fn unified_upgrade_survives_kills() {
+    let work = tempfile::tempdir().unwrap();
+    let img1 = image(&work.path().join("v1"), "1.0", 1, 0, None);
+    let img2 = image(&work.path().join("v2"), "2.0", 2, 0, None);
+    let reg = Registry::start().unwrap();
+    let src = reg
+        .push_oci(&work.path().join("v1"), "latest", "up/os")
+        .unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let root = fs.path();
+    assert!(
+        install(root, Some(&reg), &src, &["--unified", "enabled"])
+            .status
+            .success()
+    );
+    reg.push_oci(&work.path().join("v2"), "latest", "up/os")
+        .unwrap();
+    let podman = Podman::new(root);
+    let name = src.trim_start_matches("docker://");
+    for point in ["unified:after-composefs-pull", "cstor-writer:after-layer"] {
+        let mut c = cmd(root, Some(&reg));
+        c.arg("upgrade");
+        run_killed(c, point);
+        let st = json(cmd(root, None).args(["status", "--json"]));
+        assert!(
+            st["status"]["staged"].is_null(),
+            "staged after a kill at {point}: {st}"
+        );
+        assert_eq!(
+            st["status"]["booted"]["image"]["imageDigest"],
+            img1.manifest_digest.as_str()
+        );
+        // The booted image is still whole in the store, under its name.
+        assert!(podman.cat_os_release(name).contains("VERSION_ID=1.0"));
+    }
+    let owned = unistore::unified::owned_images(&unistore::Sysroot::open(root).unwrap()).unwrap();
+    let pending: Vec<_> = owned.iter().filter(|o| o.pending).collect();
+    assert_eq!(pending.len(), 1, "{owned:?}");
+    assert_eq!(pending[0].manifest_digest, img2.manifest_digest);
+
+    let out = run_ok(cmd(root, Some(&reg)).args(["upgrade", "--json"]));
+    assert!(out.contains("staged"), "{out}");
+    // The registry name moved to v2, as `podman pull` would move it.
+    assert!(podman.cat_os_release(name).contains("VERSION_ID=2.0"));
+    assert!(check_shared(root, &img2.config_digest) >= 5);
+    let owned = unistore::unified::owned_images(&unistore::Sysroot::open(root).unwrap()).unwrap();
+    assert!(owned.iter().all(|o| !o.pending), "{owned:?}");
+    run_ok(cmd(root, None).args(["internals", "fsck", "images"]));
 }
 
 #[test]

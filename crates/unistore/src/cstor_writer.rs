@@ -306,6 +306,7 @@ pub fn write_image(
             // Recorded: no longer a leftover.
             let _ = std::fs::remove_file(store.join(OVERLAY_DIR).join(id).join(UNRECORDED_MARKER));
             stats.layers_written.push(id.clone());
+            crate::crashpoint::hit("cstor-writer:after-layer");
         }
     }
 
@@ -351,14 +352,15 @@ fn write_big_data(store: &Path, image_id: &str, src: &Source) -> Result<()> {
     Ok(())
 }
 
-fn upsert_image(
-    images: &mut Vec<Value>,
+/// Gives `names` to the image `image_id` of `images` (appended to its
+/// names, first in its names-history) and takes them away from every other
+/// image: names are unique in a store, as containers/storage keeps them.
+/// Returns the image's names and names-history.
+fn merge_names(
+    images: &mut [Value],
     image_id: &str,
-    src: &Source,
-    top: Option<String>,
     names: &[String],
-) {
-    // Names are unique in a store: take ours away from other images.
+) -> (Vec<String>, Vec<String>) {
     for img in images.iter_mut() {
         if entry_id(img) == image_id {
             continue;
@@ -367,34 +369,62 @@ fn upsert_image(
             n.retain(|v| !names.iter().any(|x| v.as_str() == Some(x)));
         }
     }
-    let existing = images.iter().position(|i| entry_id(i) == image_id);
-    let mut all_names: Vec<String> = existing
-        .and_then(|i| images[i].get("names"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let strings = |key: &str| -> Vec<String> {
+        images
+            .iter()
+            .find(|i| entry_id(i) == image_id)
+            .and_then(|i| i.get(key))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut all_names = strings("names");
+    let mut history = strings("names-history");
     for n in names {
         if !all_names.contains(n) {
             all_names.push(n.clone());
         }
     }
-    let mut history: Vec<String> = existing
-        .and_then(|i| images[i].get("names-history"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
     for n in names.iter().rev() {
         history.retain(|h| h != n);
         history.insert(0, n.clone());
     }
+    (all_names, history)
+}
+
+/// Adds `names` to the image `image_id` already in the store (taking them
+/// from other images), under `images.lock`. Nothing else of the image
+/// changes. Fails when the store has no such image.
+pub fn add_names(store: &Path, image_id: &str, names: &[String]) -> Result<()> {
+    let lock = StoreLock::exclusive(&store.join(IMAGES_LOCK))?;
+    let json_path = store.join(IMAGES_JSON);
+    let mut images = fmt::read_json_array(&json_path)
+        .context("refusing to write into the store")?
+        .unwrap_or_default();
+    let (all_names, history) = merge_names(&mut images, image_id, names);
+    let entry = images
+        .iter_mut()
+        .find(|i| entry_id(i) == image_id)
+        .ok_or_else(|| anyhow!("image {image_id} is not in the store"))?;
+    entry["names"] = json!(all_names);
+    entry["names-history"] = json!(history);
+    fmt::write_json_array(&json_path, &images)?;
+    lock.record_write()
+}
+
+fn upsert_image(
+    images: &mut Vec<Value>,
+    image_id: &str,
+    src: &Source,
+    top: Option<String>,
+    names: &[String],
+) {
+    let existing = images.iter().position(|i| entry_id(i) == image_id);
+    let (all_names, history) = merge_names(images, image_id, names);
     let items = big_data_items(src);
     let mut sizes = serde_json::Map::new();
     let mut digests = serde_json::Map::new();

@@ -2,37 +2,23 @@
 //! composefs repository and the host containers-storage (see
 //! [`crate::cstorage`]) through reflinks.
 //!
-//! Two directions:
+//! Two orders, by what the filesystem can do (the why is in
+//! [`crate::design`]):
 //!
-//! * the unified pull ([`fetch_unified`]): podman pulls into the store
-//!   (stage 1, per-layer progress), and each layer is imported from the
-//!   store into composefs by reflinks (stage 2, no file data copied): as
-//!   soon as podman has committed it, while podman still pulls the next
-//!   ones (`EarlyImport`), on every CPU (`store_import`, which also
-//!   makes files whose object was already in the repository share its
-//!   extents); composefs-oci then writes the manifest, config and EROFS
-//!   images;
-//! * the import of an image already in composefs ([`import_into_store`],
-//!   used by `set-unified full` and by an install whose image asks for
-//!   unified storage): its layers are exported from the repository, copied
-//!   into the store by skopeo, and the store's files are then made to share
-//!   the extents of the composefs objects (`FIDEDUPERANGE`).
+//! * with reflinks, composefs first: the plain pull, then
+//!   [`import_into_store`], whose native writer ([`crate::cstor_writer`])
+//!   writes the store's layers with every file a reflink of its composefs
+//!   object. `set-unified full` and an install whose image asks for unified
+//!   storage use [`import_into_store`] alone;
+//! * without reflinks (`enabled-with-copy`), the store first: podman pulls
+//!   (stage 1, per-layer progress from a transient `podman system service`),
+//!   and each layer is imported from the store into composefs by hardlinks
+//!   as soon as podman has committed it, while podman still pulls the next
+//!   ones (`EarlyImport`), on every CPU (`store_import`).
 //!
-//! After either, a pass over the image's layers makes every store file share
-//! its object's extents. It skips the layers stage 2 imported (their files
-//! already do), so after a unified pull it reads only layers the repository
-//! already had.
-//!
-//! Where a unified pull spends its time (the sample image of
-//! `scripts/build-sample-image`, 259 MiB in 6.6k objects, one layer holding
-//! almost all of it): podman's pull, then the writeback of what podman left
-//! dirty (one `syncfs`: `FICLONE` would otherwise write back its source file
-//! by file), then per file a clone into an `O_TMPFILE`, its fs-verity
-//! SHA-512 digest computed in userspace (no fs-verity in the kernel here)
-//! and a link into `objects/`: about 40% hashing, the rest XFS metadata work,
-//! CPU-bound, hence the worker threads. A layer can only be imported once
-//! podman has committed it, so with one big layer the import follows the
-//! pull; with many, it hides behind it.
+//! An image the store already had (podman pulled it itself) is only named,
+//! and a pass over its layers makes every store file share its object's
+//! extents (`FIDEDUPERANGE`).
 //!
 //! The host is marked unified by `composefs/bootc.json`
 //! (`{"unified": "enabled" | "enabled-with-copy"}`), written with
@@ -45,7 +31,6 @@ mod store_import;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -53,10 +38,10 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use cap_std_ext::cap_std::{self, fs::Dir};
 use composefs_oci::{LocalFetchOpt, OciDigest, PullOptions};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::composefs_store::{self, FetchConfig, Pulled, Repo};
 use crate::crashpoint;
+use crate::cstor_writer;
 use crate::cstorage::{self, Session};
 use crate::imgref::{ImageRef, Transport};
 use crate::progress::{self, Progress};
@@ -593,18 +578,24 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Fetches `imgref` the unified way: into the host store (podman for
-/// registries, skopeo for other transports), then into the composefs
-/// repository from the store without copying file data (for podman, each
-/// layer as soon as podman has committed it), tagged
-/// `localhost/bootc-<manifest digest>` with its boot EROFS image.
+/// Fetches `imgref` the unified way, tagged `localhost/bootc-<manifest
+/// digest>` with its boot EROFS image, so that it ends up in both the
+/// composefs repository and the host store with one copy of each file.
+///
+/// * With reflinks: into composefs first (as a plain pull, with its
+///   per-layer progress), then into the store by the native writer, every
+///   file a reflink of its object ([`import_into_store`]). The store image
+///   carries the registry's manifest byte for byte and the registry name,
+///   taken from any older image as `podman pull` would.
+/// * Without reflinks (`enabled-with-copy` only): into the store first
+///   (podman for registries, skopeo for other transports), then into
+///   composefs from the store by hardlinks where possible (for podman, each
+///   layer as soon as podman has committed it), so there is still one copy.
 ///
 /// `mode` must not be `disabled` (that is [`composefs_store::pull`]).
 /// `enabled` fails before writing anything when the filesystem has no
-/// reflinks; `enabled-with-copy` then falls back to hardlinks or copies and
-/// says so through `progress`. The returned manifest digest is the one of
-/// the manifest stored in the repository, which is the manifest podman
-/// stored (the registry's, byte for byte).
+/// reflinks; `enabled-with-copy` then falls back and says so through
+/// `progress`. The returned manifest digest is the registry's.
 pub async fn fetch_unified(
     sysroot: &Sysroot,
     repo: &Arc<Repo>,
@@ -618,6 +609,24 @@ pub async fn fetch_unified(
     };
     let probe = probe_reflinks(sysroot)?;
     reflink::require_for_mode(mode, &probe, sysroot.path())?;
+    if probe.supported {
+        // composefs first, then the store by reflinks from its objects.
+        let pulled = composefs_store::pull(repo, imgref, fetch, progress.clone()).await?;
+        crashpoint::hit("unified:after-composefs-pull");
+        let r = import_into_store(
+            sysroot,
+            repo,
+            &pulled.manifest_digest,
+            Some(imgref),
+            NameRule::Take,
+            policy,
+            &probe,
+            &progress,
+        )
+        .await?;
+        progress::step(&progress, import_message(mode, &probe, &r));
+        return Ok(pulled);
+    }
     if imgref.transport == Transport::Oci {
         crate::oci_layout::verify(imgref).await?;
     }
@@ -805,110 +814,37 @@ pub struct ImportReport {
     pub share: Option<ShareStats>,
 }
 
-/// A writer that hashes what it writes.
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Writes `bytes` as a blob; returns its descriptor fields.
-fn write_blob(blobs: &Path, bytes: &[u8]) -> Result<(String, u64)> {
-    let hex = hex::encode(Sha256::digest(bytes));
-    std::fs::write(blobs.join(&hex), bytes)?;
-    Ok((format!("sha256:{hex}"), bytes.len() as u64))
-}
-
-/// Exports an image of the repository as an OCI layout with uncompressed
-/// layers rebuilt from the layer splitstreams (each checked against its
-/// diff id). The manifest is the original one with uncompressed layer
-/// descriptors, so its digest differs from the original's. Blocking.
-fn export_layout(repo: &Repo, manifest_digest: &str, dir: &Path, tag: &str) -> Result<()> {
-    let img = composefs_store::open_image(repo, manifest_digest)?;
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let config = img.read_config_json(repo)?;
-    let (config_digest, config_size) = write_blob(&blobs, &config)?;
-    ensure!(
-        config_digest == img.config_digest().to_string(),
-        "the config of {manifest_digest} does not match its digest"
-    );
-    let mut layers = vec![];
-    for diff_id in img.layer_diff_ids() {
-        let digest: OciDigest = diff_id.parse().context("bad diff id")?;
-        let tmp = blobs.join(".layer.tmp");
-        let mut w = HashingWriter {
-            inner: std::io::BufWriter::new(File::create(&tmp)?),
-            hash: Sha256::new(),
-            size: 0,
-        };
-        composefs_oci::oci_image::layer_tar(repo, &digest, &mut w)
-            .with_context(|| format!("rebuilding layer {diff_id}"))?;
-        w.flush()?;
-        let got = format!("sha256:{}", hex::encode(w.hash.finalize()));
-        ensure!(
-            got == diff_id,
-            "layer {diff_id} rebuilt from composefs has digest {got}"
-        );
-        std::fs::rename(&tmp, blobs.join(diff_id.trim_start_matches("sha256:")))?;
-        layers.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": diff_id,
-            "size": w.size,
-        }));
-    }
-    let mut manifest: serde_json::Value = serde_json::from_slice(&img.read_manifest_json(repo)?)
-        .context("parsing the stored manifest")?;
-    manifest["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
-    manifest["config"] = serde_json::json!({
-        "mediaType": "application/vnd.oci.image.config.v1+json",
-        "digest": config_digest,
-        "size": config_size,
-    });
-    manifest["layers"] = layers.into();
-    if let Some(m) = manifest.as_object_mut() {
-        m.remove("subject");
-    }
-    let (mdigest, msize) = write_blob(&blobs, &serde_json::to_vec(&manifest)?)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": mdigest,
-            "size": msize,
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-    Ok(())
+/// How an image brought into the store gets its human (registry) name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// Take it from whichever image has it, as `podman pull` does: the
+    /// image was just pulled under that name.
+    Take,
+    /// Only if no other image of the store has it: the image is an
+    /// existing deployment, and the name may have moved on since.
+    IfFree,
 }
 
 /// Puts an image of the composefs repository into the store without the
-/// network: export, `skopeo copy` into the store, then share extents with
-/// the composefs objects (where the filesystem has reflinks). An image
-/// already in the store is not copied again, only named and shared.
-/// `origin` (the reference the deployment follows) gives the human name
-/// when it is a registry reference no other store image carries.
+/// network and without copying file data: the native writer
+/// ([`crate::cstor_writer`]) replays its layers into the store, each
+/// regular file a reflink of its composefs object (a copy only under
+/// `ReflinkOrCopy` on a filesystem without reflinks). An image already in
+/// the store is not written again, only named, and its files are made to
+/// share the objects' extents. `origin` (the reference the deployment
+/// follows) gives the human name when it is a registry reference; `rule`
+/// says whether to take it from another image.
+///
+/// The image is recorded as unistore's (pending) before the store is
+/// touched, so a crash never leaves an image [`prune_store`] would not
+/// know it may remove.
 #[allow(clippy::too_many_arguments)]
 pub async fn import_into_store(
-    session: &Session,
     sysroot: &Sysroot,
     repo: &Arc<Repo>,
     manifest_digest: &str,
     origin: Option<&ImageRef>,
+    rule: NameRule,
     policy: Policy,
     probe: &ReflinkProbe,
     progress: &Progress,
@@ -920,98 +856,93 @@ pub async fn import_into_store(
         .trim_start_matches("sha256:")
         .to_string();
     drop(img);
-    let store = session.store().to_path_buf();
-    let ours = store_name(manifest_digest);
+    cstorage::ensure_store(sysroot)?;
+    let store = cstorage::store_path(sysroot);
     let images = cstorage::read_images(&store)?;
-    let mut wanted = vec![ours.clone()];
+    let mut wanted = vec![store_name(manifest_digest)];
     if let Some(n) = origin.and_then(normalized_registry_name)
-        && !images.iter().any(|i| i.names.contains(&n))
+        && (rule == NameRule::Take || !images.iter().any(|i| i.names.contains(&n)))
     {
         wanted.push(n);
     }
     let present = cstorage::find_complete_image(&store, &image_id)?;
+    let had: &[String] = present.as_ref().map_or(&[], |p| &p.names);
+    let add: Vec<String> = wanted
+        .iter()
+        .filter(|n| !had.contains(n))
+        .cloned()
+        .collect();
+    // Recorded before the store changes: a crash leaves an entry that says
+    // unistore created whatever part of the image is there.
+    record_upsert(
+        sysroot,
+        OwnedImage {
+            manifest_digest: manifest_digest.to_string(),
+            image_id: image_id.clone(),
+            names: add.clone(),
+            created: present.is_none(),
+            pending: true,
+        },
+    )?;
     let copied = present.is_none();
-    let to_tag: Vec<String> = match &present {
-        Some(p) => {
-            let add: Vec<String> = wanted
-                .iter()
-                .filter(|n| !p.names.contains(n))
-                .cloned()
-                .collect();
-            record_upsert(
-                sysroot,
-                OwnedImage {
-                    manifest_digest: manifest_digest.to_string(),
-                    image_id: image_id.clone(),
-                    names: add.clone(),
-                    created: false,
-                    pending: true,
-                },
-            )?;
-            add
+    let share = if present.is_some() {
+        if !add.is_empty() {
+            cstor_writer::add_names(&store, &image_id, &add)?;
         }
-        None => {
-            // Recorded before the copy: a crash leaves an entry that says
-            // unistore created whatever part of the image is there.
-            record_upsert(
-                sysroot,
-                OwnedImage {
-                    manifest_digest: manifest_digest.to_string(),
-                    image_id: image_id.clone(),
-                    names: wanted.clone(),
-                    created: true,
-                    pending: true,
-                },
-            )?;
-            progress::step(
-                progress,
-                format!("Exporting {manifest_digest} from composefs"),
-            );
-            let layout = session
-                .big_tmp()
-                .join(format!("export-{}", &image_id[..12]));
-            let _ = std::fs::remove_dir_all(&layout);
-            {
-                let (repo, m, l) = (repo.clone(), manifest_digest.to_string(), layout.clone());
-                tokio::task::spawn_blocking(move || export_layout(&repo, &m, &l, "image"))
-                    .await??;
-            }
-            crashpoint::hit("unified:after-export");
-            progress::step(
-                progress,
-                format!("Copying {manifest_digest} into containers-storage"),
-            );
-            session
-                .skopeo_copy_in(
-                    &format!("oci:{}:image", layout.display()),
-                    &ours,
-                    true,
-                    progress,
+        if probe.supported {
+            progress::step(progress, "Sharing extents with the composefs objects");
+            Some(
+                share_pass_async(
+                    repo,
+                    &store,
+                    manifest_digest,
+                    &image_id,
+                    policy,
+                    BTreeSet::new(),
                 )
-                .await?;
-            std::fs::remove_dir_all(&layout)
-                .with_context(|| format!("removing {}", layout.display()))?;
-            crashpoint::hit("unified:after-store-copy");
-            wanted.iter().filter(|n| **n != ours).cloned().collect()
+                .await?,
+            )
+        } else {
+            None
         }
-    };
-    for n in &to_tag {
-        session.tag(&image_id, n)?;
-    }
-    let share = if probe.supported {
-        progress::step(progress, "Sharing extents with the composefs objects");
-        let s = share_pass_async(
-            repo,
-            &store,
-            manifest_digest,
-            &image_id,
-            policy,
-            BTreeSet::new(),
-        )
-        .await?;
-        Some(s)
     } else {
-        None
+        progress::step(
+            progress,
+            format!("Writing {manifest_digest} into containers-storage from composefs"),
+        );
+        let opts = cstor_writer::WriteOptions {
+            names: wanted.clone(),
+            allow_copy: policy == Policy::ReflinkOrCopy,
+            verify_reused: false,
+        };
+        let (r, m, st) = (repo.clone(), manifest_digest.to_string(), store.clone());
+        let w = tokio::task::spawn_blocking(move || cstor_writer::write_image(&r, &m, &st, &opts))
+            .await?
+            .with_context(|| format!("writing {manifest_digest} into containers-storage"))?;
+        crashpoint::hit("unified:after-store-write");
+        let share = if w.layers_reused > 0 && probe.supported {
+            // Layers the store already had (podman's own pulls): a pass
+            // over the whole image makes their files share the objects'
+            // extents too (the files written above count as shared).
+            share_pass_async(
+                repo,
+                &store,
+                manifest_digest,
+                &image_id,
+                policy,
+                BTreeSet::new(),
+            )
+            .await?
+        } else {
+            ShareStats {
+                files: w.files_reflinked + w.files_copied,
+                reflinked: w.files_reflinked,
+                copied: w.files_copied,
+                shared_bytes: w.bytes_reflinked,
+                ..Default::default()
+            }
+        };
+        probe.supported.then_some(share)
     };
     crashpoint::hit("unified:after-share");
     record_upsert(

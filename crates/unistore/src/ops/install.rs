@@ -24,7 +24,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 
 use crate::composefs_store::{self, FetchConfig, Pulled, Repo};
-use crate::cstorage;
 use crate::deploy::{self, DeployRequest};
 use crate::deployment;
 use crate::imgref::ImageRef;
@@ -263,14 +262,13 @@ async fn install_inner(
         let message = if early.is_none() {
             // Fetched plainly: bring the image into the store from composefs.
             reflink::require_for_mode(mode, &probe, sysroot.path())?;
-            let session = cstorage::Session::new(sysroot, opts.fetch.registries_conf.as_deref())?;
             let origin = opts.target.clone().unwrap_or_else(|| opts.source.clone());
             let r = unified::import_into_store(
-                &session,
                 sysroot,
                 &repo,
                 &manifest_digest,
                 Some(&origin),
+                unified::NameRule::Take,
                 policy,
                 &probe,
                 &progress,

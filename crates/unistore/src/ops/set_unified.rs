@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::composefs_store;
-use crate::cstorage::{self, Session};
+use crate::cstorage;
 use crate::deployment;
 use crate::host::HostState;
 use crate::imgref::ImageRef;
@@ -206,7 +206,6 @@ pub async fn set_unified(
     }
     crashpoint::hit("set-unified:start");
 
-    let session = Session::new(sysroot, opts.registries_conf.as_deref())?;
     let mut reports = vec![];
     let mut messages = vec![];
     for (l, origin) in &live {
@@ -215,11 +214,11 @@ pub async fn set_unified(
             format!("{} image {} ({})", l.role, l.image, l.manifest_digest),
         );
         let r = unified::import_into_store(
-            &session,
             sysroot,
             &repo,
             &l.manifest_digest,
             Some(origin),
+            unified::NameRule::IfFree,
             policy,
             &probe,
             &progress,
@@ -242,7 +241,6 @@ pub async fn set_unified(
             );
         }
     }
-    drop(session);
     crashpoint::hit("set-unified:before-flag");
     unified::write_flag(sysroot, opts.mode)?;
     crashpoint::hit("set-unified:after-flag");
