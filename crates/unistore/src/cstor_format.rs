@@ -33,7 +33,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use base64::prelude::*;
-use crc::{CRC_64_GO_ISO, Crc, Table};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -55,8 +54,17 @@ pub const LAYERS_DIR: &str = "overlay-layers";
 /// Images' big-data directories live here.
 pub const IMAGES_DIR: &str = "overlay-images";
 
-/// CRC-64 with the ISO polynomial, as Go's `hash/crc64` computes it.
-pub static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
+/// A running CRC-64 with the ISO polynomial, as Go's `hash/crc64` computes
+/// it (tar-split's per-file checksum); `crc-fast` uses the CPU's carry-less
+/// multiply, several times faster than a table.
+pub fn crc64_digest() -> crc_fast::Digest {
+    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64GoIso)
+}
+
+/// The CRC-64/ISO of `bytes` (see [`crc64_digest`]).
+pub fn crc64(bytes: &[u8]) -> u64 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64GoIso, bytes)
+}
 
 /// containers/storage's `compression` values.
 pub mod compression {
@@ -442,7 +450,7 @@ pub fn assemble_layer(
                 let rel = crate::tar_walk::normalize(name)?;
                 let p = diff.join(crate::tar_walk::as_os_str(&rel));
                 let mut f = open_noatime(&p).with_context(|| format!("opening {}", p.display()))?;
-                let mut digest = CRC64.digest();
+                let mut digest = crc64_digest();
                 let mut left = *n;
                 while left > 0 {
                     let want = (buf.len() as u64).min(left) as usize;
@@ -565,7 +573,7 @@ mod tests {
     #[test]
     fn crc_is_gos_crc64_iso() {
         // Go: crc64.Checksum([]byte("123456789"), crc64.MakeTable(crc64.ISO)).
-        assert_eq!(CRC64.checksum(b"123456789"), 0xb90956c775a41001);
+        assert_eq!(crc64(b"123456789"), 0xb90956c775a41001);
     }
 
     #[test]
@@ -576,8 +584,7 @@ mod tests {
         std::fs::write(diff.join("d/f"), b"content").unwrap();
         let mut w = TarSplitWriter::new(Vec::new());
         w.segment(b"HDR").unwrap();
-        w.file(b"./d/f", 7, Some(CRC64.checksum(b"content")))
-            .unwrap();
+        w.file(b"./d/f", 7, Some(crc64(b"content"))).unwrap();
         w.segment(b"PAD").unwrap();
         w.file(b"d/", 0, None).unwrap();
         w.file(&[0xff, b'x'], 0, None).unwrap();

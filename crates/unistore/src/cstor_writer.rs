@@ -46,7 +46,6 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFla
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::composefs_store::{ObjectId, Repo};
 use crate::cstor_format::{
@@ -587,7 +586,7 @@ fn build_layer(
             root_path: diff.clone(),
             split: TarSplitWriter::new(BufWriter::new(split_file)),
             seg: Vec::new(),
-            sha: Sha256::new(),
+            sha: crate::hash_thread::Sha256Thread::new(),
             size: 0,
             dirs: Vec::new(),
             uids: BTreeSet::new(),
@@ -717,7 +716,7 @@ struct DiffWriter<'a> {
     split: TarSplitWriter<BufWriter<File>>,
     /// Raw bytes of the segment being collected.
     seg: Vec<u8>,
-    sha: Sha256,
+    sha: crate::hash_thread::Sha256Thread,
     size: u64,
     /// Directories whose mtimes are set at the end.
     dirs: Vec<(Vec<u8>, i64, u32)>,
@@ -910,7 +909,7 @@ impl DiffWriter<'_> {
                 (&*file).write_all(bytes)?;
                 self.sha.update(bytes);
                 self.stats.bytes_inline += bytes.len() as u64;
-                Ok(Some(fmt::CRC64.checksum(bytes)))
+                Ok(Some(fmt::crc64(bytes)))
             }
             Body::External(id) => {
                 let src = File::from(self.repo.open_object(id).with_context(|| {
@@ -929,7 +928,7 @@ impl DiffWriter<'_> {
                         });
                     }
                 };
-                let mut crc = fmt::CRC64.digest();
+                let mut crc = fmt::crc64_digest();
                 let mut total = 0u64;
                 let mut r = &src;
                 loop {
