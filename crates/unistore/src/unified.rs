@@ -885,26 +885,11 @@ pub async fn import_into_store(
         },
     )?;
     let copied = present.is_none();
-    let share = if present.is_some() {
+    let written = if present.is_some() {
         if !add.is_empty() {
             cstor_writer::add_names(&store, &image_id, &add)?;
         }
-        if probe.supported {
-            progress::step(progress, "Sharing extents with the composefs objects");
-            Some(
-                share_pass_async(
-                    repo,
-                    &store,
-                    manifest_digest,
-                    &image_id,
-                    policy,
-                    BTreeSet::new(),
-                )
-                .await?,
-            )
-        } else {
-            None
-        }
+        None
     } else {
         progress::step(
             progress,
@@ -920,11 +905,23 @@ pub async fn import_into_store(
             .await?
             .with_context(|| format!("writing {manifest_digest} into containers-storage"))?;
         crashpoint::hit("unified:after-store-write");
-        let share = if w.layers_reused > 0 && probe.supported {
-            // Layers the store already had (podman's own pulls): a pass
-            // over the whole image makes their files share the objects'
-            // extents too (the files written above count as shared).
-            share_pass_async(
+        Some(w)
+    };
+    // Layers the store already had (podman's own pulls) do not share the
+    // objects' extents yet: a pass over the whole image makes them (files
+    // the writer reflinked count as already shared).
+    let share = match written {
+        _ if !probe.supported => None,
+        Some(w) if w.layers_reused == 0 => Some(ShareStats {
+            files: w.files_reflinked + w.files_copied,
+            reflinked: w.files_reflinked,
+            copied: w.files_copied,
+            shared_bytes: w.bytes_reflinked,
+            ..Default::default()
+        }),
+        _ => {
+            progress::step(progress, "Sharing extents with the composefs objects");
+            let s = share_pass_async(
                 repo,
                 &store,
                 manifest_digest,
@@ -932,17 +929,9 @@ pub async fn import_into_store(
                 policy,
                 BTreeSet::new(),
             )
-            .await?
-        } else {
-            ShareStats {
-                files: w.files_reflinked + w.files_copied,
-                reflinked: w.files_reflinked,
-                copied: w.files_copied,
-                shared_bytes: w.bytes_reflinked,
-                ..Default::default()
-            }
-        };
-        probe.supported.then_some(share)
+            .await?;
+            Some(s)
+        }
     };
     crashpoint::hit("unified:after-share");
     record_upsert(
