@@ -7,7 +7,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use unistore::Sysroot;
-use unistore::ops::fsck::{self, FsckOpts, FullReport, ImageReport, ImagesReport};
+use unistore::ops::fsck::{FsckOpts, FullReport, ImageReport, ImagesReport};
 
 #[derive(clap::Args, Clone, Copy)]
 pub struct FsckFlags {
@@ -127,7 +127,7 @@ fn finish(ok: bool) -> Result<()> {
 
 /// `internals fsck images`.
 pub fn images(sysroot: &Sysroot, f: FsckFlags) -> Result<()> {
-    let r = fsck::fsck_images(sysroot, opts(f))?;
+    let r = unistore::backend::detect(sysroot)?.fsck_images(sysroot, opts(f))?;
     let out = std::io::stdout();
     let mut out = out.lock();
     if f.json {
@@ -218,7 +218,9 @@ pub async fn run(sysroot: &Sysroot, a: FsckArgs) -> Result<()> {
     if let Some(FsckWhat::Images(f)) = a.what {
         return images(sysroot, f);
     }
-    let r = fsck::fsck_all(sysroot, opts(a.flags)).await?;
+    let r = unistore::backend::detect(sysroot)?
+        .fsck(sysroot, opts(a.flags))
+        .await?;
     let out = std::io::stdout();
     let mut out = out.lock();
     if a.flags.json {

@@ -673,3 +673,32 @@ fn notes_and_tags_on_a_plain_host() {
     );
     assert_eq!(std::fs::read_link(&tag).unwrap(), target);
 }
+
+/// fsck goes through the host backend: a root that is an ostree host, or
+/// no host at all, is one clear error and stays as it was.
+#[test]
+fn fsck_asks_the_host_backend() {
+    let td = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::create_dir_all(td.path().join("ostree/repo")).unwrap();
+    let before = snapshot(td.path());
+    for args in [
+        &["internals", "fsck"][..],
+        &["internals", "fsck", "images", "--repair"],
+    ] {
+        run_fails(
+            unistore().arg("--sysroot").arg(td.path()).args(args),
+            "ostree host",
+        );
+    }
+    assert_eq!(before, snapshot(td.path()));
+    std::fs::remove_dir_all(td.path().join("ostree")).unwrap();
+    let before = snapshot(td.path());
+    run_fails(
+        unistore()
+            .arg("--sysroot")
+            .arg(td.path())
+            .args(["internals", "fsck", "--json"]),
+        "holds no installed host",
+    );
+    assert_eq!(before, snapshot(td.path()));
+}
