@@ -13,14 +13,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use unistore_fixtures::env::{FsKind, LoopFs, podman_env, shared_extents, unmount_all_under};
 use unistore_fixtures::image::{BuiltImage, TestImageOpts, build_test_image};
 
@@ -200,64 +199,6 @@ impl Drop for Host {
     }
 }
 
-fn assert_snapshots_equal(
-    before: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
-    after: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
-    what: &str,
-) {
-    let changed: Vec<String> = before
-        .keys()
-        .chain(after.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| before.get(*k) != after.get(*k))
-        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
-        .collect();
-    assert!(
-        changed.is_empty(),
-        "{what} changed the root:\n{}",
-        changed.join("\n")
-    );
-}
-
-fn sha256_file(p: &Path) -> String {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
-/// Every regular file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-/// Drops XFS speculative preallocation (post-EOF blocks that files written
-/// through O_TMPFILE keep for a while): FIEMAP lists them as unshared
-/// extents.
-fn trim_prealloc(fs: &LoopFs) {
-    fs.sync();
-    let st = Command::new("xfs_spaceman")
-        .args(["-c", "prealloc -m 0"])
-        .arg(fs.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    fs.sync();
-}
-
 /// Access times of the store's layer files and of the composefs objects
 /// that are file contents (splitstreams, read through composefs-rs, left
 /// out).
@@ -414,13 +355,13 @@ fn removed_image_is_reported_then_rebuilt_natively() {
                 .path()
                 .join("x")
                 .join(d.trim_start_matches("sha256:"));
-            sha256_file(&blob)
+            format!("sha256:{}", sha256_file(&blob))
         })
         .collect();
     assert_eq!(exported, h.img.diff_ids);
 
     // The store's files share their extents with the composefs objects.
-    trim_prealloc(&h.fs);
+    trim_prealloc(h.root());
     let mut shared = 0;
     for id in h.store_layer_ids() {
         for f in files_under(&h.store().join("overlay").join(&id).join("diff")) {
@@ -492,7 +433,7 @@ fn damaged_and_missing_objects_are_restored_from_the_store() {
         "{out}"
     );
     assert_eq!(sha256_file(&obj), good);
-    trim_prealloc(&h.fs);
+    trim_prealloc(h.root());
     let store_copy = files_under(&h.store().join("overlay"))
         .into_iter()
         .find(|f| f.ends_with("usr/share/unistore-test/large-9m.bin"))

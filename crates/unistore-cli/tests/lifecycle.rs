@@ -136,13 +136,6 @@ impl World {
     }
 }
 
-fn sha256_file(p: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
-    hex::encode(h.finalize())
-}
-
 /// sha256 of every object in the repository.
 fn object_hashes(root: &Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
