@@ -101,12 +101,49 @@ pub struct ImageReport {
     pub repairs: Vec<String>,
 }
 
-impl ImageReport {
+/// What every check reports in the same shape: failures, and remarks that
+/// are not failures.
+pub trait Verdict {
+    /// Problems left (each a failure).
+    fn issues(&self) -> &[String];
+    /// Remarks that are not failures.
+    fn notes(&self) -> &[String] {
+        &[]
+    }
     /// No failure left.
-    pub fn ok(&self) -> bool {
-        self.issues.is_empty()
+    fn ok(&self) -> bool {
+        self.issues().is_empty()
     }
 }
+
+/// Whether every check of a list passed.
+pub fn all_ok<'a, T: Verdict + 'a>(checks: impl IntoIterator<Item = &'a T>) -> bool {
+    checks.into_iter().all(Verdict::ok)
+}
+
+macro_rules! verdict {
+    ($t:ty) => {
+        impl Verdict for $t {
+            fn issues(&self) -> &[String] {
+                &self.issues
+            }
+        }
+    };
+    ($t:ty, notes) => {
+        impl Verdict for $t {
+            fn issues(&self) -> &[String] {
+                &self.issues
+            }
+            fn notes(&self) -> &[String] {
+                &self.notes
+            }
+        }
+    };
+}
+verdict!(ImageReport, notes);
+verdict!(RepoReport);
+verdict!(EntryReport);
+verdict!(DeploymentReport, notes);
 
 /// The host containers-storage.
 #[derive(Debug, Clone, Serialize)]
@@ -820,19 +857,18 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         }
 
         // The store.
-        let mut store_problems =
-            store
-                .as_ref()
-                .zip(cfs.config_digest.as_ref())
-                .and_then(|(s, c)| {
-                    check_store_image(
-                        s,
-                        c,
-                        cfs.config_json.as_deref(),
-                        &cfs.diff_ids,
-                        opts.verify_content,
-                    )
-                });
+        let check_store = |store: Option<&StoreView>| {
+            store.zip(cfs.config_digest.as_ref()).and_then(|(s, c)| {
+                check_store_image(
+                    s,
+                    c,
+                    cfs.config_json.as_deref(),
+                    &cfs.diff_ids,
+                    opts.verify_content,
+                )
+            })
+        };
+        let mut store_problems = check_store(store.as_ref());
         let store_whole = matches!(&store_problems, Some(p) if p.is_empty());
         if opts.repair && unified_on && store_readable && cfs.ok() && !store_whole {
             let names = store_names(sysroot, img, store.as_ref());
@@ -856,19 +892,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                         st.bytes_copied
                     ));
                     store = read_store(&store_path).ok().flatten();
-                    store_problems =
-                        store
-                            .as_ref()
-                            .zip(cfs.config_digest.as_ref())
-                            .and_then(|(s, c)| {
-                                check_store_image(
-                                    s,
-                                    c,
-                                    cfs.config_json.as_deref(),
-                                    &cfs.diff_ids,
-                                    opts.verify_content,
-                                )
-                            });
+                    store_problems = check_store(store.as_ref());
                 }
                 Err(e) => r
                     .issues
@@ -904,15 +928,15 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         }
         r.in_containers_storage = matches!(&store_problems, Some(p) if p.is_empty());
         match (&store_problems, unified_on) {
-            (Some(p), true) if !p.is_empty() => {
-                for x in p {
-                    r.issues.push(format!("in containers-storage: {x}"));
-                }
-            }
-            (Some(p), false) if !p.is_empty() => {
-                for x in p {
-                    r.notes.push(format!("in containers-storage: {x}"));
-                }
+            (Some(p), _) => {
+                // Failures on a unified host; remarks where the store is
+                // podman's business.
+                let to = if unified_on {
+                    &mut r.issues
+                } else {
+                    &mut r.notes
+                };
+                to.extend(p.iter().map(|x| format!("in containers-storage: {x}")));
             }
             (None, true) if cfs.config_digest.is_some() => {
                 if store_readable {
@@ -933,7 +957,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     report.containers_storage.exists = store_path.is_dir();
     report.ok = report.issues.is_empty()
         && report.containers_storage.issues.is_empty()
-        && report.images.iter().all(ImageReport::ok);
+        && all_ok(&report.images);
     Ok(report)
 }
 
@@ -1154,10 +1178,7 @@ pub async fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
     } else {
         repository
     };
-    let ok = repository.issues.is_empty()
-        && boot_entries.iter().all(|e| e.issues.is_empty())
-        && deployments.iter().all(|d| d.issues.is_empty())
-        && images.ok;
+    let ok = repository.ok() && all_ok(&boot_entries) && all_ok(&deployments) && images.ok;
     Ok(FullReport {
         repository,
         boot_entries,
