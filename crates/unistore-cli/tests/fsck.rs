@@ -55,7 +55,7 @@ fn host_executable(bin: &str) -> Vec<(String, Vec<u8>)> {
 /// loop filesystem; podman pointed at its store with one private run root.
 struct Host {
     fs: LoopFs,
-    _work: tempfile::TempDir,
+    work: tempfile::TempDir,
     img: BuiltImage,
     podman_dir: tempfile::TempDir,
 }
@@ -79,7 +79,7 @@ impl Host {
         );
         Self {
             fs,
-            _work: work,
+            work,
             img,
             podman_dir: tempfile::tempdir().unwrap(),
         }
@@ -87,6 +87,35 @@ impl Host {
 
     fn root(&self) -> &Path {
         self.fs.path()
+    }
+
+    /// Builds another image into the host's OCI layout under `tag`; returns
+    /// it and its `oci:` reference.
+    fn build(&self, tag: &str, opts: &TestImageOpts) -> (BuiltImage, String) {
+        let oci = self.work.path().join("oci");
+        let img = build_test_image(&oci, tag, opts).unwrap();
+        (img, format!("oci:{}:{tag}", oci.display()))
+    }
+
+    /// `switch REF` then `finalize-staged`: REF is booted, the old booted
+    /// deployment the rollback.
+    fn switch_and_finalize(&self, imgref: &str) {
+        run_ok(self.cmd().args(["switch", imgref]));
+        run_ok(self.cmd().args(["internals", "finalize-staged"]));
+    }
+
+    /// The ids of the images in the store.
+    fn store_image_ids(&self) -> Vec<String> {
+        let images: Value = serde_json::from_slice(
+            &std::fs::read(self.store().join("overlay-images/images.json")).unwrap(),
+        )
+        .unwrap();
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
     }
 
     fn store(&self) -> PathBuf {
@@ -642,4 +671,94 @@ fn fsck_asks_the_host_backend() {
         "holds no installed host",
     );
     assert_eq!(before, snapshot(td.path()));
+}
+
+/// What `--repair` writes into the store is recorded as unistore's, the
+/// way a unified pull records it: once no deployment uses the image, the
+/// GC prunes it from the store. An image the user put in the store
+/// themselves stays.
+#[test]
+fn repaired_image_is_owned_and_pruned_by_gc() {
+    let h = Host::new(FsKind::Xfs);
+    h.set_unified(&[]);
+    // The user's own image in the host store.
+    let user_opts = TestImageOpts {
+        version: "9.0".into(),
+        variant: 9,
+        ..Default::default()
+    };
+    let (user_img, user_ref) = h.build("user", &user_opts);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", &user_ref])
+            .arg(format!(
+                "containers-storage:[overlay@{}+{}]localhost/mine:1",
+                h.store().display(),
+                h.runroot().display()
+            )),
+    );
+    let user_id = user_img.config_digest.trim_start_matches("sha256:");
+    // The booted image gone from the store, and unistore's record of it
+    // too (a store reset, or a host made unified by a version that kept no
+    // record).
+    run_ok(h.podman().args(["rmi", "--force", h.image_id()]));
+    std::fs::remove_file(h.root().join("composefs/bootc/unistore-images.json")).unwrap();
+
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("[REPAIRED]"), "{out}");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(h.root().join("composefs/bootc/unistore-images.json")).unwrap(),
+    )
+    .unwrap();
+    let images = record["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{record:#}");
+    let e = &images[0];
+    assert_eq!(e["manifest_digest"], h.img.manifest_digest.as_str());
+    assert_eq!(e["image_id"], h.image_id());
+    assert_eq!(e["created"], true);
+    assert_eq!(e["pending"], false);
+    let ours = format!(
+        "localhost/bootc:{}",
+        h.img.manifest_digest.trim_start_matches("sha256:")
+    );
+    assert!(
+        e["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == ours.as_str()),
+        "{record:#}"
+    );
+
+    // Two moves later no deployment uses the repaired image: the GC prunes
+    // it from the store, and leaves the user's image alone.
+    for (tag, v) in [("t2", 2), ("t3", 3)] {
+        let opts = TestImageOpts {
+            version: format!("{v}.0"),
+            variant: v,
+            extra_files: host_executable("/usr/bin/cat"),
+            ..Default::default()
+        };
+        let (_, imgref) = h.build(tag, &opts);
+        h.switch_and_finalize(&imgref);
+    }
+    let ids = h.store_image_ids();
+    assert!(ids.iter().any(|i| i == h.image_id()), "{ids:?}");
+    let g: Value =
+        serde_json::from_str(&run_ok(h.cmd().args(["internals", "gc", "--json"]))).unwrap();
+    assert_eq!(
+        g["store_images_removed"],
+        serde_json::json!([h.image_id()]),
+        "{g:#}"
+    );
+    let ids = h.store_image_ids();
+    assert!(!ids.iter().any(|i| i == h.image_id()), "{ids:?}");
+    assert!(ids.iter().any(|i| i == user_id), "{ids:?}");
+    let names = run_ok(
+        h.podman()
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+    );
+    assert!(names.contains("localhost/mine:1"), "{names}");
+    run_ok(h.cmd().args(["internals", "gc", "--assert-no-op"]));
 }

@@ -137,8 +137,10 @@ fn write_record(sysroot: &Sysroot, r: &Record) -> Result<()> {
         .with_context(|| format!("writing {RECORD_FILE}"))
 }
 
-/// Adds or merges an entry (keyed by manifest digest).
-fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
+/// Adds or merges an entry (keyed by manifest digest): names are added,
+/// `created` is kept once set. Whoever writes an image into the store
+/// records it here (pending first), so that the store GC can prune it.
+pub fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
     let mut r = read_record(sysroot)?;
     match r
         .images

@@ -17,7 +17,9 @@ use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, HOST_STORAGE_DIR, Sysroot,
 use crate::unified::{self, UnifiedMode};
 
 use super::repo::{check_composefs, restore_object};
-use super::store::{StoreView, check_store_image, find_in_store, read_store, reflinks_supported};
+use super::store::{
+    StoreView, check_store_image, find_in_store, id_of, read_store, reflinks_supported,
+};
 use super::{FsckOpts, all_ok, short};
 
 /// How the composefs repository and the containers-storage are bound.
@@ -171,6 +173,54 @@ fn store_names(sysroot: &Sysroot, img: &HostImage, store: Option<&StoreView>) ->
         }
     }
     names
+}
+
+/// Writes an image into the store with the native writer, recorded in
+/// unistore's ownership record the way a unified pull records it (the
+/// names unistore adds; `created` when the store had no image with that
+/// id), so that the store GC prunes it once no deployment uses it. The
+/// record is written before the image (as pending: a crash cannot leave an
+/// image unistore wrote but does not own) and completed after it.
+fn write_into_store(
+    sysroot: &Sysroot,
+    repo: &Repo,
+    img: &HostImage,
+    config_digest: &str,
+    store: Option<&StoreView>,
+    wo: &WriteOptions,
+) -> Result<cstor_writer::WriteStats> {
+    let image_id = config_digest.trim_start_matches("sha256:");
+    let prior: Option<Vec<&str>> = store
+        .and_then(|s| s.images.iter().find(|i| id_of(i) == image_id))
+        .map(|i| {
+            i.get("names")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
+        });
+    let added: Vec<String> = wo
+        .names
+        .iter()
+        .filter(|n| prior.as_ref().is_none_or(|p| !p.contains(&n.as_str())))
+        .cloned()
+        .collect();
+    let entry = |pending| unified::OwnedImage {
+        manifest_digest: img.manifest_digest.clone(),
+        image_id: image_id.to_string(),
+        names: added.clone(),
+        created: prior.is_none(),
+        pending,
+    };
+    crate::cstorage::ensure_store(sysroot)?;
+    unified::record_upsert(sysroot, entry(true))?;
+    let stats = cstor_writer::write_image(
+        repo,
+        &img.manifest_digest,
+        &crate::cstorage::store_path(sysroot),
+        wo,
+    )?;
+    unified::record_upsert(sysroot, entry(false))?;
+    Ok(stats)
 }
 
 /// Runs `fsck images`.
@@ -329,9 +379,14 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                 allow_copy: mode != Some(UnifiedMode::Enabled),
                 verify_reused: opts.verify_content,
             };
-            let written = crate::cstorage::ensure_store(sysroot).and_then(|()| {
-                cstor_writer::write_image(&repo, &img.manifest_digest, &store_path, &wo)
-            });
+            let written = write_into_store(
+                sysroot,
+                &repo,
+                img,
+                cfs.config_digest.as_deref().unwrap_or_default(),
+                store.as_ref(),
+                &wo,
+            );
             match written {
                 Ok(st) => {
                     r.repairs.push(format!(

@@ -29,7 +29,10 @@
 //! (fs-verity digest recomputed before it is put in place), a live image's
 //! missing tag is added back, and an image missing or damaged in the store
 //! of a unified host is rewritten from the repository by the native writer
-//! ([`crate::cstor_writer`]). Each repaired image is checked again.
+//! ([`crate::cstor_writer`]) and recorded as unistore's in
+//! [`crate::unified::RECORD_FILE`] like a unified pull (so the store GC
+//! prunes it once no deployment uses it). Each repaired image is checked
+//! again.
 
 mod images;
 mod repo;

@@ -43,7 +43,7 @@ pub(super) fn read_store(path: &Path) -> Result<Option<StoreView>> {
     }))
 }
 
-fn id_of(v: &Value) -> &str {
+pub(super) fn id_of(v: &Value) -> &str {
     v.get("id").and_then(Value::as_str).unwrap_or_default()
 }
 
