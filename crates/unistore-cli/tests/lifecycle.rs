@@ -612,10 +612,41 @@ fn unified_host_lifecycle() {
     let src3 = w.push(3, "other");
     w.json(&["switch", &src3]);
     w.json(&["internals", "finalize-staged"]);
+    // The dry run previews the store prune and changes nothing.
+    let before = snapshot(w.root());
+    let preview = w.json(&["internals", "gc", "--dry-run"]);
+    assert_snapshots_equal(&before, &snapshot(w.root()), "gc --dry-run");
+    let v1_id = w.images[0].1.config_digest.trim_start_matches("sha256:");
+    assert_eq!(
+        preview["store_images_removed"],
+        serde_json::json!([v1_id]),
+        "{preview}"
+    );
+    assert!(
+        !preview["store_layers_removed"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            && preview["store_layer_bytes"].as_u64().unwrap() > 0,
+        "{preview}"
+    );
+    let human = run_ok(w.cmd().args(["internals", "gc", "--dry-run"]));
+    assert!(
+        human.contains("1 store image(s)") && human.contains(&format!("store image {v1_id}")),
+        "{human}"
+    );
+    run_fails(
+        w.cmd().args(["internals", "gc", "--assert-no-op"]),
+        "not a no-op",
+    );
+    assert_snapshots_equal(&before, &snapshot(w.root()), "gc --dry-run");
     let g = w.json(&["internals", "gc"]);
     assert_eq!(
-        g["store_images_removed"].as_array().unwrap().len(),
-        1,
+        g["store_images_removed"], preview["store_images_removed"],
+        "{g}"
+    );
+    assert_eq!(
+        g["store_layers_removed"], preview["store_layers_removed"],
         "{g}"
     );
     let mut want = vec![w.digest(2).to_string(), w.digest(3).to_string()];
