@@ -86,6 +86,18 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
                 println!("  version: {v}");
             }
         }
+        UpgradeOutcome::OriginUpdated {
+            image,
+            previous_image,
+            manifest_digest,
+            deployment_id,
+        } => {
+            println!("Now following {image} (was {previous_image})");
+            println!(
+                "  same image {manifest_digest} as deployment {}: no new deployment",
+                short(deployment_id)
+            );
+        }
         UpgradeOutcome::Staged {
             image,
             deployment_id,

@@ -564,6 +564,54 @@ fn broken_origin_is_reported_not_fatal() {
     assert_eq!(before, snapshot(w.root()));
 }
 
+/// `switch` to the booted image under another reference records the new
+/// reference in the booted deployment's origin (what bootc does) without a
+/// new deployment; `upgrade` then follows the new reference.
+#[test]
+fn switch_to_same_image_under_another_reference_updates_origin() {
+    let w = world();
+    let src = w.push(1, "os");
+    w.install(&src);
+    let other = w.push(1, "other");
+    let id = w.id_of("booted");
+    let boot_before = snapshot(&w.root().join("boot"));
+    let o = w.json(&["switch", &other]);
+    assert_eq!(o["result"], "origin-updated", "{o}");
+    assert_eq!(o["deployment_id"], id.as_str(), "{o}");
+    assert_eq!(o["manifest_digest"], w.digest(1), "{o}");
+    assert_snapshots_equal(&boot_before, &snapshot(&w.root().join("boot")), "switch");
+    assert!(!w.root().join("boot/loader/entries.staged").exists());
+    let origin =
+        std::fs::read_to_string(w.root().join(format!("state/deploy/{id}/{id}.origin"))).unwrap();
+    assert!(
+        origin.contains(&format!(
+            "container-image-reference=ostree-unverified-image:{other}\n"
+        )),
+        "{origin}"
+    );
+    assert!(
+        origin.contains(&format!("manifest_digest={}", w.digest(1))),
+        "{origin}"
+    );
+    let s = w.status();
+    assert!(
+        s["spec"]["image"]["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("/other:latest"),
+        "{s}"
+    );
+    assert_eq!(w.digests(), (w.v(1), None, None));
+    // Again: nothing to change.
+    assert_eq!(w.json(&["switch", &other])["result"], "no-change");
+    // `upgrade` follows the new reference, not the old one.
+    w.push(3, "os");
+    w.push(2, "other");
+    let o = w.json(&["upgrade"]);
+    assert_eq!(o["result"], "staged", "{o}");
+    assert_eq!(o["manifest_digest"], w.digest(2), "{o}");
+}
+
 /// Manifest digests of the images in the host containers-storage, from the
 /// store's own `overlay-images/images.json`.
 fn store_digests(root: &Path) -> Vec<String> {

@@ -2,7 +2,9 @@
 //!
 //! Order (the staged marker is written last):
 //! 1. lock; migrate an old layout;
-//! 2. ask the source for its manifest digest: unchanged means nothing to do;
+//! 2. ask the source for its manifest digest: unchanged means nothing to do
+//!    (`switch` to the booted or staged image under another reference only
+//!    rewrites that deployment's origin, as bootc does);
 //! 3. pull; state directory; kernel directory (reusing an identical pair);
 //! 4. `boot/loader/entries.staged/` = new (primary) + booted (rollback);
 //! 5. the staged-deployment marker;
@@ -48,6 +50,15 @@ pub enum UpgradeOutcome {
         image: String,
         booted_digest: Option<String>,
         remote: RemoteImage,
+    },
+    /// `switch` to another reference of the image already booted (or
+    /// staged): that deployment's origin now follows the new reference; no
+    /// new deployment.
+    OriginUpdated {
+        image: String,
+        previous_image: String,
+        manifest_digest: String,
+        deployment_id: String,
     },
     /// A deployment was staged for the next boot.
     Staged {
@@ -96,9 +107,36 @@ pub async fn upgrade(
             .and_then(|o| deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok()),
         None => None,
     };
-    if booted_digest.as_deref() == Some(remote.manifest_digest.as_str())
-        || staged_digest.as_deref() == Some(remote.manifest_digest.as_str())
+    let remote_digest = Some(remote.manifest_digest.as_str());
+    // `switch` to the image already booted (or staged) under another
+    // reference: as bootc does, only the origin changes, so that `upgrade`
+    // follows the new reference; nothing is pulled or deployed.
+    let same_image = if booted_digest.as_deref() == remote_digest {
+        Some((booted_id.clone(), booted_origin.clone()))
+    } else if staged_digest.as_deref() == remote_digest {
+        host.marker.as_ref().and_then(|m| {
+            deployment::read_origin(sysroot, &m.depl_id)
+                .ok()
+                .map(|o| (m.depl_id.clone(), o))
+        })
+    } else {
+        None
+    };
+    if let Some((id, mut origin)) = same_image
+        && opts.target.is_some()
+        && !opts.check
+        && origin.image != imgref
     {
+        let previous = std::mem::replace(&mut origin.image, imgref.clone());
+        deployment::write_origin(sysroot, &id, &origin)?;
+        return Ok(UpgradeOutcome::OriginUpdated {
+            image: imgref.to_string(),
+            previous_image: previous.to_string(),
+            manifest_digest: remote.manifest_digest,
+            deployment_id: id,
+        });
+    }
+    if booted_digest.as_deref() == remote_digest || staged_digest.as_deref() == remote_digest {
         return Ok(UpgradeOutcome::NoChange {
             image: imgref.to_string(),
             manifest_digest: remote.manifest_digest,
