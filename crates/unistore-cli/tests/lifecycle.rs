@@ -706,3 +706,99 @@ fn unified_host_lifecycle() {
     w.check_mount("booted", 3);
     run_ok(w.cmd().args(["internals", "gc", "--assert-no-op"]));
 }
+
+/// An upgrade applies the new image's kernel arguments (install config
+/// `kargs`, `kargs.d`) in place of the old image's, and keeps those the
+/// user added.
+#[test]
+fn upgrade_applies_the_new_images_kargs_and_keeps_the_users() {
+    let work = tempfile::tempdir().unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let reg = Registry::start().unwrap();
+    let build = |v: u32, files: Vec<(String, Vec<u8>)>| {
+        let dir = work.path().join(format!("k{v}"));
+        let opts = TestImageOpts {
+            version: format!("{v}.0"),
+            variant: v,
+            extra_files: files,
+            ..Default::default()
+        };
+        build_test_image(&dir, "latest", &opts).unwrap();
+        reg.push_oci(&dir, "latest", "kos").unwrap()
+    };
+    let toml = |k: &str| {
+        (
+            "/usr/lib/bootc/install/10-kargs.toml".to_string(),
+            k.as_bytes().to_vec(),
+        )
+    };
+    let src = build(
+        1,
+        vec![toml(
+            "[install]\nkargs = [\"quiet\", \"img.v=1\", \"old.only\"]\n",
+        )],
+    );
+    let cmd = || {
+        let mut c = unistore();
+        c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf());
+        c
+    };
+    run_ok(
+        cmd()
+            .args([
+                "install",
+                "to-filesystem",
+                "--karg",
+                "user.opt=1",
+                "--source-imgref",
+                &src,
+            ])
+            .arg(fs.path()),
+    );
+    let options = |dir: &str| -> Vec<Vec<String>> {
+        std::fs::read_dir(fs.path().join(dir))
+            .unwrap()
+            .map(|e| {
+                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+                let line = text.lines().find(|l| l.starts_with("options ")).unwrap();
+                line.split_whitespace()
+                    .skip(3)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect()
+    };
+    let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        options("boot/loader/entries"),
+        vec![k(&["quiet", "img.v=1", "old.only", "user.opt=1"])]
+    );
+    build(
+        2,
+        vec![
+            toml("[install]\nkargs = [\"quiet\", \"img.v=2\"]\n"),
+            (
+                "/usr/lib/bootc/kargs.d/20-more.toml".into(),
+                b"kargs = [\"kd.opt\"]\n".to_vec(),
+            ),
+        ],
+    );
+    let o: Value = serde_json::from_str(&run_ok(
+        cmd()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["upgrade", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(o["result"], "staged", "{o}");
+    let mut staged = options("boot/loader/entries.staged");
+    staged.sort();
+    assert_eq!(
+        staged,
+        vec![
+            // The rollback keeps its own.
+            k(&["quiet", "img.v=1", "old.only", "user.opt=1"]),
+            k(&["quiet", "user.opt=1", "img.v=2", "kd.opt"]),
+        ]
+    );
+}

@@ -178,13 +178,23 @@ pub async fn upgrade(
             Some((e.kernel_dir()?.to_string(), o.boot_digest?))
         })
         .collect();
-    // Keep the user's kernel arguments of the booted deployment.
-    let kargs: Vec<String> = booted
+    // The booted entry's arguments (the user's stay), less what the old
+    // image asked for, plus what the new one asks for.
+    let booted_kargs: Vec<String> = booted
         .options
         .iter()
         .filter(|o| !o.starts_with("composefs=") && *o != "rw")
         .cloned()
         .collect();
+    let old_image_kargs = match &booted_digest {
+        Some(d) => deploy::image_kargs(&repo, d)
+            .with_context(|| format!("reading the kernel arguments of the booted image {d}"))?,
+        None => vec![],
+    };
+    let new_image_kargs = deploy::image_kargs(&repo, &pulled.manifest_digest)
+        .with_context(|| format!("reading the kernel arguments of {imgref}"))?;
+    let kargs =
+        crate::install_config::upgrade_kargs(&booted_kargs, &old_image_kargs, &new_image_kargs);
     let deployed = deploy::deploy_image(
         sysroot,
         &repo,
