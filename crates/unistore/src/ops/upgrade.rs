@@ -67,7 +67,7 @@ pub enum UpgradeOutcome {
         manifest_digest: String,
         version: Option<String>,
         kernel_reused: bool,
-        gc: Option<GcReport>,
+        gc: Option<Box<GcReport>>,
     },
 }
 
@@ -243,6 +243,6 @@ pub async fn upgrade(
         manifest_digest: pulled.manifest_digest,
         version,
         kernel_reused: deployed.kernel_reused,
-        gc: Some(gc_report),
+        gc: Some(Box::new(gc_report)),
     })
 }
