@@ -7,7 +7,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use unistore::Sysroot;
-use unistore::ops::fsck::{self, FsckOpts, FullReport, ImageReport, ImagesReport};
+use unistore::ops::fsck::{FsckOpts, FullReport, ImageReport, ImagesReport, Verdict};
 
 #[derive(clap::Args, Clone, Copy)]
 pub struct FsckFlags {
@@ -127,7 +127,7 @@ fn finish(ok: bool) -> Result<()> {
 
 /// `internals fsck images`.
 pub fn images(sysroot: &Sysroot, f: FsckFlags) -> Result<()> {
-    let r = fsck::fsck_images(sysroot, opts(f))?;
+    let r = unistore::backend::detect(sysroot)?.fsck_images(sysroot, opts(f))?;
     let out = std::io::stdout();
     let mut out = out.lock();
     if f.json {
@@ -145,6 +145,26 @@ pub fn images(sysroot: &Sysroot, f: FsckFlags) -> Result<()> {
     finish(r.ok)
 }
 
+/// `[OK] label: ok_text` when the check passed, then its `[FAIL]` and
+/// `[NOTE]` lines.
+fn check_lines(
+    out: &mut impl Write,
+    label: &str,
+    ok_text: &str,
+    check: &impl Verdict,
+) -> Result<()> {
+    if check.ok() {
+        writeln!(out, "[OK]       {label}{ok_text}")?;
+    }
+    for i in check.issues() {
+        writeln!(out, "[FAIL]     {label}: {i}")?;
+    }
+    for n in check.notes() {
+        writeln!(out, "[NOTE]     {label}: {n}")?;
+    }
+    Ok(())
+}
+
 fn full_human(out: &mut impl Write, r: &FullReport) -> Result<()> {
     let repo = &r.repository;
     let what = if repo.content_verified {
@@ -152,59 +172,34 @@ fn full_human(out: &mut impl Write, r: &FullReport) -> Result<()> {
     } else {
         "structure only; --verify-content re-hashes objects"
     };
-    if repo.issues.is_empty() {
-        writeln!(
-            out,
-            "[OK]       composefs repository: {} objects, {} streams ({what})",
+    check_lines(
+        out,
+        "composefs repository",
+        &format!(
+            ": {} objects, {} streams ({what})",
             repo.objects_checked, repo.streams_checked
-        )?;
-    }
-    for i in &repo.issues {
-        writeln!(out, "[FAIL]     composefs repository: {i}")?;
-    }
+        ),
+        repo,
+    )?;
     for e in &r.boot_entries {
-        if e.issues.is_empty() {
-            writeln!(out, "[OK]       boot entry {}", e.file)?;
-        }
-        for i in &e.issues {
-            writeln!(out, "[FAIL]     boot entry {}: {i}", e.file)?;
-        }
+        check_lines(out, &format!("boot entry {}", e.file), "", e)?;
     }
     for d in &r.deployments {
-        let label = format!("deployment {}", short(&d.id));
-        if d.issues.is_empty() {
-            writeln!(
-                out,
-                "[OK]       {label}: origin resolves to {}",
-                d.manifest_digest.as_deref().map(short).unwrap_or("-")
-            )?;
-        }
-        for i in &d.issues {
-            writeln!(out, "[FAIL]     {label}: {i}")?;
-        }
-        for n in &d.notes {
-            writeln!(out, "[NOTE]     {label}: {n}")?;
-        }
+        let ok_text = format!(
+            ": origin resolves to {}",
+            d.manifest_digest.as_deref().map(short).unwrap_or("-")
+        );
+        check_lines(out, &format!("deployment {}", short(&d.id)), &ok_text, d)?;
     }
     images_section(out, &r.images)?;
-    let failed_other = usize::from(!repo.issues.is_empty())
-        + r.boot_entries
-            .iter()
-            .filter(|e| !e.issues.is_empty())
-            .count()
-        + r.deployments
-            .iter()
-            .filter(|d| !d.issues.is_empty())
-            .count();
+    let failed_other = usize::from(!repo.ok())
+        + r.boot_entries.iter().filter(|e| !e.ok()).count()
+        + r.deployments.iter().filter(|d| !d.ok()).count();
     writeln!(
         out,
         "{}: repository {}, {} boot entr(y/ies), {} deployment(s), {} other problem(s); {}",
         if r.ok { "OK" } else { "FAILED" },
-        if repo.issues.is_empty() {
-            "ok"
-        } else {
-            "damaged"
-        },
+        if repo.ok() { "ok" } else { "damaged" },
         r.boot_entries.len(),
         r.deployments.len(),
         failed_other,
@@ -218,7 +213,9 @@ pub async fn run(sysroot: &Sysroot, a: FsckArgs) -> Result<()> {
     if let Some(FsckWhat::Images(f)) = a.what {
         return images(sysroot, f);
     }
-    let r = fsck::fsck_all(sysroot, opts(a.flags)).await?;
+    let r = unistore::backend::detect(sysroot)?
+        .fsck(sysroot, opts(a.flags))
+        .await?;
     let out = std::io::stdout();
     let mut out = out.lock();
     if a.flags.json {

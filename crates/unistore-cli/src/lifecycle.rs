@@ -86,6 +86,18 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
                 println!("  version: {v}");
             }
         }
+        UpgradeOutcome::OriginUpdated {
+            image,
+            previous_image,
+            manifest_digest,
+            deployment_id,
+        } => {
+            println!("Now following {image} (was {previous_image})");
+            println!(
+                "  same image {manifest_digest} as deployment {}: no new deployment",
+                short(deployment_id)
+            );
+        }
         UpgradeOutcome::Staged {
             image,
             deployment_id,
@@ -179,11 +191,12 @@ pub fn finalize(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
 fn print_gc_summary(r: &GcReport) {
     let verb = if r.dry_run { "Would remove" } else { "Removed" };
     println!(
-        "{verb} {} kernel dir(s), {} state dir(s), {} tag(s), {} object(s); {} bytes freed",
+        "{verb} {} kernel dir(s), {} state dir(s), {} tag(s), {} object(s), {} store image(s); {} bytes freed",
         r.kernel_dirs.len(),
         r.state_dirs.len(),
         r.tags_removed.len(),
         r.objects_removed,
+        r.store_images_removed.len(),
         r.bytes_freed()
     );
 }
@@ -208,6 +221,22 @@ pub fn gc(sysroot: &Sysroot, a: GcArgs) -> Result<()> {
         }
         for t in &r.tags_added {
             println!("  tag added   {t}");
+        }
+        for i in &r.store_images_removed {
+            println!("  store image {i}");
+        }
+        for u in &r.store_images_untagged {
+            println!("  store name  {u} (image kept)");
+        }
+        if !r.store_layers_removed.is_empty() {
+            println!(
+                "  store       {} layer(s), {} bytes uncompressed",
+                r.store_layers_removed.len(),
+                r.store_layer_bytes
+            );
+        }
+        for e in &r.store_errors {
+            println!("  store error {e}");
         }
     }
     if a.assert_no_op && !r.is_no_op() {

@@ -13,14 +13,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use unistore_fixtures::env::{FsKind, LoopFs, podman_env, shared_extents, unmount_all_under};
 use unistore_fixtures::image::{BuiltImage, TestImageOpts, build_test_image};
 
@@ -56,7 +55,7 @@ fn host_executable(bin: &str) -> Vec<(String, Vec<u8>)> {
 /// loop filesystem; podman pointed at its store with one private run root.
 struct Host {
     fs: LoopFs,
-    _work: tempfile::TempDir,
+    work: tempfile::TempDir,
     img: BuiltImage,
     podman_dir: tempfile::TempDir,
 }
@@ -80,7 +79,7 @@ impl Host {
         );
         Self {
             fs,
-            _work: work,
+            work,
             img,
             podman_dir: tempfile::tempdir().unwrap(),
         }
@@ -88,6 +87,35 @@ impl Host {
 
     fn root(&self) -> &Path {
         self.fs.path()
+    }
+
+    /// Builds another image into the host's OCI layout under `tag`; returns
+    /// it and its `oci:` reference.
+    fn build(&self, tag: &str, opts: &TestImageOpts) -> (BuiltImage, String) {
+        let oci = self.work.path().join("oci");
+        let img = build_test_image(&oci, tag, opts).unwrap();
+        (img, format!("oci:{}:{tag}", oci.display()))
+    }
+
+    /// `switch REF` then `finalize-staged`: REF is booted, the old booted
+    /// deployment the rollback.
+    fn switch_and_finalize(&self, imgref: &str) {
+        run_ok(self.cmd().args(["switch", imgref]));
+        run_ok(self.cmd().args(["internals", "finalize-staged"]));
+    }
+
+    /// The ids of the images in the store.
+    fn store_image_ids(&self) -> Vec<String> {
+        let images: Value = serde_json::from_slice(
+            &std::fs::read(self.store().join("overlay-images/images.json")).unwrap(),
+        )
+        .unwrap();
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
     }
 
     fn store(&self) -> PathBuf {
@@ -198,64 +226,6 @@ impl Drop for Host {
     fn drop(&mut self) {
         unmount_all_under(&self.store());
     }
-}
-
-fn assert_snapshots_equal(
-    before: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
-    after: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
-    what: &str,
-) {
-    let changed: Vec<String> = before
-        .keys()
-        .chain(after.keys())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| before.get(*k) != after.get(*k))
-        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
-        .collect();
-    assert!(
-        changed.is_empty(),
-        "{what} changed the root:\n{}",
-        changed.join("\n")
-    );
-}
-
-fn sha256_file(p: &Path) -> String {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
-/// Every regular file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
-/// Drops XFS speculative preallocation (post-EOF blocks that files written
-/// through O_TMPFILE keep for a while): FIEMAP lists them as unshared
-/// extents.
-fn trim_prealloc(fs: &LoopFs) {
-    fs.sync();
-    let st = Command::new("xfs_spaceman")
-        .args(["-c", "prealloc -m 0"])
-        .arg(fs.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    fs.sync();
 }
 
 /// Access times of the store's layer files and of the composefs objects
@@ -414,13 +384,13 @@ fn removed_image_is_reported_then_rebuilt_natively() {
                 .path()
                 .join("x")
                 .join(d.trim_start_matches("sha256:"));
-            sha256_file(&blob)
+            format!("sha256:{}", sha256_file(&blob))
         })
         .collect();
     assert_eq!(exported, h.img.diff_ids);
 
     // The store's files share their extents with the composefs objects.
-    trim_prealloc(&h.fs);
+    trim_prealloc(h.root());
     let mut shared = 0;
     for id in h.store_layer_ids() {
         for f in files_under(&h.store().join("overlay").join(&id).join("diff")) {
@@ -492,7 +462,7 @@ fn damaged_and_missing_objects_are_restored_from_the_store() {
         "{out}"
     );
     assert_eq!(sha256_file(&obj), good);
-    trim_prealloc(&h.fs);
+    trim_prealloc(h.root());
     let store_copy = files_under(&h.store().join("overlay"))
         .into_iter()
         .find(|f| f.ends_with("usr/share/unistore-test/large-9m.bin"))
@@ -672,4 +642,123 @@ fn notes_and_tags_on_a_plain_host() {
         "{out}"
     );
     assert_eq!(std::fs::read_link(&tag).unwrap(), target);
+}
+
+/// fsck goes through the host backend: a root that is an ostree host, or
+/// no host at all, is one clear error and stays as it was.
+#[test]
+fn fsck_asks_the_host_backend() {
+    let td = tempfile::tempdir_in("/var/tmp").unwrap();
+    std::fs::create_dir_all(td.path().join("ostree/repo")).unwrap();
+    let before = snapshot(td.path());
+    for args in [
+        &["internals", "fsck"][..],
+        &["internals", "fsck", "images", "--repair"],
+    ] {
+        run_fails(
+            unistore().arg("--sysroot").arg(td.path()).args(args),
+            "ostree host",
+        );
+    }
+    assert_eq!(before, snapshot(td.path()));
+    std::fs::remove_dir_all(td.path().join("ostree")).unwrap();
+    let before = snapshot(td.path());
+    run_fails(
+        unistore()
+            .arg("--sysroot")
+            .arg(td.path())
+            .args(["internals", "fsck", "--json"]),
+        "holds no installed host",
+    );
+    assert_eq!(before, snapshot(td.path()));
+}
+
+/// What `--repair` writes into the store is recorded as unistore's, the
+/// way a unified pull records it: once no deployment uses the image, the
+/// GC prunes it from the store. An image the user put in the store
+/// themselves stays.
+#[test]
+fn repaired_image_is_owned_and_pruned_by_gc() {
+    let h = Host::new(FsKind::Xfs);
+    h.set_unified(&[]);
+    // The user's own image in the host store.
+    let user_opts = TestImageOpts {
+        version: "9.0".into(),
+        variant: 9,
+        ..Default::default()
+    };
+    let (user_img, user_ref) = h.build("user", &user_opts);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", &user_ref])
+            .arg(format!(
+                "containers-storage:[overlay@{}+{}]localhost/mine:1",
+                h.store().display(),
+                h.runroot().display()
+            )),
+    );
+    let user_id = user_img.config_digest.trim_start_matches("sha256:");
+    // The booted image gone from the store, and unistore's record of it
+    // too (a store reset, or a host made unified by a version that kept no
+    // record).
+    run_ok(h.podman().args(["rmi", "--force", h.image_id()]));
+    std::fs::remove_file(h.root().join("composefs/bootc/unistore-images.json")).unwrap();
+
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("[REPAIRED]"), "{out}");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(h.root().join("composefs/bootc/unistore-images.json")).unwrap(),
+    )
+    .unwrap();
+    let images = record["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{record:#}");
+    let e = &images[0];
+    assert_eq!(e["manifest_digest"], h.img.manifest_digest.as_str());
+    assert_eq!(e["image_id"], h.image_id());
+    assert_eq!(e["created"], true);
+    assert_eq!(e["pending"], false);
+    let ours = format!(
+        "localhost/bootc:{}",
+        h.img.manifest_digest.trim_start_matches("sha256:")
+    );
+    assert!(
+        e["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == ours.as_str()),
+        "{record:#}"
+    );
+
+    // Two moves later no deployment uses the repaired image: the GC prunes
+    // it from the store, and leaves the user's image alone.
+    for (tag, v) in [("t2", 2), ("t3", 3)] {
+        let opts = TestImageOpts {
+            version: format!("{v}.0"),
+            variant: v,
+            extra_files: host_executable("/usr/bin/cat"),
+            ..Default::default()
+        };
+        let (_, imgref) = h.build(tag, &opts);
+        h.switch_and_finalize(&imgref);
+    }
+    let ids = h.store_image_ids();
+    assert!(ids.iter().any(|i| i == h.image_id()), "{ids:?}");
+    let g: Value =
+        serde_json::from_str(&run_ok(h.cmd().args(["internals", "gc", "--json"]))).unwrap();
+    assert_eq!(
+        g["store_images_removed"],
+        serde_json::json!([h.image_id()]),
+        "{g:#}"
+    );
+    let ids = h.store_image_ids();
+    assert!(!ids.iter().any(|i| i == h.image_id()), "{ids:?}");
+    assert!(ids.iter().any(|i| i == user_id), "{ids:?}");
+    let names = run_ok(
+        h.podman()
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"]),
+    );
+    assert!(names.contains("localhost/mine:1"), "{names}");
+    run_ok(h.cmd().args(["internals", "gc", "--assert-no-op"]));
 }

@@ -136,13 +136,6 @@ impl World {
     }
 }
 
-fn sha256_file(p: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
-    hex::encode(h.finalize())
-}
-
 /// sha256 of every object in the repository.
 fn object_hashes(root: &Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
@@ -571,6 +564,54 @@ fn broken_origin_is_reported_not_fatal() {
     assert_eq!(before, snapshot(w.root()));
 }
 
+/// `switch` to the booted image under another reference records the new
+/// reference in the booted deployment's origin (what bootc does) without a
+/// new deployment; `upgrade` then follows the new reference.
+#[test]
+fn switch_to_same_image_under_another_reference_updates_origin() {
+    let w = world();
+    let src = w.push(1, "os");
+    w.install(&src);
+    let other = w.push(1, "other");
+    let id = w.id_of("booted");
+    let boot_before = snapshot(&w.root().join("boot"));
+    let o = w.json(&["switch", &other]);
+    assert_eq!(o["result"], "origin-updated", "{o}");
+    assert_eq!(o["deployment_id"], id.as_str(), "{o}");
+    assert_eq!(o["manifest_digest"], w.digest(1), "{o}");
+    assert_snapshots_equal(&boot_before, &snapshot(&w.root().join("boot")), "switch");
+    assert!(!w.root().join("boot/loader/entries.staged").exists());
+    let origin =
+        std::fs::read_to_string(w.root().join(format!("state/deploy/{id}/{id}.origin"))).unwrap();
+    assert!(
+        origin.contains(&format!(
+            "container-image-reference=ostree-unverified-image:{other}\n"
+        )),
+        "{origin}"
+    );
+    assert!(
+        origin.contains(&format!("manifest_digest={}", w.digest(1))),
+        "{origin}"
+    );
+    let s = w.status();
+    assert!(
+        s["spec"]["image"]["image"]
+            .as_str()
+            .unwrap()
+            .ends_with("/other:latest"),
+        "{s}"
+    );
+    assert_eq!(w.digests(), (w.v(1), None, None));
+    // Again: nothing to change.
+    assert_eq!(w.json(&["switch", &other])["result"], "no-change");
+    // `upgrade` follows the new reference, not the old one.
+    w.push(3, "os");
+    w.push(2, "other");
+    let o = w.json(&["upgrade"]);
+    assert_eq!(o["result"], "staged", "{o}");
+    assert_eq!(o["manifest_digest"], w.digest(2), "{o}");
+}
+
 /// Manifest digests of the images in the host containers-storage, from the
 /// store's own `overlay-images/images.json`.
 fn store_digests(root: &Path) -> Vec<String> {
@@ -619,10 +660,41 @@ fn unified_host_lifecycle() {
     let src3 = w.push(3, "other");
     w.json(&["switch", &src3]);
     w.json(&["internals", "finalize-staged"]);
+    // The dry run previews the store prune and changes nothing.
+    let before = snapshot(w.root());
+    let preview = w.json(&["internals", "gc", "--dry-run"]);
+    assert_snapshots_equal(&before, &snapshot(w.root()), "gc --dry-run");
+    let v1_id = w.images[0].1.config_digest.trim_start_matches("sha256:");
+    assert_eq!(
+        preview["store_images_removed"],
+        serde_json::json!([v1_id]),
+        "{preview}"
+    );
+    assert!(
+        !preview["store_layers_removed"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            && preview["store_layer_bytes"].as_u64().unwrap() > 0,
+        "{preview}"
+    );
+    let human = run_ok(w.cmd().args(["internals", "gc", "--dry-run"]));
+    assert!(
+        human.contains("1 store image(s)") && human.contains(&format!("store image {v1_id}")),
+        "{human}"
+    );
+    run_fails(
+        w.cmd().args(["internals", "gc", "--assert-no-op"]),
+        "not a no-op",
+    );
+    assert_snapshots_equal(&before, &snapshot(w.root()), "gc --dry-run");
     let g = w.json(&["internals", "gc"]);
     assert_eq!(
-        g["store_images_removed"].as_array().unwrap().len(),
-        1,
+        g["store_images_removed"], preview["store_images_removed"],
+        "{g}"
+    );
+    assert_eq!(
+        g["store_layers_removed"], preview["store_layers_removed"],
         "{g}"
     );
     let mut want = vec![w.digest(2).to_string(), w.digest(3).to_string()];
@@ -633,4 +705,100 @@ fn unified_host_lifecycle() {
     assert_eq!(s["status"]["storage"]["unified"], "enabled", "{s}");
     w.check_mount("booted", 3);
     run_ok(w.cmd().args(["internals", "gc", "--assert-no-op"]));
+}
+
+/// An upgrade applies the new image's kernel arguments (install config
+/// `kargs`, `kargs.d`) in place of the old image's, and keeps those the
+/// user added.
+#[test]
+fn upgrade_applies_the_new_images_kargs_and_keeps_the_users() {
+    let work = tempfile::tempdir().unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let reg = Registry::start().unwrap();
+    let build = |v: u32, files: Vec<(String, Vec<u8>)>| {
+        let dir = work.path().join(format!("k{v}"));
+        let opts = TestImageOpts {
+            version: format!("{v}.0"),
+            variant: v,
+            extra_files: files,
+            ..Default::default()
+        };
+        build_test_image(&dir, "latest", &opts).unwrap();
+        reg.push_oci(&dir, "latest", "kos").unwrap()
+    };
+    let toml = |k: &str| {
+        (
+            "/usr/lib/bootc/install/10-kargs.toml".to_string(),
+            k.as_bytes().to_vec(),
+        )
+    };
+    let src = build(
+        1,
+        vec![toml(
+            "[install]\nkargs = [\"quiet\", \"img.v=1\", \"old.only\"]\n",
+        )],
+    );
+    let cmd = || {
+        let mut c = unistore();
+        c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf());
+        c
+    };
+    run_ok(
+        cmd()
+            .args([
+                "install",
+                "to-filesystem",
+                "--karg",
+                "user.opt=1",
+                "--source-imgref",
+                &src,
+            ])
+            .arg(fs.path()),
+    );
+    let options = |dir: &str| -> Vec<Vec<String>> {
+        std::fs::read_dir(fs.path().join(dir))
+            .unwrap()
+            .map(|e| {
+                let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+                let line = text.lines().find(|l| l.starts_with("options ")).unwrap();
+                line.split_whitespace()
+                    .skip(3)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect()
+    };
+    let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        options("boot/loader/entries"),
+        vec![k(&["quiet", "img.v=1", "old.only", "user.opt=1"])]
+    );
+    build(
+        2,
+        vec![
+            toml("[install]\nkargs = [\"quiet\", \"img.v=2\"]\n"),
+            (
+                "/usr/lib/bootc/kargs.d/20-more.toml".into(),
+                b"kargs = [\"kd.opt\"]\n".to_vec(),
+            ),
+        ],
+    );
+    let o: Value = serde_json::from_str(&run_ok(
+        cmd()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["upgrade", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(o["result"], "staged", "{o}");
+    let mut staged = options("boot/loader/entries.staged");
+    staged.sort();
+    assert_eq!(
+        staged,
+        vec![
+            // The rollback keeps its own.
+            k(&["quiet", "img.v=1", "old.only", "user.opt=1"]),
+            k(&["quiet", "user.opt=1", "img.v=2", "kd.opt"]),
+        ]
+    );
 }

@@ -96,25 +96,11 @@ fn allocated(p: &Path) -> u64 {
     n
 }
 
-/// Drops XFS speculative preallocation: post-EOF blocks XFS gives to files
-/// being written (composefs objects written through O_TMPFILE keep them
-/// until XFS reclaims them by itself a few minutes later). They are not
-/// data, but they would count as used space and as unshared extents.
-fn trim_prealloc(mountpoint: &Path) {
-    let st = Command::new("xfs_spaceman")
-        .args(["-c", "prealloc -m 0"])
-        .arg(mountpoint)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 /// Free bytes after flushing (and, on XFS, trimming preallocation).
 fn free_bytes(fs: &LoopFs) -> u64 {
     fs.sync();
     if fs.kind() == FsKind::Xfs {
         trim_prealloc(fs.path());
-        fs.sync();
     }
     fs.free_bytes()
 }

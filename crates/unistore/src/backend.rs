@@ -11,6 +11,7 @@ use std::pin::Pin;
 use anyhow::{Result, bail};
 
 use crate::ops::finalize::{self, FinalizeOutcome};
+use crate::ops::fsck::{self, FsckOpts, FullReport, ImagesReport};
 use crate::ops::gc::{self, GcOpts, GcReport};
 use crate::ops::rollback::{self, RollbackReport};
 use crate::ops::upgrade::{self, UpgradeOpts, UpgradeOutcome};
@@ -42,6 +43,14 @@ pub trait HostBackend {
     fn gc(&self, sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport>;
     /// Mount a deployment read-only as the initramfs would.
     fn mount(&self, sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) -> Result<String>;
+    /// Check everything the host stores (read-only unless `opts.repair`).
+    fn fsck<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: FsckOpts,
+    ) -> BoxFuture<'a, Result<FullReport>>;
+    /// Check only the host images (read-only unless `opts.repair`).
+    fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport>;
 }
 
 /// A native composefs host.
@@ -74,6 +83,16 @@ impl HostBackend for ComposefsBackend {
     }
     fn mount(&self, sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) -> Result<String> {
         crate::ops::mount::mount_deployment(sysroot, id, mountpoint)
+    }
+    fn fsck<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: FsckOpts,
+    ) -> BoxFuture<'a, Result<FullReport>> {
+        Box::pin(fsck::fsck_all(sysroot, opts))
+    }
+    fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
+        fsck::fsck_images(sysroot, opts)
     }
 }
 

@@ -113,6 +113,9 @@ pub struct StoreLayer {
     /// `sha256:` of the blob the layer was pulled from, when pulled.
     #[serde(default, rename = "compressed-diff-digest")]
     pub compressed_digest: Option<String>,
+    /// Bytes of the uncompressed layer, when recorded.
+    #[serde(default, rename = "diff-size")]
+    pub diff_size: Option<u64>,
     /// containers/storage flags; `incomplete` marks an interrupted write.
     #[serde(default)]
     pub flags: HashMap<String, serde_json::Value>,
@@ -863,6 +866,7 @@ mod tests {
             parent: parent.map(str::to_string),
             diff_digest: None,
             compressed_digest: None,
+            diff_size: None,
             flags: if incomplete {
                 [("incomplete".to_string(), serde_json::Value::Bool(true))].into()
             } else {

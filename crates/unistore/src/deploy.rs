@@ -10,7 +10,7 @@ use crate::bootloader::{self, BlsEntry};
 use crate::composefs_store::{self, Repo};
 use crate::deployment::{self, NewDeployment};
 use crate::imgref::ImageRef;
-use crate::install_config::InstallConfig;
+use crate::install_config;
 use crate::origin::Origin;
 use crate::sysroot::{BOOT_DIR, Sysroot};
 
@@ -22,8 +22,8 @@ pub struct DeployRequest<'a> {
     pub id: &'a str,
     /// The reference the deployment follows.
     pub origin_image: &'a ImageRef,
-    /// Kernel arguments after `composefs=` and `rw`. `None`: those of the
-    /// image's install config.
+    /// Kernel arguments after `composefs=` and `rw`. `None`: those the
+    /// image asks for (install config, then `kargs.d`).
     pub kargs: Option<Vec<String>>,
     /// Extra kernel arguments appended in all cases.
     pub extra_kargs: &'a [String],
@@ -43,6 +43,15 @@ pub struct Deployed {
     pub kernel_dir: String,
     /// Whether the kernel directory was shared with another deployment.
     pub kernel_reused: bool,
+}
+
+/// The kernel arguments the image `manifest_digest` asks for.
+pub fn image_kargs(repo: &Repo, manifest_digest: &str) -> Result<Vec<String>> {
+    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let fs = img
+        .read_filesystem(repo, false)
+        .context("reading the image's filesystem")?;
+    install_config::image_kargs(&fs, repo, &img.architecture())
 }
 
 /// Creates the state directory (unless it exists) and the kernel directory.
@@ -75,7 +84,7 @@ pub fn deploy_image(
         .unwrap_or_else(|| format!("{os_id} {version}"));
     let kargs = match &req.kargs {
         Some(k) => k.clone(),
-        None => InstallConfig::from_image(&fs, repo, &img.architecture())?.kargs,
+        None => install_config::image_kargs(&fs, repo, &img.architecture())?,
     };
     let boot_digest = bootloader::boot_digest(&kernel, repo)?;
 

@@ -38,6 +38,14 @@ pub fn read_origin(sysroot: &Sysroot, id: &str) -> Result<Origin> {
     Origin::parse(&text).with_context(|| format!("parsing {path}"))
 }
 
+/// Replaces `state/deploy/<id>/<id>.origin` (write-temp, fsync, rename):
+/// the file is the old one or the new one, never a mix.
+pub fn write_origin(sysroot: &Sysroot, id: &str, origin: &Origin) -> Result<()> {
+    let path = format!("{}/{id}.origin", state_dir(id));
+    util::atomic_write(sysroot.dir(), &path, origin.to_text().as_bytes())
+        .with_context(|| format!("writing {path}"))
+}
+
 /// The manifest digest of a deployment: from its origin, else from the
 /// legacy `.imginfo` (never from the network).
 pub fn manifest_digest(

@@ -157,8 +157,107 @@ impl InstallConfig {
     }
 }
 
+/// Where kernel argument files live (`kargs = [...]`, optional
+/// `match-architectures`), in file-name order.
+pub const KARGS_D: &str = "/usr/lib/bootc/kargs.d";
+
+/// One `kargs.d` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct KargsFile {
+    #[serde(default)]
+    kargs: Vec<String>,
+    #[serde(alias = "match_architectures")]
+    match_architectures: Option<Vec<String>>,
+}
+
+/// Parses one `kargs.d` file; no kargs when it is for other architectures.
+pub fn parse_kargs_d(name: &str, text: &str, arch: &str) -> Result<Vec<String>> {
+    let f: KargsFile = toml::from_str(text).with_context(|| format!("kargs file {name}"))?;
+    if let Some(archs) = &f.match_architectures
+        && !archs
+            .iter()
+            .any(|a| a == arch || (a == "x86_64" && arch == "amd64"))
+    {
+        return Ok(vec![]);
+    }
+    Ok(f.kargs)
+}
+
+/// The kernel arguments an image asks for: its install config's `kargs`,
+/// then those of its `kargs.d` files.
+pub fn image_kargs(
+    fs: &composefs::tree::FileSystem<ObjectId>,
+    repo: &Repo,
+    arch: &str,
+) -> Result<Vec<String>> {
+    let mut kargs = InstallConfig::from_image(fs, repo, arch)?.kargs;
+    let root = fs.as_dir();
+    if let Ok(Some(d)) = root.get_directory_opt(OsStr::new(KARGS_D)) {
+        for (name, inode) in d.sorted_entries() {
+            let name = name.to_string_lossy();
+            if !name.ends_with(".toml") {
+                continue;
+            }
+            let Inode::Leaf(id, _) = inode else { continue };
+            let LeafContent::Regular(f) = &fs.leaves[id.0].content else {
+                continue;
+            };
+            let data = composefs::fs::read_file(f, repo)?;
+            let text = String::from_utf8_lossy(&data);
+            kargs.extend(parse_kargs_d(&format!("{KARGS_D}/{name}"), &text, arch)?);
+        }
+    }
+    Ok(kargs)
+}
+
+/// bootc's kargs.d rule for an upgrade: the booted entry's arguments, less
+/// those the old image asked for and the new one does not, plus those the
+/// new image asks for that the old one did not (arguments the user added
+/// stay).
+pub fn upgrade_kargs(booted: &[String], old_image: &[String], new_image: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = booted
+        .iter()
+        .filter(|k| !old_image.contains(k) || new_image.contains(k))
+        .cloned()
+        .collect();
+    for k in new_image {
+        if !old_image.contains(k) && !out.contains(k) {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kargs_d_and_upgrade_diff() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_kargs_d("a", "kargs = [\"x\", \"y=1\"]\n", "amd64").unwrap(),
+            k(&["x", "y=1"])
+        );
+        assert!(
+            parse_kargs_d(
+                "b",
+                "kargs = [\"x\"]\nmatch-architectures = [\"aarch64\"]\n",
+                "amd64"
+            )
+            .unwrap()
+            .is_empty()
+        );
+        assert!(parse_kargs_d("c", "karg = []\n", "amd64").is_err());
+        assert_eq!(
+            upgrade_kargs(
+                &k(&["quiet", "img=1", "user=1"]),
+                &k(&["quiet", "img=1"]),
+                &k(&["quiet", "img=2", "new"])
+            ),
+            k(&["quiet", "user=1", "img=2", "new"])
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -79,11 +79,72 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u64, i64, i64)> {
     out
 }
 
-fn sha256_file(p: &Path) -> String {
+/// Asserts two snapshots are equal, listing every path that differs.
+pub fn assert_snapshots_equal(
+    before: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
+    after: &BTreeMap<PathBuf, (u32, u64, i64, i64)>,
+    what: &str,
+) {
+    let changed: Vec<String> = before
+        .keys()
+        .chain(after.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "{what} changed the root:\n{}",
+        changed.join("\n")
+    );
+}
+
+/// Hex sha256 of a file's content.
+pub fn sha256_file(p: &Path) -> String {
     let mut f = std::fs::File::open(p).unwrap();
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).unwrap();
     hex::encode(h.finalize())
+}
+
+/// Every regular file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+fn syncfs(mountpoint: &Path) {
+    let d = std::fs::File::open(mountpoint).unwrap();
+    rustix::fs::syncfs(&d).unwrap();
+}
+
+/// Drops XFS speculative preallocation on the filesystem mounted at
+/// `mountpoint`: post-EOF blocks XFS gives to files being written
+/// (composefs objects written through O_TMPFILE keep them until XFS
+/// reclaims them by itself a few minutes later). They are not data, but
+/// they count as used space and FIEMAP lists them as unshared extents.
+pub fn trim_prealloc(mountpoint: &Path) {
+    syncfs(mountpoint);
+    let st = Command::new("xfs_spaceman")
+        .args(["-c", "prealloc -m 0"])
+        .arg(mountpoint)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    syncfs(mountpoint);
 }
 
 /// Paths the boot transform empties (`/boot`, `/sysroot`, `/run`): their

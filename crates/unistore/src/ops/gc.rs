@@ -40,6 +40,14 @@ pub struct GcReport {
     pub dry_run: bool,
     /// Images removed from the host containers-storage (unified hosts).
     pub store_images_removed: Vec<String>,
+    /// `id name` pairs of store images that lose unistore's names (kept:
+    /// others named them).
+    pub store_images_untagged: Vec<String>,
+    /// Store layers removed with those images.
+    pub store_layers_removed: Vec<String>,
+    /// Uncompressed bytes of those layers (extents they share with
+    /// composefs objects stay allocated, so not counted as freed).
+    pub store_layer_bytes: u64,
     /// Problems pruning the store (the images are tried again next time).
     pub store_errors: Vec<String>,
 }
@@ -55,6 +63,7 @@ impl GcReport {
             && self.streams_pruned == 0
             && self.images_pruned == 0
             && self.store_images_removed.is_empty()
+            && self.store_images_untagged.is_empty()
     }
 
     /// Bytes freed in all.
@@ -166,13 +175,19 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     }
 
     // 4. The host containers-storage: only images unistore put there, and
-    // only those no live deployment uses. (Not previewed by a dry run.)
-    if !opts.dry_run {
-        let live: Vec<String> = live_digests.iter().cloned().collect();
-        let pruned = crate::unified::prune_store(sysroot, &live)?;
-        report.store_images_removed = pruned.removed;
-        report.store_errors = pruned.errors;
-    }
+    // only those no live deployment uses. A dry run decides the same way
+    // from the same record and JSON, and only reads.
+    let live: Vec<String> = live_digests.iter().cloned().collect();
+    let pruned = if opts.dry_run {
+        crate::unified::preview_prune_store(sysroot, &live)?
+    } else {
+        crate::unified::prune_store(sysroot, &live)?
+    };
+    report.store_images_removed = pruned.removed;
+    report.store_images_untagged = pruned.untagged;
+    report.store_layers_removed = pruned.layers_removed;
+    report.store_layer_bytes = pruned.layer_bytes;
+    report.store_errors = pruned.errors;
     crate::crashpoint::hit("gc:before-repo-gc");
 
     // 5. Repository GC.

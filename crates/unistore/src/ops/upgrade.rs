@@ -2,7 +2,9 @@
 //!
 //! Order (the staged marker is written last):
 //! 1. lock; migrate an old layout;
-//! 2. ask the source for its manifest digest: unchanged means nothing to do;
+//! 2. ask the source for its manifest digest: unchanged means nothing to do
+//!    (`switch` to the booted or staged image under another reference only
+//!    rewrites that deployment's origin, as bootc does);
 //! 3. pull; state directory; kernel directory (reusing an identical pair);
 //! 4. `boot/loader/entries.staged/` = new (primary) + booted (rollback);
 //! 5. the staged-deployment marker;
@@ -49,6 +51,15 @@ pub enum UpgradeOutcome {
         booted_digest: Option<String>,
         remote: RemoteImage,
     },
+    /// `switch` to another reference of the image already booted (or
+    /// staged): that deployment's origin now follows the new reference; no
+    /// new deployment.
+    OriginUpdated {
+        image: String,
+        previous_image: String,
+        manifest_digest: String,
+        deployment_id: String,
+    },
     /// A deployment was staged for the next boot.
     Staged {
         image: String,
@@ -56,7 +67,7 @@ pub enum UpgradeOutcome {
         manifest_digest: String,
         version: Option<String>,
         kernel_reused: bool,
-        gc: Option<GcReport>,
+        gc: Option<Box<GcReport>>,
     },
 }
 
@@ -96,9 +107,36 @@ pub async fn upgrade(
             .and_then(|o| deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok()),
         None => None,
     };
-    if booted_digest.as_deref() == Some(remote.manifest_digest.as_str())
-        || staged_digest.as_deref() == Some(remote.manifest_digest.as_str())
+    let remote_digest = Some(remote.manifest_digest.as_str());
+    // `switch` to the image already booted (or staged) under another
+    // reference: as bootc does, only the origin changes, so that `upgrade`
+    // follows the new reference; nothing is pulled or deployed.
+    let same_image = if booted_digest.as_deref() == remote_digest {
+        Some((booted_id.clone(), booted_origin.clone()))
+    } else if staged_digest.as_deref() == remote_digest {
+        host.marker.as_ref().and_then(|m| {
+            deployment::read_origin(sysroot, &m.depl_id)
+                .ok()
+                .map(|o| (m.depl_id.clone(), o))
+        })
+    } else {
+        None
+    };
+    if let Some((id, mut origin)) = same_image
+        && opts.target.is_some()
+        && !opts.check
+        && origin.image != imgref
     {
+        let previous = std::mem::replace(&mut origin.image, imgref.clone());
+        deployment::write_origin(sysroot, &id, &origin)?;
+        return Ok(UpgradeOutcome::OriginUpdated {
+            image: imgref.to_string(),
+            previous_image: previous.to_string(),
+            manifest_digest: remote.manifest_digest,
+            deployment_id: id,
+        });
+    }
+    if booted_digest.as_deref() == remote_digest || staged_digest.as_deref() == remote_digest {
         return Ok(UpgradeOutcome::NoChange {
             image: imgref.to_string(),
             manifest_digest: remote.manifest_digest,
@@ -140,13 +178,23 @@ pub async fn upgrade(
             Some((e.kernel_dir()?.to_string(), o.boot_digest?))
         })
         .collect();
-    // Keep the user's kernel arguments of the booted deployment.
-    let kargs: Vec<String> = booted
+    // The booted entry's arguments (the user's stay), less what the old
+    // image asked for, plus what the new one asks for.
+    let booted_kargs: Vec<String> = booted
         .options
         .iter()
         .filter(|o| !o.starts_with("composefs=") && *o != "rw")
         .cloned()
         .collect();
+    let old_image_kargs = match &booted_digest {
+        Some(d) => deploy::image_kargs(&repo, d)
+            .with_context(|| format!("reading the kernel arguments of the booted image {d}"))?,
+        None => vec![],
+    };
+    let new_image_kargs = deploy::image_kargs(&repo, &pulled.manifest_digest)
+        .with_context(|| format!("reading the kernel arguments of {imgref}"))?;
+    let kargs =
+        crate::install_config::upgrade_kargs(&booted_kargs, &old_image_kargs, &new_image_kargs);
     let deployed = deploy::deploy_image(
         sysroot,
         &repo,
@@ -195,6 +243,6 @@ pub async fn upgrade(
         manifest_digest: pulled.manifest_digest,
         version,
         kernel_reused: deployed.kernel_reused,
-        gc: Some(gc_report),
+        gc: Some(Box::new(gc_report)),
     })
 }
