@@ -459,10 +459,20 @@ fn set_unified_full_on_plain_xfs_host() {
     assert!(check_shared(root, &img1.config_digest) >= 10);
     check_space(&fs, free0, unpacked_size(&img1));
 
-    // The upgrade of a unified host pulls through the store.
+    // The upgrade of a unified host pulls through the store. The base layer
+    // it shares with v1 was written from composefs by set-unified: no pass
+    // over it again, and its files do share their objects' extents.
     reg.push_oci(&work.path().join("v2"), "latest", "plain/os")
         .unwrap();
-    run_ok(cmd(root, Some(&reg)).args(["upgrade"]));
+    let out = run(cmd(root, Some(&reg)).args(["upgrade"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("into containers-storage"), "{err}");
+    assert!(
+        !err.contains("Sharing extents"),
+        "the upgrade passed over layers written before: {err}"
+    );
+    assert!(check_shared(root, &img2.config_digest) >= 10);
     assert_eq!(
         listed(root, &img2.manifest_digest)["inContainersStorage"],
         true

@@ -116,6 +116,9 @@ pub struct StoreLayer {
     /// Bytes of the uncompressed layer, when recorded.
     #[serde(default, rename = "diff-size")]
     pub diff_size: Option<u64>,
+    /// When the layer was created (RFC 3339), as recorded.
+    #[serde(default)]
+    pub created: Option<String>,
     /// containers/storage flags; `incomplete` marks an interrupted write.
     #[serde(default)]
     pub flags: HashMap<String, serde_json::Value>,

@@ -118,10 +118,19 @@ pub struct OwnedImage {
     pub pending: bool,
 }
 
+/// Store layers known to share their files' extents with the composefs
+/// objects: layer id -> the layer's `created` time in `layers.json`.
+type SharedLayers = BTreeMap<String, Option<String>>;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Record {
     #[serde(default)]
     images: Vec<OwnedImage>,
+    /// Layers unistore wrote from composefs or passed over: a later share
+    /// pass skips them (an upgrade shares most layers with the image
+    /// before).
+    #[serde(default)]
+    shared_layers: SharedLayers,
 }
 
 fn read_record(sysroot: &Sysroot) -> Result<Record> {
@@ -159,6 +168,23 @@ pub fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
         }
         None => r.images.push(new),
     }
+    write_record(sysroot, &r)
+}
+
+/// Records `layers` as sharing their files' extents with the objects, and
+/// forgets recorded layers the store no longer has.
+fn record_shared_layers(
+    sysroot: &Sysroot,
+    store: &Path,
+    layers: &[(String, Option<String>)],
+) -> Result<()> {
+    let mut r = read_record(sysroot)?;
+    let present: BTreeSet<String> = cstorage::read_layers(store)?
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    r.shared_layers.extend(layers.iter().cloned());
+    r.shared_layers.retain(|id, _| present.contains(id));
     write_record(sysroot, &r)
 }
 
@@ -200,6 +226,10 @@ pub struct ShareStats {
     pub failed: u64,
     /// Bytes of the files in `reflinked` and `already_shared`.
     pub shared_bytes: u64,
+    /// Store layers all of whose files now share their objects' extents:
+    /// (layer id, its `created` time).
+    #[serde(skip)]
+    pub shared_layers: Vec<(String, Option<String>)>,
 }
 
 impl ShareStats {
@@ -210,18 +240,21 @@ impl ShareStats {
         self.copied += o.copied;
         self.failed += o.failed;
         self.shared_bytes += o.shared_bytes;
+        self.shared_layers.extend(o.shared_layers.iter().cloned());
     }
 }
 
 /// Makes every store file of the image share the extents of its composefs
-/// object, except in the layers (diff ids) of `done`. Blocking.
+/// object, except in the layers of `skip` (store layer id -> its `created`
+/// time: a layer podman recreated under the same id has another one).
+/// Blocking.
 fn share_pass(
     repo: &Repo,
     store: &Path,
     manifest_digest: &str,
     image_id: &str,
     policy: Policy,
-    done: &BTreeSet<String>,
+    skip: &SharedLayers,
 ) -> Result<ShareStats> {
     use composefs::tree::{LeafContent, RegularFile};
     use composefs_oci::tar::{TarItem, get_entry};
@@ -246,9 +279,10 @@ fn share_pass(
                 layer.id
             );
         }
-        if done.contains(diff_id) {
+        if skip.get(&layer.id).is_some_and(|c| *c == layer.created) {
             continue;
         }
+        let before = (stats.copied, stats.failed);
         let verity = img
             .layer_verity(diff_id)
             .ok_or_else(|| anyhow!("no layer {diff_id} in the composefs image"))?;
@@ -301,6 +335,11 @@ fn share_pass(
                 }
             }
         }
+        if (stats.copied, stats.failed) == before {
+            stats
+                .shared_layers
+                .push((layer.id.clone(), layer.created.clone()));
+        }
     }
     Ok(stats)
 }
@@ -311,7 +350,7 @@ async fn share_pass_async(
     manifest_digest: &str,
     image_id: &str,
     policy: Policy,
-    done: BTreeSet<String>,
+    skip: SharedLayers,
 ) -> Result<ShareStats> {
     let (repo, store, m, i) = (
         repo.clone(),
@@ -319,19 +358,11 @@ async fn share_pass_async(
         manifest_digest.to_string(),
         image_id.to_string(),
     );
-    tokio::task::spawn_blocking(move || share_pass(&repo, &store, &m, &i, policy, &done)).await?
-}
-
-/// The number of layers of an image of the repository.
-fn pulled_layers(repo: &Repo, manifest_digest: &str) -> Result<usize> {
-    Ok(composefs_store::open_image(repo, manifest_digest)?
-        .layer_diff_ids()
-        .len())
+    tokio::task::spawn_blocking(move || share_pass(&repo, &store, &m, &i, policy, &skip)).await?
 }
 
 /// The layers [`import_store_layers`] and [`EarlyImport`] imported, by
-/// diff id (their store files all share their objects' extents, where the
-/// filesystem has reflinks).
+/// diff id.
 #[derive(Debug, Default)]
 struct StoreImport {
     layers: BTreeMap<String, store_import::LayerImport>,
@@ -343,18 +374,16 @@ impl StoreImport {
     fn totals<'a>(
         &self,
         diff_ids: impl IntoIterator<Item = &'a String>,
-    ) -> (BTreeSet<String>, composefs_oci::ImportStats, ShareStats) {
-        let (mut done, mut stats, mut share) =
-            (BTreeSet::new(), Default::default(), ShareStats::default());
+    ) -> (BTreeSet<String>, composefs_oci::ImportStats) {
+        let (mut done, mut stats) = (BTreeSet::new(), Default::default());
         for d in diff_ids {
             if let Some(l) = self.layers.get(d)
                 && done.insert(d.clone())
             {
                 composefs_oci::ImportStats::merge(&mut stats, &l.stats);
-                share.merge(&l.share);
             }
         }
-        (done, stats, share)
+        (done, stats)
     }
 }
 
@@ -629,6 +658,20 @@ pub async fn fetch_unified(
         progress::step(&progress, import_message(mode, &probe, &r));
         return Ok(pulled);
     }
+    fetch_store_first(sysroot, repo, imgref, fetch, mode, &probe, progress).await
+}
+
+/// The unified pull without reflinks: podman (or skopeo) into the store,
+/// then composefs from the store, hardlinking its files where possible.
+async fn fetch_store_first(
+    sysroot: &Sysroot,
+    repo: &Arc<Repo>,
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    mode: UnifiedMode,
+    probe: &ReflinkProbe,
+    progress: Progress,
+) -> Result<Pulled> {
     if imgref.transport == Transport::Oci {
         crate::oci_layout::verify(imgref).await?;
     }
@@ -636,10 +679,9 @@ pub async fn fetch_unified(
     let store = session.store().to_path_buf();
     let before = cstorage::read_images(&store)?;
 
-    let zerocopy = probe.supported && policy == Policy::ReflinkOnly;
     let opts = store_import::ImportOpts {
-        zerocopy,
-        share: probe.supported.then_some(policy),
+        zerocopy: false,
+        share: None,
         threads: store_import::default_threads(),
     };
     progress::step(
@@ -685,11 +727,7 @@ pub async fn fetch_unified(
         t.elapsed(),
         imported.layers.len()
     );
-    let local_fetch = if zerocopy {
-        LocalFetchOpt::ZeroCopy
-    } else {
-        LocalFetchOpt::IfPossible
-    };
+    let local_fetch = LocalFetchOpt::IfPossible;
     // The other layers now, on every CPU; composefs-oci then finds them all
     // in the repository and writes the manifest, config and EROFS images.
     let t = std::time::Instant::now();
@@ -706,7 +744,7 @@ pub async fn fetch_unified(
         .await?
         .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?
     };
-    let (done, pre_stats, pre_share) = imported.totals(&diff_ids);
+    let (done, pre_stats) = imported.totals(&diff_ids);
     tracing::debug!("layers imported from the store in {:?}", t.elapsed());
     let spec = format!("containers-storage:{image_id}");
     let result = composefs_oci::pull(
@@ -768,35 +806,17 @@ pub async fn fetch_unified(
     )?;
 
     let st = &pulled.stats;
-    if probe.supported {
-        // Layers imported above already share their files' extents.
-        let mut share = pre_share;
-        if done.len() < pulled_layers(repo, &pulled.manifest_digest)? {
-            let rest = share_pass_async(
-                repo,
-                &store,
-                &pulled.manifest_digest,
-                &image_id,
-                policy,
-                done,
-            )
-            .await?;
-            share.merge(&rest);
-        }
-        progress::step(&progress, share_message(mode, &probe, &share));
-    } else {
-        progress::step(
-            &progress,
-            format!(
-                "Unified storage ({mode}): no reflinks on {}: fell back to copies: {} files hardlinked, {} copied into composefs ({} hardlinked, {} copied)",
-                probe.describe(),
-                st.objects_hardlinked,
-                st.objects_copied,
-                human_bytes(st.bytes_hardlinked),
-                human_bytes(st.bytes_copied)
-            ),
-        );
-    }
+    progress::step(
+        &progress,
+        format!(
+            "Unified storage ({mode}): no reflinks on {}: fell back to copies: {} files hardlinked, {} copied into composefs ({} hardlinked, {} copied)",
+            probe.describe(),
+            st.objects_hardlinked,
+            st.objects_copied,
+            human_bytes(st.bytes_hardlinked),
+            human_bytes(st.bytes_copied)
+        ),
+    );
     Ok(pulled)
 }
 
@@ -909,31 +929,44 @@ pub async fn import_into_store(
         crashpoint::hit("unified:after-store-write");
         Some(w)
     };
-    // Layers the store already had (podman's own pulls) do not share the
-    // objects' extents yet: a pass over the whole image makes them (files
-    // the writer reflinked count as already shared).
-    let share = match written {
-        _ if !probe.supported => None,
-        Some(w) if w.layers_reused == 0 => Some(ShareStats {
-            files: w.files_reflinked + w.files_copied,
-            reflinked: w.files_reflinked,
-            copied: w.files_copied,
-            shared_bytes: w.bytes_reflinked,
-            ..Default::default()
-        }),
-        _ => {
-            progress::step(progress, "Sharing extents with the composefs objects");
-            let s = share_pass_async(
-                repo,
-                &store,
-                manifest_digest,
-                &image_id,
-                policy,
-                BTreeSet::new(),
-            )
-            .await?;
-            Some(s)
+    // Layers the store already had (podman's own pulls) may not share the
+    // objects' extents yet: a pass makes them, skipping the layers just
+    // written and those recorded as shared before (an upgrade reuses most).
+    let share = if probe.supported {
+        let layers = cstorage::read_layers(&store)?;
+        let mut share = ShareStats::default();
+        if let Some(w) = &written {
+            share.files = w.files_reflinked + w.files_copied;
+            share.reflinked = w.files_reflinked;
+            share.copied = w.files_copied;
+            share.shared_bytes = w.bytes_reflinked;
+            if w.files_copied == 0 {
+                share.shared_layers = layers
+                    .iter()
+                    .filter(|l| w.layers_written.contains(&l.id))
+                    .map(|l| (l.id.clone(), l.created.clone()))
+                    .collect();
+            }
         }
+        let mut skip = read_record(sysroot)?.shared_layers;
+        skip.extend(share.shared_layers.iter().cloned());
+        let in_chain = cstorage::find_complete_image(&store, &image_id)?
+            .map(|i| cstorage::layer_chain(&i, &layers))
+            .transpose()?
+            .unwrap_or_default();
+        if in_chain
+            .iter()
+            .any(|l| skip.get(&l.id).is_none_or(|c| *c != l.created))
+        {
+            progress::step(progress, "Sharing extents with the composefs objects");
+            let s =
+                share_pass_async(repo, &store, manifest_digest, &image_id, policy, skip).await?;
+            share.merge(&s);
+        }
+        record_shared_layers(sysroot, &store, &share.shared_layers)?;
+        Some(share)
+    } else {
+        None
     };
     crashpoint::hit("unified:after-share");
     record_upsert(
