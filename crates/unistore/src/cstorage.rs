@@ -870,6 +870,7 @@ mod tests {
             diff_digest: None,
             compressed_digest: None,
             diff_size: None,
+            created: None,
             flags: if incomplete {
                 [("incomplete".to_string(), serde_json::Value::Bool(true))].into()
             } else {
