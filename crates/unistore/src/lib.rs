@@ -20,6 +20,7 @@ pub mod deployment;
 pub mod design;
 pub mod etc;
 pub mod etc_merge;
+pub mod extents;
 pub mod hash_thread;
 pub mod host;
 pub mod imgref;

@@ -238,62 +238,10 @@ pub fn dedupe(src: &File, dst: &File, len: u64) -> std::result::Result<Dedupe, E
     Ok(Dedupe::Shared)
 }
 
-/// `FS_IOC_FIEMAP` = `_IOWR('f', 11, struct fiemap)`.
-const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
-const FIEMAP_EXTENT_UNKNOWN: u32 = 0x2;
-const FIEMAP_EXTENT_DELALLOC: u32 = 0x4;
-const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct FiemapExtent {
-    fe_logical: u64,
-    fe_physical: u64,
-    fe_length: u64,
-    fe_reserved64: [u64; 2],
-    fe_flags: u32,
-    fe_reserved: [u32; 3],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Fiemap {
-    fm_start: u64,
-    fm_length: u64,
-    fm_flags: u32,
-    fm_mapped_extents: u32,
-    fm_extent_count: u32,
-    fm_reserved: u32,
-    fm_extents: [FiemapExtent; 1],
-}
-
-/// The physical location of the first extent of `f` and whether the kernel
-/// flags it shared; `None` when unknown (no extent, delayed allocation).
-fn first_extent(f: &File) -> Option<(u64, bool)> {
-    let mut fm = Fiemap {
-        fm_length: u64::MAX,
-        fm_extent_count: 1,
-        ..Default::default()
-    };
-    // SAFETY: `fm` is a `struct fiemap` with room for one extent.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, &mut fm as *mut Fiemap) };
-    if rc < 0 || fm.fm_mapped_extents == 0 {
-        return None;
-    }
-    let e = fm.fm_extents[0];
-    if e.fe_flags & (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC) != 0 {
-        return None;
-    }
-    Some((e.fe_physical, e.fe_flags & FIEMAP_EXTENT_SHARED != 0))
-}
-
 /// Whether `a` and `b` already start on the same shared extent (a cheap
-/// check before [`dedupe`]).
+/// check before [`dedupe`]; see [`crate::extents`]).
 pub fn already_shared(a: &File, b: &File) -> bool {
-    match (first_extent(a), first_extent(b)) {
-        (Some((pa, sa)), Some((pb, sb))) => pa == pb && sa && sb,
-        _ => false,
-    }
+    crate::extents::first_extents_shared(a, b)
 }
 
 /// Makes `dst` share the extents of `src`, which must hold the same bytes.
@@ -329,8 +277,6 @@ mod tests {
     fn struct_layouts_match_the_kernel() {
         assert_eq!(std::mem::size_of::<DedupeRange>(), 24 + 32);
         assert_eq!(std::mem::size_of::<DedupeRangeInfo>(), 32);
-        assert_eq!(std::mem::size_of::<FiemapExtent>(), 56);
-        assert_eq!(std::mem::offset_of!(Fiemap, fm_extents), 32);
     }
 
     #[test]
