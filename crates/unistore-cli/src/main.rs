@@ -288,6 +288,7 @@ async fn install(a: InstallArgs) -> Result<()> {
         if let Some(u) = &r.unified {
             println!("  storage {}", u.message);
         }
+        println!("  files   {}", r.deployment_files.describe());
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use composefs::tree::RegularFile;
 use sha2::{Digest, Sha256};
 
 use crate::composefs_store::{ObjectId, Repo};
+use crate::reflink::Tally;
 use crate::sysroot::{KERNEL_DIR_PREFIX, Sysroot};
 use crate::util;
 
@@ -265,7 +266,19 @@ impl Write for HashWriter<'_> {
 
 /// Writes `boot/<dir_name>/{vmlinuz,initrd}` through a temporary directory
 /// renamed into place, so a kernel dir either is whole or is absent.
-pub fn write_kernel_dir(boot: &Dir, dir_name: &str, pair: &KernelPair, repo: &Repo) -> Result<()> {
+///
+/// Each file is a reflink of the composefs object holding its content when
+/// `boot` is on the repository's filesystem and that filesystem has
+/// reflinks (no data written: the file shares the object's extents, and
+/// copy-on-write keeps the two independent), else a copy (a separate ESP,
+/// ext4). Counts what it did in `tally`.
+pub fn write_kernel_dir(
+    boot: &Dir,
+    dir_name: &str,
+    pair: &KernelPair,
+    repo: &Repo,
+    tally: &mut Tally,
+) -> Result<()> {
     if boot.try_exists(dir_name)? {
         return Ok(());
     }
@@ -273,9 +286,9 @@ pub fn write_kernel_dir(boot: &Dir, dir_name: &str, pair: &KernelPair, repo: &Re
     util::remove_all(boot, &tmp)?;
     boot.create_dir_all(&tmp)?;
     for (name, f) in [("vmlinuz", &pair.vmlinuz), ("initrd", &pair.initrd)] {
-        let mut r = crate::composefs_store::open_file_content(f, repo)?;
-        let mut out = boot.create(format!("{tmp}/{name}"))?;
-        std::io::copy(&mut r, &mut out).with_context(|| format!("writing {name}"))?;
+        let out = boot.create(format!("{tmp}/{name}"))?.into_std();
+        crate::composefs_store::write_file_content(f, repo, &out, tally)
+            .with_context(|| format!("writing {name}"))?;
         out.sync_all()?;
     }
     util::fsync_dir(boot, Some(Path::new(&tmp)))?;

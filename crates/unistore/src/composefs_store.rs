@@ -15,6 +15,7 @@ use composefs_oci::{OciDigest, PullOptions};
 
 use crate::imgref::ImageRef;
 use crate::progress::Progress;
+use crate::reflink;
 use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, Sysroot};
 
 /// Object ids of the host repository: fs-verity SHA-512 digests.
@@ -253,6 +254,33 @@ pub fn open_file_content(
         }
         RegularFile::Sparse(size) => Box::new(std::io::repeat(0).take(*size)),
     })
+}
+
+/// Writes the content of a file of an image tree into `dst`, a new empty
+/// file: an object by reflink where `dst`'s filesystem can share its extents
+/// (else a copy, see [`reflink::clone_or_copy`]), inline content by writing
+/// it, a sparse file by its length. Counts what it did in `tally`.
+pub fn write_file_content(
+    f: &composefs::tree::RegularFile<ObjectId>,
+    repo: &Repo,
+    dst: &std::fs::File,
+    tally: &mut reflink::Tally,
+) -> Result<()> {
+    use composefs::tree::RegularFile;
+    match f {
+        RegularFile::Inline(data) => {
+            (&*dst).write_all(data)?;
+            tally.record(reflink::Method::Copied, data.len() as u64);
+        }
+        RegularFile::External(id, size) | RegularFile::ExternalNoVerity(id, size) => {
+            let obj = std::fs::File::from(repo.open_object(id)?);
+            let method = reflink::clone_or_copy(&obj, dst, reflink::Policy::ReflinkOrCopy)
+                .with_context(|| format!("writing the content of object {}", id.to_hex()))?;
+            tally.record(method, *size);
+        }
+        RegularFile::Sparse(size) => dst.set_len(*size)?,
+    }
+    Ok(())
 }
 
 /// Reads a small regular file of an image tree by absolute path; `None`

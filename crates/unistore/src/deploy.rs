@@ -12,6 +12,7 @@ use crate::deployment::{self, NewDeployment};
 use crate::imgref::ImageRef;
 use crate::install_config;
 use crate::origin::Origin;
+use crate::reflink::Tally;
 use crate::sysroot::{BOOT_DIR, Sysroot};
 
 /// What to deploy.
@@ -43,6 +44,10 @@ pub struct Deployed {
     pub kernel_dir: String,
     /// Whether the kernel directory was shared with another deployment.
     pub kernel_reused: bool,
+    /// How the files this deployment wrote (`/etc`, a first `/var`, the
+    /// kernel and initrd) got their content: reflinks of composefs objects
+    /// or copies.
+    pub files: Tally,
 }
 
 /// The kernel arguments the image `manifest_digest` asks for.
@@ -94,10 +99,11 @@ pub fn deploy_image(
         boot_digest: Some(boot_digest.clone()),
         manifest_digest: Some(req.manifest_digest.to_string()),
     };
+    let mut files = Tally::default();
     let state = deployment::state_dir(id);
     if !sysroot.dir().try_exists(&state)? {
         track(&state)?;
-        deployment::create(
+        files = deployment::create(
             sysroot,
             &NewDeployment {
                 id,
@@ -121,7 +127,7 @@ pub fn deploy_image(
         None => {
             let kd = bootloader::kernel_dir_name(id);
             track(&format!("{BOOT_DIR}/{kd}"))?;
-            bootloader::write_kernel_dir(&boot, &kd, &kernel, repo)?;
+            bootloader::write_kernel_dir(&boot, &kd, &kernel, repo, &mut files)?;
             (kd, false)
         }
     };
@@ -145,5 +151,6 @@ pub fn deploy_image(
         kernel_version: kernel.kver,
         kernel_dir: kdir,
         kernel_reused,
+        files,
     })
 }

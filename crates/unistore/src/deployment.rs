@@ -7,6 +7,7 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::composefs_store::{self, Repo};
 use crate::origin::{ImgInfoRef, Origin, parse_imginfo};
+use crate::reflink::Tally;
 use crate::sysroot::{SHARED_VAR_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
 
@@ -81,8 +82,9 @@ pub struct NewDeployment<'a> {
 }
 
 /// Creates `state/deploy/<id>/` through a temporary directory renamed into
-/// place: a state dir either is whole or is absent.
-pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<()> {
+/// place: a state dir either is whole or is absent. Returns how the file
+/// contents of `/etc` (and of `/var`, when seeded) were written.
+pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<Tally> {
     let dir = sysroot.dir();
     dir.create_dir_all(STATE_DEPLOY_DIR)?;
     let final_rel = state_dir(d.id);
@@ -93,15 +95,18 @@ pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<()> {
     util::remove_all(dir, &tmp_rel)?;
     dir.create_dir(&tmp_rel)?;
     let tmp_abs = sysroot.join(&tmp_rel);
-    crate::etc::materialize(d.fs, "/etc", d.repo, &tmp_abs.join("etc"))
-        .context("copying the image's /etc")?;
+    let mut tally = crate::etc::materialize(d.fs, "/etc", d.repo, &tmp_abs.join("etc"))
+        .context("copying the image's /etc")?
+        .content;
     // The shared /var is seeded from the first image that needs it.
     if !dir.try_exists(SHARED_VAR_DIR)? {
         let parent = Path::new(SHARED_VAR_DIR).parent().expect("has parent");
         dir.create_dir_all(parent)?;
         let var_tmp = sysroot.join(format!("{SHARED_VAR_DIR}.tmp"));
         util::remove_all(dir, format!("{SHARED_VAR_DIR}.tmp"))?;
-        crate::etc::materialize(d.fs, "/var", d.repo, &var_tmp).context("seeding /var")?;
+        let var =
+            crate::etc::materialize(d.fs, "/var", d.repo, &var_tmp).context("seeding /var")?;
+        tally.merge(&var.content);
         dir.rename(format!("{SHARED_VAR_DIR}.tmp"), dir, SHARED_VAR_DIR)?;
     }
     dir.symlink("../../os/default/var", format!("{tmp_rel}/var"))?;
@@ -113,5 +118,5 @@ pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<()> {
     util::fsync_dir(dir, Some(Path::new(&tmp_rel)))?;
     dir.rename(&tmp_rel, dir, &final_rel)?;
     util::fsync_dir(dir, Some(Path::new(STATE_DEPLOY_DIR)))?;
-    Ok(())
+    Ok(tally)
 }

@@ -35,6 +35,21 @@
 //! inode. A hardlink would force one inode's metadata on all of them; a
 //! reflink shares only the data extents, each store keeps its own inode.
 //!
+//! ## Deployment files share the objects' extents
+//!
+//! A deployment writes real files outside the repository: the kernel and
+//! initrd under `boot/<kernel dir>/`, and `/etc` (and the first `/var`)
+//! under `state/`. Each one that a composefs object holds is written by
+//! `FICLONE` from that object ([`crate::composefs_store::write_file_content`]
+//! over [`crate::reflink::clone_or_copy`]): on a filesystem with reflinks it
+//! costs no data blocks, and copy-on-write keeps it an independent file (an
+//! edited `/etc` file gets its own blocks; the object is never touched).
+//! Where `boot/` is another filesystem (a FAT ESP) or there are no reflinks
+//! (ext4), the same call falls back to a copy. Contents small enough to be
+//! inline in the EROFS image have no object and are written. The kernel
+//! files are fsynced before their directory is renamed into place, as any
+//! copy would be. The install result counts bytes reflinked and copied.
+//!
 //! ## Staging, finalize and rollback
 //!
 //! A staged deployment exists only if the marker

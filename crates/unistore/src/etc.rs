@@ -1,8 +1,10 @@
 //! Materializing part of an image tree (`/etc`, `/var`) as real files.
 //!
 //! A deployment's `/etc` is a writable copy of the image's `/etc`, kept in
-//! its state directory. Content is streamed from the object store
-//! (`copy_file_range`, which shares extents where the filesystem can).
+//! its state directory. A regular file stored as a composefs object is a
+//! reflink of that object where the filesystem can share extents (no data
+//! written; copy-on-write keeps the object intact when the file is edited),
+//! else a copy; small inline contents are written.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -14,35 +16,49 @@ use composefs::generic_tree::{Directory, Inode, LeafContent, LeafId, Stat};
 use composefs::tree::{FileSystem, RegularFile};
 use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
 
-use crate::composefs_store::{ObjectId, Repo, open_file_content};
+use crate::composefs_store::{ObjectId, Repo, write_file_content};
+use crate::reflink::Tally;
+
+/// What [`materialize`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Materialized {
+    /// Entries created (directories, files, links, ...; not hardlinks).
+    pub entries: u64,
+    /// Regular file contents: reflinked or copied.
+    pub content: Tally,
+}
 
 /// Copies the image directory `src` (e.g. `/etc`) of `fs` to `dest`, which
-/// must not exist. Returns the number of entries written; a missing `src`
-/// gives an empty directory.
-pub fn materialize(fs: &FileSystem<ObjectId>, src: &str, repo: &Repo, dest: &Path) -> Result<u64> {
+/// must not exist; a missing `src` gives an empty directory.
+pub fn materialize(
+    fs: &FileSystem<ObjectId>,
+    src: &str,
+    repo: &Repo,
+    dest: &Path,
+) -> Result<Materialized> {
     let root = fs.as_dir();
     let dir = match root.get_directory_opt(OsStr::new(src)) {
         Ok(Some(d)) => d,
         _ => {
             std::fs::create_dir(dest)?;
-            return Ok(0);
+            return Ok(Materialized::default());
         }
     };
     let mut w = Writer {
         leaves: &fs.leaves,
         repo,
         links: HashMap::new(),
-        count: 0,
+        done: Materialized::default(),
     };
     w.dir(dir, dest)?;
-    Ok(w.count)
+    Ok(w.done)
 }
 
 struct Writer<'a> {
     leaves: &'a [composefs::generic_tree::Leaf<RegularFile<ObjectId>>],
     repo: &'a Repo,
     links: HashMap<LeafId, PathBuf>,
-    count: u64,
+    done: Materialized,
 }
 
 impl Writer<'_> {
@@ -56,7 +72,7 @@ impl Writer<'_> {
             }
         }
         apply_stat(dest, &dir.stat, false)?;
-        self.count += 1;
+        self.done.entries += 1;
         Ok(())
     }
 
@@ -70,10 +86,10 @@ impl Writer<'_> {
         let mut is_link = false;
         match &leaf.content {
             LeafContent::Regular(f) => {
-                let mut r = open_file_content(f, self.repo)?;
-                let mut out = std::fs::File::create(path)
+                let out = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
-                std::io::copy(&mut r, &mut out)?;
+                write_file_content(f, self.repo, &out, &mut self.done.content)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             LeafContent::Symlink(target) => {
                 std::os::unix::fs::symlink(&**target, path)?;
@@ -94,7 +110,7 @@ impl Writer<'_> {
         }
         apply_stat(path, &leaf.stat, is_link)?;
         self.links.insert(id, path.to_path_buf());
-        self.count += 1;
+        self.done.entries += 1;
         Ok(())
     }
 }

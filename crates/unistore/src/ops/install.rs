@@ -81,6 +81,9 @@ pub struct InstallResult {
     pub bytes_stored: u64,
     /// Unified storage, when enabled.
     pub unified: Option<UnifiedSummary>,
+    /// How the deployment's files (`/etc`, `/var`, kernel and initrd) got
+    /// their content from the composefs objects: reflinked or copied.
+    pub deployment_files: reflink::Tally,
 }
 
 /// Paths the install may create, removed again on failure.
@@ -314,6 +317,10 @@ async fn install_inner(
         },
         &mut |p| created.track(p),
     )?;
+    progress::step(
+        &progress,
+        format!("Deployment files: {}", deployed.files.describe()),
+    );
     let entry = deployed.entry;
     drop(repo);
     if let Some(u) = &unified_summary {
@@ -337,5 +344,6 @@ async fn install_inner(
         kernel_version: deployed.kernel_version,
         bytes_stored: stats.new_bytes() + stats.bytes_inlined,
         unified: unified_summary,
+        deployment_files: deployed.files,
     })
 }

@@ -209,6 +209,10 @@ pub async fn upgrade(
         &mut |_| Ok(()),
     )?;
     crashpoint::hit("upgrade:after-deploy");
+    progress::step(
+        &progress,
+        format!("Deployment files: {}", deployed.files.describe()),
+    );
 
     // Next boot: the new deployment, then the booted one as rollback.
     let entries = vec![deployed.entry.clone(), booted.clone()];
