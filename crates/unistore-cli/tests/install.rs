@@ -393,3 +393,148 @@ fn hostile_tar_paths_stay_inside() {
         assert_eq!(before, snapshot(fs.path()), "{name}: root changed");
     }
 }
+
+/// The composefs object holding the same bytes as `p` (named by their
+/// fs-verity SHA-512 digest), and those bytes.
+fn object_of(root: &Path, p: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    use composefs::fsverity::{FsVerityHashValue, Sha512HashValue, compute_verity};
+    let data = std::fs::read(p).unwrap();
+    let hex = compute_verity::<Sha512HashValue>(&data).to_hex();
+    let obj = root.join(format!("composefs/objects/{}/{}", &hex[..2], &hex[2..]));
+    assert!(obj.is_file(), "{} has no composefs object", p.display());
+    (obj, data)
+}
+
+/// Whether the content of the object at `obj` still has the digest it is
+/// named by.
+fn object_intact(obj: &Path) -> bool {
+    use composefs::fsverity::{FsVerityHashValue, Sha512HashValue, compute_verity};
+    let hex = compute_verity::<Sha512HashValue>(&std::fs::read(obj).unwrap()).to_hex();
+    let name = format!(
+        "{}{}",
+        obj.parent().unwrap().file_name().unwrap().to_str().unwrap(),
+        obj.file_name().unwrap().to_str().unwrap()
+    );
+    hex == name
+}
+
+/// Regular files of at least `min` bytes below `dir`.
+fn files_at_least(dir: &Path, min: u64) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = files_under(dir)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() >= min)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Overwrites 16 bytes in the middle of `p` in place and syncs it.
+fn scribble(p: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(p).unwrap().len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.seek(SeekFrom::Start(len / 2)).unwrap();
+    f.write_all(b"edited by a test").unwrap();
+    f.sync_all().unwrap();
+}
+
+/// The kernel, initrd and `/etc` files of a deployment are written from the
+/// composefs objects: reflinks on XFS (they share the objects' extents, and
+/// editing them leaves the objects intact), plain copies with the same bytes
+/// on ext4. The install result counts which.
+#[test]
+fn deployment_files_reflink_objects_on_xfs_and_copy_on_ext4() {
+    use unistore_fixtures::env::shared_extents;
+    use unistore_fixtures::rng::PseudoRandom;
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let random = |seed: &str, len: u64| {
+        let mut v = vec![];
+        std::io::Read::read_to_end(&mut PseudoRandom::new(seed, len), &mut v).unwrap();
+        v
+    };
+    let opts = TestImageOpts {
+        etc_files: vec![
+            ("big.conf".into(), random("etc-big", 300_000)),
+            ("sub/page".into(), random("etc-page", 4096)),
+            ("sub/odd".into(), random("etc-odd", 5001)),
+            ("sub/small".into(), random("etc-small", 700)),
+        ],
+        ..Default::default()
+    };
+    let img = build_test_image(&oci, "v1", &opts).unwrap();
+    let src = format!("oci:{}:v1", oci.display());
+
+    for kind in [FsKind::Xfs, FsKind::Ext4] {
+        let xfs = kind == FsKind::Xfs;
+        let fs = LoopFs::new(kind, 1024).unwrap();
+        let root = fs.path();
+        let out = run_ok(
+            unistore()
+                .args(["install", "to-filesystem", "--json", "--source-imgref"])
+                .arg(&src)
+                .arg(root),
+        );
+        let r: Value = serde_json::from_str(&out).unwrap();
+        check_installed(root, &img, &format!("{}:v1", oci.display()), "oci");
+        // Objects keep XFS's post-EOF preallocation for a while: not data,
+        // but FIEMAP would list it as an extent the copy does not share.
+        if xfs {
+            trim_prealloc(root);
+        }
+        let id = r["deployment_id"].as_str().unwrap();
+        let kdir = root.join(format!("boot/bootc_composefs-{id}"));
+        let etc = root.join(format!("state/deploy/{id}/etc"));
+        let mut files = vec![kdir.join("vmlinuz"), kdir.join("initrd")];
+        let etc_files = files_at_least(&etc, 4096);
+        for name in ["big.conf", "sub/page", "sub/odd"] {
+            assert!(etc_files.contains(&etc.join(name)), "{name}: {etc_files:?}");
+        }
+        files.extend(etc_files);
+        let mut bytes = 0;
+        for f in &files {
+            let (obj, data) = object_of(root, f);
+            assert_eq!(std::fs::read(&obj).unwrap(), data);
+            assert_eq!(
+                shared_extents(f, &obj).unwrap(),
+                xfs,
+                "{} on {kind:?}: shares extents with {}",
+                f.display(),
+                obj.display()
+            );
+            bytes += data.len() as u64;
+        }
+        // Every file here has an object: XFS reflinks them all; what is
+        // copied there is inline content only (at most 64 bytes a file).
+        let t = &r["deployment_files"];
+        let n = |k: &str| t[k].as_u64().unwrap();
+        if xfs {
+            assert!(n("reflinked_bytes") >= bytes, "{t}");
+            assert!(n("reflinked_files") >= files.len() as u64, "{t}");
+            assert!(n("copied_bytes") <= 64 * n("copied_files"), "{t}");
+            // The small file is a reflink too (one shared block).
+            let (obj, _) = object_of(root, &etc.join("sub/small"));
+            assert!(shared_extents(&etc.join("sub/small"), &obj).unwrap());
+        } else {
+            assert_eq!(n("reflinked_files"), 0, "{t}");
+            assert!(n("copied_bytes") >= bytes, "{t}");
+        }
+
+        // Copy-on-write: editing the deployment's files leaves the objects
+        // as they were.
+        for f in [
+            kdir.join("initrd"),
+            etc.join("big.conf"),
+            etc.join("sub/odd"),
+        ] {
+            let (obj, before) = object_of(root, &f);
+            scribble(&f);
+            fs.sync();
+            let after = std::fs::read(&f).unwrap();
+            assert_ne!(after, before, "{} was not edited", f.display());
+            assert_eq!(std::fs::read(&obj).unwrap(), before, "{}", obj.display());
+            assert!(object_intact(&obj), "{} changed", obj.display());
+            assert!(!shared_extents(&f, &obj).unwrap());
+        }
+    }
+}
