@@ -137,6 +137,20 @@ pub fn file_extents(f: &File) -> std::io::Result<Vec<Extent>> {
     }
 }
 
+/// Bytes of `f` on disk that no other file shares: its allocated blocks
+/// minus its extents the kernel reports as shared (what deleting it frees,
+/// give or take the other owners of those extents).
+pub fn unshared_bytes(f: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let allocated = f.metadata()?.blocks() * 512;
+    let shared: u64 = file_extents(f)?
+        .iter()
+        .filter(|e| e.is_shared())
+        .map(|e| e.length)
+        .sum();
+    Ok(allocated.saturating_sub(shared))
+}
+
 /// The first extent of `f`, without flushing; `None` when there is none or
 /// the call fails. A cheap check, see [`first_extents_shared`].
 pub fn first_extent(f: &File) -> Option<Extent> {

@@ -72,11 +72,18 @@ impl GcReport {
     }
 }
 
+/// What removing `path` frees: allocated bytes, without the extents its
+/// files share with others (deployment files are reflinks of objects).
 fn du(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::symlink_metadata(path) else {
         return 0;
     };
+    if m.is_file() {
+        return std::fs::File::open(path)
+            .and_then(|f| crate::extents::unshared_bytes(&f))
+            .unwrap_or(m.blocks() * 512);
+    }
     let mut n = m.blocks() * 512;
     if m.is_dir()
         && let Ok(rd) = std::fs::read_dir(path)
