@@ -156,6 +156,18 @@
 //! layer digests recorded as `compressed-diff-digest`, so a later `podman
 //! pull` of the same image reuses the layers).
 //!
+//! The same writer fills the store on a unified pull and for `set-unified
+//! full`, so its speed is the unified pull's overhead over a plain one. It
+//! must read every byte once anyway: tar-split records the CRC-64 of each
+//! file, and the layer's sha256 is checked against the diff-id. The CRC
+//! uses the CPU's carry-less multiply (`crc-fast`, 6× a table), the sha256
+//! runs on a thread of its own ([`crate::hash_thread`]); on the sample image
+//! the write went from 1.1 s to about 0.6 s. The record of what unistore put
+//! in the store also keeps the layers known to share their objects' extents
+//! (layer id and its `created` time, which podman would change if it ever
+//! recreated the layer), so the share pass after a write skips what earlier
+//! writes did: an upgrade walks only its new layers.
+//!
 //! The writer follows what podman 4.3 writes on this machine, checked by a
 //! test that writes the same image both ways and compares the layer ids,
 //! trees (types, modes, owners, xattrs, mtimes), tar-split records and JSON:
