@@ -134,27 +134,43 @@ impl InstallConfig {
         arch: &str,
     ) -> Result<Self> {
         let mut cfg = Self::default();
-        let root = fs.as_dir();
         for dir in CONFIG_DIRS {
-            let Ok(Some(d)) = root.get_directory_opt(OsStr::new(dir)) else {
-                continue;
-            };
-            for (name, inode) in d.sorted_entries() {
-                let name = name.to_string_lossy();
-                if !name.ends_with(".toml") {
-                    continue;
-                }
-                let Inode::Leaf(id, _) = inode else { continue };
-                let LeafContent::Regular(f) = &fs.leaves[id.0].content else {
-                    continue;
-                };
-                let data = composefs::fs::read_file(f, repo)?;
-                let text = String::from_utf8_lossy(&data);
-                cfg.merge_text(&format!("{dir}/{name}"), &text, arch)?;
+            for (path, text) in toml_files(fs, repo, dir)? {
+                cfg.merge_text(&path, &text, arch)?;
             }
         }
         Ok(cfg)
     }
+}
+
+/// The `*.toml` regular files of directory `dir` of an image tree, in name
+/// order: (path, text).
+fn toml_files(
+    fs: &composefs::tree::FileSystem<ObjectId>,
+    repo: &Repo,
+    dir: &str,
+) -> Result<Vec<(String, String)>> {
+    let root = fs.as_dir();
+    let Ok(Some(d)) = root.get_directory_opt(OsStr::new(dir)) else {
+        return Ok(vec![]);
+    };
+    let mut out = vec![];
+    for (name, inode) in d.sorted_entries() {
+        let name = name.to_string_lossy();
+        if !name.ends_with(".toml") {
+            continue;
+        }
+        let Inode::Leaf(id, _) = inode else { continue };
+        let LeafContent::Regular(f) = &fs.leaves[id.0].content else {
+            continue;
+        };
+        let data = composefs::fs::read_file(f, repo)?;
+        out.push((
+            format!("{dir}/{name}"),
+            String::from_utf8_lossy(&data).into_owned(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Where kernel argument files live (`kargs = [...]`, optional
@@ -192,21 +208,8 @@ pub fn image_kargs(
     arch: &str,
 ) -> Result<Vec<String>> {
     let mut kargs = InstallConfig::from_image(fs, repo, arch)?.kargs;
-    let root = fs.as_dir();
-    if let Ok(Some(d)) = root.get_directory_opt(OsStr::new(KARGS_D)) {
-        for (name, inode) in d.sorted_entries() {
-            let name = name.to_string_lossy();
-            if !name.ends_with(".toml") {
-                continue;
-            }
-            let Inode::Leaf(id, _) = inode else { continue };
-            let LeafContent::Regular(f) = &fs.leaves[id.0].content else {
-                continue;
-            };
-            let data = composefs::fs::read_file(f, repo)?;
-            let text = String::from_utf8_lossy(&data);
-            kargs.extend(parse_kargs_d(&format!("{KARGS_D}/{name}"), &text, arch)?);
-        }
+    for (path, text) in toml_files(fs, repo, KARGS_D)? {
+        kargs.extend(parse_kargs_d(&path, &text, arch)?);
     }
     Ok(kargs)
 }

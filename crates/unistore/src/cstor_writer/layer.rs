@@ -346,6 +346,19 @@ impl DiffWriter<'_> {
         }
     }
 
+    /// Owner, mode and xattrs of a directory now; its mtime at the end.
+    fn dir_attrs(&mut self, fd: &OwnedFd, rel: Vec<u8>, e: &Entry) -> Result<()> {
+        rustix::fs::fchown(
+            fd,
+            Some(Uid::from_raw(e.uid as u32)),
+            Some(Gid::from_raw(e.gid as u32)),
+        )?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode))?;
+        self.set_xattrs_fd(fd, e)?;
+        self.dirs.push((rel, e.mtime_sec, e.mtime_nsec));
+        Ok(())
+    }
+
     fn set_xattrs_fd(&self, fd: &OwnedFd, e: &Entry) -> Result<()> {
         set_xattrs(e, |k, v| {
             rustix::fs::fsetxattr(fd, k, v, XattrFlags::empty())
@@ -465,14 +478,7 @@ impl DiffWriter<'_> {
             // The layer root itself.
             if e.kind == Kind::Directory {
                 let root = self.root.try_clone()?;
-                rustix::fs::fchown(
-                    &root,
-                    Some(Uid::from_raw(e.uid as u32)),
-                    Some(Gid::from_raw(e.gid as u32)),
-                )?;
-                rustix::fs::fchmod(&root, Mode::from_raw_mode(e.mode))?;
-                self.set_xattrs_fd(&root, e)?;
-                self.dirs.push((vec![], e.mtime_sec, e.mtime_nsec));
+                self.dir_attrs(&root, vec![], e)?;
             }
             return Ok(None);
         }
@@ -520,14 +526,7 @@ impl DiffWriter<'_> {
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )?;
-                rustix::fs::fchown(
-                    &fd,
-                    Some(Uid::from_raw(e.uid as u32)),
-                    Some(Gid::from_raw(e.gid as u32)),
-                )?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode))?;
-                self.set_xattrs_fd(&fd, e)?;
-                self.dirs.push((rel.clone(), e.mtime_sec, e.mtime_nsec));
+                self.dir_attrs(&fd, rel.clone(), e)?;
             }
             Kind::Regular => {
                 self.clear(&parent, &rel, name, false)?;
