@@ -172,6 +172,23 @@ pub fn first_extents_shared(a: &File, b: &File) -> bool {
     }
 }
 
+/// Whether `a` and `b` share their data extents, as cheaply as the answer
+/// allows: when both first extents have a location (the usual case), they
+/// decide without flushing anything (the same extent, flagged shared, or
+/// not); otherwise (no extent at the start, delayed or inline data) the
+/// whole maps are compared ([`shared_extents`], which flushes dirty data
+/// first: writeback, no change to any file). Reads no data, so no atime
+/// changes.
+pub fn files_share_extents(a: &File, b: &File) -> std::io::Result<bool> {
+    if let (Some(ea), Some(eb)) = (first_extent(a), first_extent(b))
+        && ea.is_located()
+        && eb.is_located()
+    {
+        return Ok(ea.physical == eb.physical && ea.is_shared() && eb.is_shared());
+    }
+    shared_extents(a, b)
+}
+
 /// Physical byte ranges covered by `extents`, sorted and coalesced.
 fn physical_ranges(extents: &[Extent]) -> Vec<(u64, u64)> {
     let mut r: Vec<(u64, u64)> = extents
@@ -262,6 +279,7 @@ mod tests {
         let fg = File::open(&g).unwrap();
         assert!(!shared_extents(&fa, &fg).unwrap());
         assert!(!first_extents_shared(&fa, &fg));
+        assert!(!files_share_extents(&fa, &fg).unwrap());
         // An empty file has no extent.
         let h = td.path().join("h");
         std::fs::write(&h, b"").unwrap();

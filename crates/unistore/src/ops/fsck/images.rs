@@ -17,6 +17,7 @@ use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, HOST_STORAGE_DIR, Sysroot,
 use crate::unified::{self, UnifiedMode};
 
 use super::repo::{check_composefs, restore_object};
+use super::sharing::{SharingCheck, check_sharing, human_bytes};
 use super::store::{
     StoreView, check_store_image, find_in_store, id_of, read_store, reflinks_supported,
 };
@@ -60,6 +61,15 @@ pub struct ImageReport {
     pub notes: Vec<String>,
     /// What the repair did.
     pub repairs: Vec<String>,
+    /// Whether its store files were compared with the composefs objects
+    /// (a unified host with reflinks, the image whole in both).
+    pub sharing_checked: bool,
+    /// Store files that share their composefs object's extents.
+    pub shared_files: u64,
+    /// Store files that hold their own copy of an object's content.
+    pub unshared_files: u64,
+    /// Their bytes (the space a repair gives back).
+    pub unshared_bytes: u64,
 }
 
 /// The host containers-storage.
@@ -298,6 +308,10 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             issues: vec![],
             notes: vec![],
             repairs: vec![],
+            sharing_checked: false,
+            shared_files: 0,
+            unshared_files: 0,
+            unshared_bytes: 0,
         };
         let mut cfs = check_composefs(
             &repo,
@@ -458,6 +472,10 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             }
             _ => {}
         }
+        // One physical copy: store files share the objects' extents.
+        if unified_on && report.reflinks_supported && r.in_containers_storage && r.in_composefs {
+            check_image_sharing(sysroot, &repo, &objects, &store_path, mode, opts, &mut r);
+        }
         r.repaired = !r.repairs.is_empty();
         report.images.push(r);
     }
@@ -466,4 +484,94 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         && report.containers_storage.issues.is_empty()
         && all_ok(&report.images);
     Ok(report)
+}
+
+/// Compares the image's store files with their composefs objects and, with
+/// `repair`, makes those that hold their own copy share the objects'
+/// extents again (`FIDEDUPERANGE`: the kernel compares the bytes first).
+/// Unshared files are a note, not a failure: they waste space, nothing is
+/// broken.
+fn check_image_sharing(
+    sysroot: &Sysroot,
+    repo: &Repo,
+    objects: &std::path::Path,
+    store: &std::path::Path,
+    mode: Option<UnifiedMode>,
+    opts: FsckOpts,
+    r: &mut ImageReport,
+) {
+    let check = || check_sharing(repo, objects, store, &r.manifest_digest);
+    let mut c = match check() {
+        Ok(c) => c,
+        Err(e) => {
+            r.notes.push(format!(
+                "containers-storage: whether its files share the composefs objects' extents could not be checked: {e:#}"
+            ));
+            return;
+        }
+    };
+    let image_id = r
+        .config_digest
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches("sha256:")
+        .to_string();
+    if opts.repair
+        && c.unshared > 0
+        && let Some(policy) = mode.and_then(crate::reflink::Policy::for_mode)
+    {
+        let before = (c.unshared, c.unshared_bytes);
+        match unified::reshare_layers(
+            sysroot,
+            repo,
+            &r.manifest_digest,
+            &image_id,
+            policy,
+            &c.unshared_layers,
+        ) {
+            Ok(st) => {
+                match check() {
+                    Ok(after) => c = after,
+                    Err(e) => r.issues.push(format!(
+                        "containers-storage: its files could not be checked again after sharing: {e:#}"
+                    )),
+                }
+                let fixed = before.0.saturating_sub(c.unshared);
+                r.repairs.push(format!(
+                    "containers-storage: {fixed} file(s) ({}) share the composefs objects' extents again ({} deduplicated)",
+                    human_bytes(before.1.saturating_sub(c.unshared_bytes)),
+                    st.reflinked
+                ));
+            }
+            Err(e) => r.issues.push(format!(
+                "containers-storage: could not make its files share the composefs objects' extents: {e:#}"
+            )),
+        }
+    }
+    note_sharing(&c, opts, r);
+}
+
+fn note_sharing(c: &SharingCheck, opts: FsckOpts, r: &mut ImageReport) {
+    r.sharing_checked = true;
+    r.shared_files = c.shared;
+    r.unshared_files = c.unshared;
+    r.unshared_bytes = c.unshared_bytes;
+    if c.unshared > 0 {
+        r.notes.push(format!(
+            "containers-storage: {} file(s) ({}) hold their own copy instead of sharing the composefs objects' extents{}",
+            c.unshared,
+            human_bytes(c.unshared_bytes),
+            if opts.repair {
+                ""
+            } else {
+                " (`--repair` shares them)"
+            }
+        ));
+    }
+    if c.unchecked > 0 {
+        r.notes.push(format!(
+            "containers-storage: {} file(s) could not be compared with their composefs objects (missing, of another size or unreadable; `--verify-content` checks the layers)",
+            c.unchecked
+        ));
+    }
 }

@@ -36,6 +36,7 @@
 
 mod images;
 mod repo;
+mod sharing;
 mod store;
 
 pub use images::{Binding, ImageReport, ImagesReport, StoreReport, fsck_images};
