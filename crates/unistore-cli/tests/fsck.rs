@@ -762,3 +762,143 @@ fn repaired_image_is_owned_and_pruned_by_gc() {
     assert!(names.contains("localhost/mine:1"), "{names}");
     run_ok(h.cmd().args(["internals", "gc", "--assert-no-op"]));
 }
+
+/// Rewrites `file` as a byte copy of itself (`cp -a --reflink=never` to a
+/// temporary name, then renamed over it): same content, mode, owner,
+/// xattrs and mtime, its own data blocks.
+fn unshare(file: &Path) {
+    let tmp = file.with_file_name(".unshare-tmp");
+    run_ok(
+        Command::new("cp")
+            .args(["-a", "--reflink=never"])
+            .arg(file)
+            .arg(&tmp),
+    );
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// Free bytes after flushing and trimming XFS preallocation, once XFS has
+/// freed what it frees in the background (up to 10 s for `at_least`).
+fn free_bytes(h: &Host, at_least: u64) -> u64 {
+    let mut free = 0;
+    for _ in 0..100 {
+        trim_prealloc(h.root());
+        free = h.fs.free_bytes();
+        if free >= at_least {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    free
+}
+
+/// A fresh unified host: every store file shares its object's extents.
+/// Store files rewritten as byte copies of themselves are a note (count
+/// and bytes), not a failure, and the check changes nothing (not even
+/// atimes); `--repair` makes them share again (FIEMAP says so, the space
+/// comes back) and a second check finds none.
+#[test]
+fn unshared_store_files_are_noted_then_shared_again() {
+    let h = Host::new(FsKind::Xfs);
+    h.set_unified(&[]);
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert!(ok, "{r:#}");
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["sharingChecked"], true, "{img:#}");
+    assert_eq!(img["unsharedFiles"], 0, "{img:#}");
+    assert_eq!(img["unsharedBytes"], 0, "{img:#}");
+    assert!(img["sharedFiles"].as_u64().unwrap() > 3, "{img:#}");
+
+    // The three largest store files (all of at least 4 KiB).
+    let mut files: Vec<(u64, PathBuf)> = files_under(&h.store().join("overlay"))
+        .into_iter()
+        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .filter(|(n, _)| *n >= 4096)
+        .collect();
+    files.sort();
+    let victims: Vec<(u64, PathBuf)> = files.split_off(files.len() - 3);
+    let total: u64 = victims.iter().map(|(n, _)| n).sum();
+    let objects: Vec<PathBuf> = victims
+        .iter()
+        .map(|(_, p)| object_of(h.root(), p))
+        .collect();
+    let metas: Vec<_> = victims
+        .iter()
+        .map(|(_, p)| std::fs::metadata(p).unwrap())
+        .collect();
+    trim_prealloc(h.root());
+    for ((_, p), o) in victims.iter().zip(&objects) {
+        assert!(shared_extents(p, o).unwrap(), "{}", p.display());
+        unshare(p);
+    }
+    trim_prealloc(h.root());
+    for (((_, p), o), m) in victims.iter().zip(&objects).zip(&metas) {
+        assert!(!shared_extents(p, o).unwrap(), "{}", p.display());
+        let n = std::fs::metadata(p).unwrap();
+        assert_eq!(
+            (n.mode(), n.uid(), n.gid(), n.mtime(), n.mtime_nsec()),
+            (m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec())
+        );
+    }
+
+    // Noted, not failed; nothing changes, not even an atime.
+    let atimes = file_atimes(h.root());
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(ok, "{out}");
+    let note = out
+        .lines()
+        .find(|l| l.starts_with("[NOTE]") && l.contains("hold their own copy"))
+        .unwrap_or_else(|| panic!("no note: {out}"));
+    assert!(note.contains("3 file(s)"), "{note}");
+    let before = snapshot(h.root());
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert_snapshots_equal(&before, &snapshot(h.root()), "fsck images --json");
+    assert_eq!(atimes, file_atimes(h.root()), "fsck changed atimes");
+    assert!(ok, "{r:#}");
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["unsharedFiles"], 3, "{img:#}");
+    assert_eq!(img["unsharedBytes"], total, "{img:#}");
+    assert_eq!(img["issues"].as_array().unwrap().len(), 0, "{img:#}");
+
+    // Repaired: shared again, and the copies' blocks are free.
+    let free_before = free_bytes(&h, 0);
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("[REPAIRED]"))
+        .unwrap_or_else(|| panic!("no repair: {out}"));
+    assert!(
+        line.contains("3 file(s)") && line.contains("extents again"),
+        "{line}"
+    );
+    // Give or take the record rewritten and the metadata of a few inodes.
+    let want = free_before + total - 256 * 1024;
+    let free_after = free_bytes(&h, want);
+    assert!(
+        free_after >= want,
+        "free {free_before} -> {free_after}, {total} bytes shared again"
+    );
+    for ((_, p), o) in victims.iter().zip(&objects) {
+        assert!(shared_extents(p, o).unwrap(), "{}", p.display());
+    }
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert!(ok, "{r:#}");
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["unsharedFiles"], 0, "{img:#}");
+    assert_eq!(img["notes"].as_array().unwrap().len(), 0, "{img:#}");
+    let (ok, out) = h.fsck_read_only(&["--verify-content"]);
+    assert!(ok, "{out}");
+}
+
+/// ext4 has no reflinks: the sharing is not checked, and the report says so.
+#[test]
+fn sharing_is_not_checked_without_reflinks() {
+    let h = Host::new(FsKind::Ext4);
+    h.set_unified(&["--enabled-with-copy"]);
+    let (ok, r) = h.fsck_json(&["images"]);
+    assert!(ok, "{r:#}");
+    let img = image_report(&r, &h.img.manifest_digest);
+    assert_eq!(img["sharingChecked"], false, "{img:#}");
+    assert_eq!(img["inContainersStorage"], true, "{img:#}");
+}
