@@ -142,6 +142,18 @@
 //! tests compare the mode, size and mtime of every path under the root, and
 //! the atimes of the files a content check reads, before and after.
 //!
+//! On a unified host with reflinks the check also makes sure the host holds
+//! one physical copy: each store file that holds an object's content (the
+//! layer splitstreams pair them, as for the share pass) must share that
+//! object's extents. Extent maps decide, no data is read: the first extent
+//! of each (`FIEMAP` without a flush) when both have a location, the whole
+//! maps otherwise. A file with its own copy (a layer podman pulled itself,
+//! a file someone rewrote) wastes space but breaks nothing, so it is a
+//! note (count and bytes), not a failure; `--repair` runs the share pass
+//! over the layers that hold such files and records them as shared. Without
+//! reflinks there is nothing to share, and the report says the check was
+//! not made (`sharingChecked: false`).
+//!
 //! `--repair` goes from the copy that is right to the one that is not, in
 //! this order: composefs objects from store files (the store file's
 //! fs-verity digest must equal the object id before it is cloned in and

@@ -17,7 +17,9 @@
 //!   containers-storage with the same image id (config digest), the same
 //!   chain of layers (diff-ids) whole, and the config and manifest; with
 //!   `verify_content`, each layer reassembled from its tar-split and `diff`
-//!   gives its diff-id.
+//!   gives its diff-id; where the filesystem has reflinks, every store file
+//!   holding an object's content shares that object's extents (one physical
+//!   copy; a file with its own copy is a note with a count and bytes).
 //!
 //! Without `repair` nothing on disk changes: no lock files are created, the
 //! store's locks are taken shared and only when they exist, the sysroot lock
@@ -31,8 +33,9 @@
 //! of a unified host is rewritten from the repository by the native writer
 //! ([`crate::cstor_writer`]) and recorded as unistore's in
 //! [`crate::unified::RECORD_FILE`] like a unified pull (so the store GC
-//! prunes it once no deployment uses it). Each repaired image is checked
-//! again.
+//! prunes it once no deployment uses it); store files that hold their own
+//! copy are made to share the objects' extents (the unified share pass,
+//! `FIDEDUPERANGE`). Each repaired image is checked again.
 
 mod images;
 mod repo;
