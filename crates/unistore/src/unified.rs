@@ -171,6 +171,26 @@ pub fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
     write_record(sysroot, &r)
 }
 
+/// Whether store layer `l` is recorded in `known` as sharing its files'
+/// extents: same id and same creation time. The times are compared as
+/// instants, not strings: podman rewrites `layers.json` with Go's format,
+/// which trims trailing zeros of the fraction the writer put there.
+fn known_shared(known: &SharedLayers, l: &cstorage::StoreLayer) -> bool {
+    match (known.get(&l.id), &l.created) {
+        (Some(Some(a)), Some(b)) => {
+            match (
+                chrono::DateTime::parse_from_rfc3339(a),
+                chrono::DateTime::parse_from_rfc3339(b),
+            ) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => a == b,
+            }
+        }
+        (Some(None), None) => true,
+        _ => false,
+    }
+}
+
 /// Records `layers` as sharing their files' extents with the objects, and
 /// forgets recorded layers the store no longer has.
 fn record_shared_layers(
@@ -411,9 +431,7 @@ async fn share_pass_async(
         image_id.to_string(),
     );
     tokio::task::spawn_blocking(move || {
-        share_pass(&repo, &store, &m, &i, policy, &|l| {
-            skip.get(&l.id).is_none_or(|c| *c != l.created)
-        })
+        share_pass(&repo, &store, &m, &i, policy, &|l| !known_shared(&skip, l))
     })
     .await?
 }
@@ -1011,10 +1029,7 @@ pub async fn import_into_store(
             .map(|i| cstorage::layer_chain(&i, &layers))
             .transpose()?
             .unwrap_or_default();
-        if in_chain
-            .iter()
-            .any(|l| skip.get(&l.id).is_none_or(|c| *c != l.created))
-        {
+        if in_chain.iter().any(|l| !known_shared(&skip, l)) {
             progress::step(progress, "Sharing extents with the composefs objects");
             let s =
                 share_pass_async(repo, &store, manifest_digest, &image_id, policy, skip).await?;
@@ -1288,6 +1303,48 @@ mod tests {
         );
         assert_eq!(r("docker://fedora"), None);
         assert_eq!(r("oci:/x:y"), None);
+    }
+
+    #[test]
+    fn shared_layers_match_by_id_and_creation_instant() {
+        let layer = |id: &str, created: Option<&str>| cstorage::StoreLayer {
+            id: id.into(),
+            parent: None,
+            diff_digest: None,
+            compressed_digest: None,
+            diff_size: None,
+            created: created.map(str::to_string),
+            flags: Default::default(),
+        };
+        let known: SharedLayers = [
+            (
+                "a".to_string(),
+                Some("2026-11-23T16:00:00.120000000Z".to_string()),
+            ),
+            ("b".to_string(), None),
+        ]
+        .into();
+        // Go's rewrite of the same instant (fraction's zeros trimmed).
+        assert!(known_shared(
+            &known,
+            &layer("a", Some("2026-11-23T16:00:00.12Z"))
+        ));
+        assert!(known_shared(
+            &known,
+            &layer("a", Some("2026-11-23T17:00:00.12+01:00"))
+        ));
+        // Recreated (another time), or unknown.
+        assert!(!known_shared(
+            &known,
+            &layer("a", Some("2026-11-23T16:00:00.13Z"))
+        ));
+        assert!(!known_shared(&known, &layer("a", None)));
+        assert!(known_shared(&known, &layer("b", None)));
+        assert!(!known_shared(
+            &known,
+            &layer("b", Some("2026-11-23T16:00:00Z"))
+        ));
+        assert!(!known_shared(&known, &layer("c", None)));
     }
 
     #[test]
