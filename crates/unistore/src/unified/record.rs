@@ -1,0 +1,117 @@
+//! The record of what unistore put in the host store
+//! (`composefs/bootc/unistore-images.json`): images, the names unistore
+//! gave them, and the store layers known to share their files' extents
+//! with the composefs objects.
+
+use super::*;
+
+/// One image unistore put in (or named in) the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnedImage {
+    /// The manifest digest of the image in the composefs repository.
+    pub manifest_digest: String,
+    /// The store's image id (config digest hex).
+    pub image_id: String,
+    /// The names unistore added.
+    pub names: Vec<String>,
+    /// Whether unistore created the image (it was not in the store before).
+    pub created: bool,
+    /// Being copied: the store may hold a partial image.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// Store layers known to share their files' extents with the composefs
+/// objects: layer id -> the layer's `created` time in `layers.json`.
+pub(super) type SharedLayers = BTreeMap<String, Option<String>>;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Record {
+    #[serde(default)]
+    pub(super) images: Vec<OwnedImage>,
+    /// Layers unistore wrote from composefs or passed over: a later share
+    /// pass skips them (an upgrade shares most layers with the image
+    /// before).
+    #[serde(default)]
+    pub(super) shared_layers: SharedLayers,
+}
+
+pub(super) fn read_record(sysroot: &Sysroot) -> Result<Record> {
+    match sysroot.dir().read(RECORD_FILE) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {RECORD_FILE}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {RECORD_FILE}")),
+    }
+}
+
+pub(super) fn write_record(sysroot: &Sysroot, r: &Record) -> Result<()> {
+    util::atomic_write(sysroot.dir(), RECORD_FILE, &serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("writing {RECORD_FILE}"))
+}
+
+/// Adds or merges an entry (keyed by manifest digest): names are added,
+/// `created` is kept once set. Whoever writes an image into the store
+/// records it here (pending first), so that the store GC can prune it.
+pub fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
+    let mut r = read_record(sysroot)?;
+    match r
+        .images
+        .iter_mut()
+        .find(|e| e.manifest_digest == new.manifest_digest)
+    {
+        Some(e) => {
+            e.created |= new.created;
+            e.image_id = new.image_id;
+            e.pending = new.pending;
+            for n in new.names {
+                if !e.names.contains(&n) {
+                    e.names.push(n);
+                }
+            }
+        }
+        None => r.images.push(new),
+    }
+    write_record(sysroot, &r)
+}
+
+/// Whether store layer `l` is recorded in `known` as sharing its files'
+/// extents: same id and same creation time. The times are compared as
+/// instants, not strings: podman rewrites `layers.json` with Go's format,
+/// which trims trailing zeros of the fraction the writer put there.
+pub(super) fn known_shared(known: &SharedLayers, l: &cstorage::StoreLayer) -> bool {
+    match (known.get(&l.id), &l.created) {
+        (Some(Some(a)), Some(b)) => {
+            match (
+                chrono::DateTime::parse_from_rfc3339(a),
+                chrono::DateTime::parse_from_rfc3339(b),
+            ) {
+                (Ok(x), Ok(y)) => x == y,
+                _ => a == b,
+            }
+        }
+        (Some(None), None) => true,
+        _ => false,
+    }
+}
+
+/// Records `layers` as sharing their files' extents with the objects, and
+/// forgets recorded layers the store no longer has.
+pub(super) fn record_shared_layers(
+    sysroot: &Sysroot,
+    store: &Path,
+    layers: &[(String, Option<String>)],
+) -> Result<()> {
+    let mut r = read_record(sysroot)?;
+    let present: BTreeSet<String> = cstorage::read_layers(store)?
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    r.shared_layers.extend(layers.iter().cloned());
+    r.shared_layers.retain(|id, _| present.contains(id));
+    write_record(sysroot, &r)
+}
+
+/// The images unistore recorded as put in the store.
+pub fn owned_images(sysroot: &Sysroot) -> Result<Vec<OwnedImage>> {
+    Ok(read_record(sysroot)?.images)
+}
