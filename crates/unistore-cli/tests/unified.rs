@@ -786,6 +786,28 @@ fn ext4_enabled_refuses_and_with_copy_copies() {
     );
     let o = run_ok(cmd(root, None).args(["image", "set-unified", "full", "--enabled-with-copy"]));
     assert!(o.contains("Already unified"), "{o}");
+
+    // Killed right after podman's pull (podman first without reflinks):
+    // the image in the store is already recorded as unistore's, pending,
+    // with the name podman gave it, so the store GC can remove it.
+    let fs2 = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+        .args(["install", "to-filesystem", "--unified", "enabled-with-copy"])
+        .args(["--source-imgref", &src])
+        .arg(fs2.path());
+    run_killed(c, "unified:after-store-pull");
+    let owned =
+        unistore::unified::owned_images(&unistore::Sysroot::open(fs2.path()).unwrap()).unwrap();
+    assert_eq!(owned.len(), 1, "{owned:?}");
+    assert!(owned[0].pending && owned[0].created, "{owned:?}");
+    assert_eq!(owned[0].manifest_digest, img.manifest_digest);
+    assert!(
+        owned[0]
+            .names
+            .contains(&src.trim_start_matches("docker://").to_string()),
+        "{owned:?}"
+    );
 }
 
 #[test]

@@ -74,6 +74,13 @@ pub fn record_upsert(sysroot: &Sysroot, new: OwnedImage) -> Result<()> {
     write_record(sysroot, &r)
 }
 
+/// Forgets the entry of `manifest_digest` (the store keeps the image).
+pub(super) fn record_remove(sysroot: &Sysroot, manifest_digest: &str) -> Result<()> {
+    let mut r = read_record(sysroot)?;
+    r.images.retain(|e| e.manifest_digest != manifest_digest);
+    write_record(sysroot, &r)
+}
+
 /// Whether store layer `l` is recorded in `known` as sharing its files'
 /// extents: same id and same creation time. The times are compared as
 /// instants, not strings: podman rewrites `layers.json` with Go's format,

@@ -256,6 +256,32 @@ pub(super) async fn fetch_store_first(
             (id, Some(tmp))
         }
     };
+    // Recorded as soon as the store has it (under the digest podman stored),
+    // so that a crash before the end leaves an image the store GC knows.
+    let prior = before.iter().find(|i| i.id == image_id);
+    let new_names = |img: &cstorage::StoreImage| -> Vec<String> {
+        img.names
+            .iter()
+            .filter(|n| prior.is_none_or(|p| !p.names.contains(n)))
+            .cloned()
+            .collect()
+    };
+    let store_digest = match cstorage::find_complete_image(&store, &image_id)? {
+        Some(img) if img.digest.is_some() => {
+            record_upsert(
+                sysroot,
+                OwnedImage {
+                    manifest_digest: img.digest.clone().unwrap_or_default(),
+                    image_id: image_id.clone(),
+                    names: new_names(&img),
+                    created: prior.is_none(),
+                    pending: true,
+                },
+            )?;
+            img.digest
+        }
+        _ => None,
+    };
     crashpoint::hit("unified:after-store-pull");
 
     progress::step(
@@ -326,14 +352,12 @@ pub(super) async fn fetch_store_first(
     if let Some(t) = &temp_name {
         session.untag(&image_id, t)?;
     }
-    let prior = before.iter().find(|i| i.id == image_id);
     let after = cstorage::find_complete_image(&store, &image_id)?.unwrap_or(stored);
-    let names: Vec<String> = after
-        .names
-        .iter()
-        .filter(|n| prior.is_none_or(|p| !p.names.contains(n)))
-        .cloned()
-        .collect();
+    let names = new_names(&after);
+    if let Some(d) = store_digest.filter(|d| *d != pulled.manifest_digest) {
+        // The entry is keyed by the digest composefs imported.
+        record_remove(sysroot, &d)?;
+    }
     record_upsert(
         sysroot,
         OwnedImage {
