@@ -317,10 +317,8 @@ async fn install_inner(
         },
         &mut |p| created.track(p),
     )?;
-    progress::step(
-        &progress,
-        format!("Deployment files: {}", deployed.files.describe()),
-    );
+    // The summary of the result says how the deployment's files were
+    // written (`deployment_files`).
     let entry = deployed.entry;
     drop(repo);
     if let Some(u) = &unified_summary {
