@@ -25,32 +25,6 @@ use unistore_fixtures::image::{BuiltImage, TestImageOpts, build_test_image};
 
 const STORE: &str = "composefs/bootc/storage";
 
-/// `(path in the image, content)` of a host binary and the libraries it
-/// loads, so that the image can run it.
-fn host_executable(bin: &str) -> Vec<(String, Vec<u8>)> {
-    let to_usr = |p: &str| {
-        if p.starts_with("/usr/") {
-            p.to_string()
-        } else {
-            format!("/usr{p}")
-        }
-    };
-    let mut files = vec![(to_usr(bin), std::fs::read(bin).unwrap())];
-    let ldd = Command::new("ldd").arg(bin).output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = line
-            .split("=>")
-            .last()
-            .and_then(|s| s.split_whitespace().next())
-            .filter(|p| p.starts_with('/'));
-        if let Some(p) = path {
-            let real = std::fs::canonicalize(p).unwrap();
-            files.push((to_usr(p), std::fs::read(real).unwrap()));
-        }
-    }
-    files
-}
-
 /// A host installed from a generated image that can run `cat`, on a fresh
 /// loop filesystem; podman pointed at its store with one private run root.
 struct Host {
@@ -66,7 +40,7 @@ impl Host {
         let work = tempfile::tempdir_in("/var/tmp").unwrap();
         let oci = work.path().join("oci");
         let opts = TestImageOpts {
-            extra_files: host_executable("/usr/bin/cat"),
+            extra_files: unistore_fixtures::image::host_executable_files("/usr/bin/cat").unwrap(),
             ..Default::default()
         };
         let img = build_test_image(&oci, "t", &opts).unwrap();
@@ -737,7 +711,7 @@ fn repaired_image_is_owned_and_pruned_by_gc() {
         let opts = TestImageOpts {
             version: format!("{v}.0"),
             variant: v,
-            extra_files: host_executable("/usr/bin/cat"),
+            extra_files: unistore_fixtures::image::host_executable_files("/usr/bin/cat").unwrap(),
             ..Default::default()
         };
         let (_, imgref) = h.build(tag, &opts);

@@ -22,12 +22,6 @@ use unistore_fixtures::image::{BuiltImage, EntryKind, TestImageOpts, build_test_
 const STORE: &str = "composefs/bootc/storage";
 const FLAG: &str = "composefs/bootc.json";
 
-/// A host file to put in the image: (path in the image, bytes).
-fn host_file(image_path: &str, host_path: &str) -> (String, Vec<u8>) {
-    let real = std::fs::canonicalize(host_path).unwrap();
-    (image_path.to_string(), std::fs::read(real).unwrap())
-}
-
 /// The test image plus what `podman run IMG cat FILE` needs (the host's
 /// cat, libc and loader), an optional install config, and a payload.
 fn image(
@@ -37,17 +31,7 @@ fn image(
     payload_mib: u64,
     toml: Option<&str>,
 ) -> BuiltImage {
-    let mut extra_files = vec![
-        host_file("/usr/bin/cat", "/bin/cat"),
-        host_file(
-            "/usr/lib/x86_64-linux-gnu/libc.so.6",
-            "/lib/x86_64-linux-gnu/libc.so.6",
-        ),
-        host_file(
-            "/usr/lib64/ld-linux-x86-64.so.2",
-            "/lib64/ld-linux-x86-64.so.2",
-        ),
-    ];
+    let mut extra_files = unistore_fixtures::image::host_executable_files("/usr/bin/cat").unwrap();
     if let Some(t) = toml {
         extra_files.push((
             "/usr/lib/bootc/install/50-storage.toml".into(),

@@ -8,6 +8,7 @@
 //! * [`corrupt_first_layer_blob`] prepares bad input.
 
 pub mod expected;
+pub mod host_files;
 pub mod layer;
 pub mod merge;
 pub mod oci;
@@ -19,6 +20,7 @@ pub use expected::{
     COMPOSEFS_VISIBLE_XATTRS, EntryKind, ExpectedEntry, Xattrs, find_entry,
     is_composefs_visible_xattr,
 };
+pub use host_files::host_executable_files;
 pub use oci::{add_hostile_layer, corrupt_first_layer_blob, expected_from_oci, layer_blobs};
 pub use rootfs::build_from_rootfs;
 pub use synthetic::{TEST_KVER, TestImageOpts, build_test_image};
