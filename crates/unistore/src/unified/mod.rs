@@ -343,8 +343,11 @@ pub async fn import_into_store(
     // Layers the store already had (podman's own pulls) may not share the
     // objects' extents yet: a pass makes them, skipping the layers just
     // written and those recorded as shared before (an upgrade reuses most).
+    // One read of the store's JSON for what follows (the share pass does
+    // not change it).
+    let layers = cstorage::read_layers(&store)?;
+    let stored = cstorage::find_complete_image(&store, &image_id)?;
     let share = if probe.supported {
-        let layers = cstorage::read_layers(&store)?;
         let mut share = ShareStats::default();
         if let Some(w) = &written {
             share.files = w.files_reflinked + w.files_copied;
@@ -361,8 +364,9 @@ pub async fn import_into_store(
         }
         let mut skip = read_record(sysroot)?.shared_layers;
         skip.extend(share.shared_layers.iter().cloned());
-        let in_chain = cstorage::find_complete_image(&store, &image_id)?
-            .map(|i| cstorage::layer_chain(&i, &layers))
+        let in_chain = stored
+            .as_ref()
+            .map(|i| cstorage::layer_chain(i, &layers))
             .transpose()?
             .unwrap_or_default();
         if in_chain.iter().any(|l| !known_shared(&skip, l)) {
@@ -371,25 +375,18 @@ pub async fn import_into_store(
                 share_pass_async(repo, &store, manifest_digest, &image_id, policy, skip).await?;
             share.merge(&s);
         }
-        record_shared_layers(sysroot, &store, &share.shared_layers)?;
         Some(share)
     } else {
         None
     };
     crashpoint::hit("unified:after-share");
-    record_upsert(
+    record_import_done(
         sysroot,
-        OwnedImage {
-            manifest_digest: manifest_digest.to_string(),
-            image_id: image_id.clone(),
-            names: vec![],
-            created: false,
-            pending: false,
-        },
+        manifest_digest,
+        Some(&layer_ids(&layers)),
+        share.as_ref().map_or(&[], |s| &s.shared_layers),
     )?;
-    let names = cstorage::find_complete_image(&store, &image_id)?
-        .map(|i| i.names)
-        .unwrap_or_default();
+    let names = stored.map(|i| i.names).unwrap_or_default();
     Ok(ImportReport {
         manifest_digest: manifest_digest.to_string(),
         image_id,

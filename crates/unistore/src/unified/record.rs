@@ -108,13 +108,48 @@ pub(super) fn record_shared_layers(
     store: &Path,
     layers: &[(String, Option<String>)],
 ) -> Result<()> {
+    let present = layer_ids(&cstorage::read_layers(store)?);
     let mut r = read_record(sysroot)?;
-    let present: BTreeSet<String> = cstorage::read_layers(store)?
-        .into_iter()
-        .map(|l| l.id)
-        .collect();
+    merge_shared(&mut r, Some(&present), layers);
+    write_record(sysroot, &r)
+}
+
+/// The ids of `layers`.
+pub(super) fn layer_ids(layers: &[cstorage::StoreLayer]) -> BTreeSet<String> {
+    layers.iter().map(|l| l.id.clone()).collect()
+}
+
+/// Adds `layers` to the shared layers of `r` and, given the store's layer
+/// ids, forgets recorded layers the store no longer has.
+fn merge_shared(
+    r: &mut Record,
+    present: Option<&BTreeSet<String>>,
+    layers: &[(String, Option<String>)],
+) {
     r.shared_layers.extend(layers.iter().cloned());
-    r.shared_layers.retain(|id, _| present.contains(id));
+    if let Some(present) = present {
+        r.shared_layers.retain(|id, _| present.contains(id));
+    }
+}
+
+/// The end of an import into the store, in one write of the record: the
+/// image's entry is no longer pending, and `layers` are recorded as sharing
+/// their files' extents (see [`record_shared_layers`]).
+pub(super) fn record_import_done(
+    sysroot: &Sysroot,
+    manifest_digest: &str,
+    present: Option<&BTreeSet<String>>,
+    layers: &[(String, Option<String>)],
+) -> Result<()> {
+    let mut r = read_record(sysroot)?;
+    if let Some(e) = r
+        .images
+        .iter_mut()
+        .find(|e| e.manifest_digest == manifest_digest)
+    {
+        e.pending = false;
+    }
+    merge_shared(&mut r, present, layers);
     write_record(sysroot, &r)
 }
 
