@@ -98,6 +98,23 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
                 short(deployment_id)
             );
         }
+        UpgradeOutcome::Deployed {
+            image,
+            deployment_id,
+            manifest_digest,
+            version,
+            gc,
+        } => {
+            println!("Deployed {image} as the next boot (not the running system: nothing to stage)");
+            println!("  deployment: {deployment_id}");
+            println!("  digest:     {manifest_digest}");
+            if let Some(v) = version {
+                println!("  version:    {v}");
+            }
+            if let Some(g) = gc {
+                print_gc_summary(g);
+            }
+        }
         UpgradeOutcome::Staged {
             image,
             deployment_id,

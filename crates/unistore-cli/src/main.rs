@@ -57,8 +57,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum InstallCmd {
-    /// Install an OCI image as a native composefs host into the mounted
-    /// filesystem at ROOT.
+    /// Install an OCI image as a host (native composefs, or ostree with
+    /// `--backend ostree`) into the mounted filesystem at ROOT.
     ToFilesystem(InstallArgs),
 }
 
@@ -88,8 +88,19 @@ struct InstallArgs {
     /// host's (/etc/bootc/install, /run/bootc/install) (repeatable).
     #[arg(long = "install-config")]
     install_config: Vec<PathBuf>,
+    /// The kind of host: `composefs` (native composefs, the default) or
+    /// `ostree` (bootc's default backend: deployments in an ostree repo).
+    #[arg(long, default_value = "composefs", value_parser = parse_backend)]
+    backend: unistore::backend::BackendKind,
+    /// The ostree stateroot (`--backend ostree`; default `default`).
+    #[arg(long)]
+    stateroot: Option<String>,
     /// The mounted target filesystem.
     root: PathBuf,
+}
+
+fn parse_backend(s: &str) -> Result<unistore::backend::BackendKind> {
+    s.parse()
 }
 
 fn parse_unified(s: &str) -> Result<unistore::unified::UnifiedMode> {
@@ -229,12 +240,14 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
         Some(p) => Sysroot::open(p),
         None => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            let Some(id) = cmdline
-                .split_whitespace()
-                .find_map(|a| a.strip_prefix("composefs="))
-                .map(|v| v.trim_start_matches('?').to_string())
-            else {
-                bail!("this system was not booted from a composefs deployment; use --sysroot DIR");
+            // composefs=<id>, or ostree=/ostree/boot.N/<stateroot>/<csum>/<serial>
+            // (the ostree backend follows that path to its deployment).
+            let Some(id) = cmdline.split_whitespace().find_map(|a| {
+                a.strip_prefix("composefs=")
+                    .map(|v| v.trim_start_matches('?').to_string())
+                    .or_else(|| a.strip_prefix("ostree=").map(str::to_string))
+            }) else {
+                bail!("this system was not booted from a composefs or ostree deployment; use --sysroot DIR");
             };
             Ok(
                 Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })?
@@ -272,9 +285,14 @@ async fn install(a: InstallArgs) -> Result<()> {
             v.extend(a.install_config);
             v
         },
+        stateroot: a.stateroot.clone(),
     };
+    if a.stateroot.is_some() && a.backend != unistore::backend::BackendKind::Ostree {
+        bail!("--stateroot applies to --backend ostree only");
+    }
     let progress = progress::reporter();
-    let r = unistore::ops::install::install_to_filesystem(&a.root, &opts, progress.clone())
+    let r = unistore::backend::for_kind(a.backend)
+        .install(&a.root, &opts, progress.clone())
         .await
         .with_context(|| format!("installing to {}", a.root.display()))?;
     progress::finish(&progress);

@@ -1,8 +1,10 @@
 //! Host backends behind one trait: what kind of host a root is.
 //!
 //! A native composefs host keeps its deployments in the composefs
-//! repository; an ostree host (not supported yet) in `ostree/repo`. Commands
-//! ask the backend, never `match` on the kind themselves.
+//! repository ([`ComposefsBackend`]); an ostree host in `ostree/repo`, its
+//! deployments made by libostree ([`crate::ostree_host::OstreeBackend`]).
+//! Commands ask the backend, never `match` on the kind themselves: install
+//! gets one from [`for_kind`], every later command from [`detect`].
 
 use std::future::Future;
 use std::path::Path;
@@ -13,6 +15,7 @@ use anyhow::{Result, bail};
 use crate::ops::finalize::{self, FinalizeOutcome};
 use crate::ops::fsck::{self, FsckOpts, FullReport, ImagesReport};
 use crate::ops::gc::{self, GcOpts, GcReport};
+use crate::ops::install::{InstallOpts, InstallResult};
 use crate::ops::rollback::{self, RollbackReport};
 use crate::ops::upgrade::{self, UpgradeOpts, UpgradeOutcome};
 use crate::progress::Progress;
@@ -26,6 +29,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub trait HostBackend {
     /// A short name for messages (`composefs`, `ostree`).
     fn name(&self) -> &'static str;
+    /// Install a host of this kind onto the filesystem mounted at `root`.
+    fn install<'a>(
+        &'a self,
+        root: &'a Path,
+        opts: &'a InstallOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<InstallResult>>;
     /// The status of the host, read-only.
     fn status(&self, sysroot: &Sysroot) -> Result<Host>;
     /// Stage the newest (or another) image for the next boot.
@@ -60,6 +70,14 @@ pub struct ComposefsBackend;
 impl HostBackend for ComposefsBackend {
     fn name(&self) -> &'static str {
         "composefs"
+    }
+    fn install<'a>(
+        &'a self,
+        root: &'a Path,
+        opts: &'a InstallOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<InstallResult>> {
+        Box::pin(crate::ops::install::install_to_filesystem(root, opts, progress))
     }
     fn status(&self, sysroot: &Sysroot) -> Result<Host> {
         status::composefs_status(sysroot)
@@ -96,8 +114,40 @@ impl HostBackend for ComposefsBackend {
     }
 }
 
+/// The kinds of host `install --backend` can make.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// A native composefs host (the default).
+    #[default]
+    Composefs,
+    /// An ostree host, bootc's default backend.
+    Ostree,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "composefs" => Ok(Self::Composefs),
+            "ostree" => Ok(Self::Ostree),
+            _ => bail!("unknown backend {s:?}: use composefs or ostree"),
+        }
+    }
+}
+
+/// The backend that installs hosts of `kind`.
+pub fn for_kind(kind: BackendKind) -> Box<dyn HostBackend> {
+    match kind {
+        BackendKind::Composefs => Box::new(ComposefsBackend),
+        BackendKind::Ostree => Box::new(crate::ostree_host::OstreeBackend),
+    }
+}
+
 /// Finds the backend of an installed root.
 pub fn detect(sysroot: &Sysroot) -> Result<Box<dyn HostBackend>> {
+    if crate::ostree_host::is_ostree_root(sysroot)? {
+        return Ok(Box::new(crate::ostree_host::OstreeBackend));
+    }
     if sysroot
         .dir()
         .try_exists(format!("{COMPOSEFS_DIR}/meta.json"))?
@@ -106,7 +156,7 @@ pub fn detect(sysroot: &Sysroot) -> Result<Box<dyn HostBackend>> {
     }
     if sysroot.dir().try_exists("ostree/repo")? {
         bail!(
-            "{} is an ostree host; unistore does not manage ostree hosts yet",
+            "{} has an ostree repository but no ostree/deploy: not an installed ostree host",
             sysroot.path().display()
         );
     }

@@ -50,12 +50,17 @@ fn reopen_readonly(f: &std::fs::File) -> Result<std::fs::File> {
 /// Creates the repository (SHA-512; insecure where fs-verity is missing) or
 /// opens it if it exists with the same settings. Returns whether it was new.
 pub fn init(sysroot: &Sysroot) -> Result<(Arc<Repo>, bool)> {
+    init_at(sysroot, COMPOSEFS_DIR)
+}
+
+/// [`init`] for a repository at `rel` below the root (a staging repository).
+pub fn init_at(sysroot: &Sysroot, rel: &str) -> Result<(Arc<Repo>, bool)> {
     let mut config = RepositoryConfig::new(Algorithm::SHA512);
     if !probe_fsverity(sysroot) {
         tracing::info!("no fs-verity on target: repository in insecure mode");
         config = config.set_insecure();
     }
-    let (repo, created) = Repo::init_path(sysroot.dir(), COMPOSEFS_DIR, config)
+    let (repo, created) = Repo::init_path(sysroot.dir(), rel, config)
         .context("initializing the composefs repository")?;
     Ok((Arc::new(repo), created))
 }

@@ -30,6 +30,8 @@ pub mod migrate;
 pub mod oci_layout;
 pub mod ops;
 pub mod origin;
+pub mod ostree_host;
+pub mod ostree_store;
 pub mod progress;
 pub mod reflink;
 pub mod staged;

@@ -51,6 +51,8 @@ pub struct InstallOpts {
     /// then `/run/bootc/install/*.toml`), merged after the image's, in this
     /// order. The CLI finds them; the library only reads what it is given.
     pub host_config_files: Vec<PathBuf>,
+    /// The ostree stateroot (`--stateroot`; ostree hosts only).
+    pub stateroot: Option<String>,
 }
 
 /// How the installed host stores its images, when unified.
@@ -87,14 +89,14 @@ pub struct InstallResult {
 }
 
 /// Paths the install may create, removed again on failure.
-struct Created<'a> {
+pub(crate) struct Created<'a> {
     sysroot: &'a Sysroot,
     paths: Vec<String>,
-    armed: bool,
+    pub(crate) armed: bool,
 }
 
 impl<'a> Created<'a> {
-    fn new(sysroot: &'a Sysroot) -> Self {
+    pub(crate) fn new(sysroot: &'a Sysroot) -> Self {
         Self {
             sysroot,
             paths: vec![],
@@ -102,7 +104,7 @@ impl<'a> Created<'a> {
         }
     }
     /// Remember `rel` for removal if it does not exist yet.
-    fn track(&mut self, rel: &str) -> Result<()> {
+    pub(crate) fn track(&mut self, rel: &str) -> Result<()> {
         if !self.sysroot.dir().try_exists(rel)? {
             self.paths.push(rel.to_string());
         }
@@ -124,7 +126,7 @@ impl Drop for Created<'_> {
 }
 
 /// Refuses a root that already holds a deployment.
-fn check_empty(sysroot: &Sysroot) -> Result<()> {
+pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
     let entries = util::list_names(sysroot.dir(), ENTRIES_DIR)?;
     if let Some(e) = entries.iter().find(|n| n.ends_with(".conf")) {
         bail!(
@@ -173,7 +175,7 @@ pub async fn install_to_filesystem(
 }
 
 /// The architecture name install configs use for this machine.
-fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -182,7 +184,7 @@ fn host_arch() -> &'static str {
 }
 
 /// Merges the host's install config files, in order.
-fn read_host_config(files: &[PathBuf]) -> Result<InstallConfig> {
+pub(crate) fn read_host_config(files: &[PathBuf]) -> Result<InstallConfig> {
     let mut cfg = InstallConfig::default();
     for f in files {
         let text = std::fs::read_to_string(f)

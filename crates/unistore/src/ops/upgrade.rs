@@ -60,6 +60,16 @@ pub enum UpgradeOutcome {
         manifest_digest: String,
         deployment_id: String,
     },
+    /// ostree host on a root that is not the running system: libostree
+    /// stages only on a booted host, so the new deployment was written as
+    /// the next boot at once (the one before it is the rollback).
+    Deployed {
+        image: String,
+        deployment_id: String,
+        manifest_digest: String,
+        version: Option<String>,
+        gc: Option<Box<GcReport>>,
+    },
     /// A deployment was staged for the next boot.
     Staged {
         image: String,

@@ -24,10 +24,11 @@ use super::store::{
 use super::{FsckOpts, all_ok, short};
 
 /// How the composefs repository and the containers-storage are bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Binding {
     /// Not unified: the store (if any) is podman's business.
+    #[default]
     Disabled,
     /// ostree hosts only: bound to composefs, not yet unified.
     BoundOnly,
@@ -36,9 +37,13 @@ pub enum Binding {
 }
 
 /// One host image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageReport {
+    /// ostree hosts: whole in the ostree repository (its commit and every
+    /// object it reaches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_ostree: Option<bool>,
     /// The reference its deployments follow, else its tag.
     pub name: String,
     pub manifest_digest: String,
@@ -73,7 +78,7 @@ pub struct ImageReport {
 }
 
 /// The host containers-storage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreReport {
     pub path: PathBuf,
@@ -312,6 +317,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             shared_files: 0,
             unshared_files: 0,
             unshared_bytes: 0,
+            in_ostree: None,
         };
         let mut cfs = check_composefs(
             &repo,

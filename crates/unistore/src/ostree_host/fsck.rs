@@ -1,0 +1,214 @@
+//! `internals fsck [images]` on an ostree host. Reads only: libostree's
+//! `fsck_object` re-hashes each object every live commit and image ref
+//! reaches (what `ostree fsck` does, without its marking of partial
+//! commits), then the boot entries, the deployments and the images.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use ostree::gio;
+
+use super::name;
+use crate::ops::fsck::{
+    Binding, DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport,
+    RepoReport, Verdict, all_ok,
+};
+use crate::ostree_store;
+use crate::sysroot::{ENTRIES_DIR, Sysroot};
+use crate::util;
+
+/// Checks every object `commits` reach. Returns the report and the commits
+/// found whole.
+fn check_repo(repo: &ostree::Repo, commits: &BTreeSet<String>) -> (RepoReport, BTreeSet<String>) {
+    let mut r = RepoReport {
+        content_verified: true,
+        ..Default::default()
+    };
+    let mut whole = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let none = gio::Cancellable::NONE;
+    for c in commits {
+        let objs = match repo.traverse_commit(c, 0, none) {
+            Ok(o) => o,
+            Err(e) => {
+                r.missing_objects += 1;
+                r.issues.push(format!("commit {}: {e}", &c[..c.len().min(12)]));
+                continue;
+            }
+        };
+        let mut ok = true;
+        for o in objs {
+            let key = format!("{}.{:?}", o.checksum(), o.object_type());
+            if !seen.insert(key) {
+                continue;
+            }
+            r.objects_checked += 1;
+            if let Err(e) = repo.fsck_object(o.object_type(), o.checksum(), none) {
+                ok = false;
+                r.objects_corrupted += 1;
+                r.issues.push(format!("object {}: {e}", o.checksum()));
+            }
+        }
+        if ok {
+            whole.insert(c.clone());
+        }
+    }
+    (r, whole)
+}
+
+/// The libostree loader entries: kernel and initrd must exist.
+fn check_entries(sysroot: &Sysroot) -> Result<Vec<EntryReport>> {
+    let mut out = vec![];
+    for f in util::list_names(sysroot.dir(), ENTRIES_DIR)? {
+        if !f.ends_with(".conf") {
+            continue;
+        }
+        let text = sysroot.dir().read_to_string(format!("{ENTRIES_DIR}/{f}"))?;
+        let mut issues = vec![];
+        let mut deployment = None;
+        for line in text.lines() {
+            let mut it = line.splitn(2, char::is_whitespace);
+            let (k, v) = (it.next().unwrap_or(""), it.next().unwrap_or("").trim());
+            match k {
+                "linux" | "initrd" => {
+                    let rel = v.trim_start_matches("/boot").trim_start_matches('/');
+                    if !sysroot.join("boot").join(rel).is_file() {
+                        issues.push(format!("its {k} {v} does not exist"));
+                    }
+                }
+                "options" => {
+                    deployment = v
+                        .split_whitespace()
+                        .find_map(|a| a.strip_prefix("ostree="))
+                        .map(str::to_string);
+                }
+                _ => {}
+            }
+        }
+        match &deployment {
+            None => issues.push("it names no deployment (no ostree= option)".into()),
+            Some(p) if std::fs::canonicalize(sysroot.join(p.trim_start_matches('/'))).is_err() => {
+                issues.push(format!("its ostree={p} leads nowhere"))
+            }
+            _ => {}
+        }
+        out.push(EntryReport {
+            file: format!("{ENTRIES_DIR}/{f}"),
+            deployment,
+            issues,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `internals fsck` on an ostree host.
+pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
+    let os = super::load(sysroot)?;
+    let repo = os.repo();
+    let deps = os.deployments();
+    let mut commits: BTreeSet<String> = deps.iter().map(|d| d.csum().to_string()).collect();
+    commits.extend(ostree_store::image_refs(&repo)?.into_iter().map(|(_, c)| c));
+    let (repository, _) = check_repo(&repo, &commits);
+    let boot_entries = check_entries(sysroot)?;
+    let mut deployments = vec![];
+    for d in &deps {
+        let mut r = DeploymentReport {
+            id: name(d),
+            is_live: true,
+            manifest_digest: None,
+            issues: vec![],
+            notes: vec![],
+        };
+        let dir = sysroot.join(os.deployment_dirpath(d).as_str());
+        if !dir.is_dir() {
+            r.issues.push(format!("its checkout {} does not exist", dir.display()));
+        } else if !dir.join("etc").is_dir() {
+            r.issues.push("its /etc does not exist".into());
+        }
+        if let Err(e) = super::deployment_image(d) {
+            r.issues.push(format!("{e:#}"));
+        }
+        match ostree_store::commit_info(&repo, &d.csum()) {
+            Ok(i) => r.manifest_digest = i.manifest_digest,
+            Err(e) => r.issues.push(format!("{e:#}")),
+        }
+        deployments.push(r);
+    }
+    let images = images_report(sysroot, &os, opts)?;
+    let ok = repository.ok() && all_ok(&boot_entries) && all_ok(&deployments) && images.ok;
+    Ok(FullReport {
+        repository,
+        boot_entries,
+        deployments,
+        images,
+        ok,
+    })
+}
+
+/// Runs `internals fsck images` on an ostree host.
+pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
+    let os = super::load(sysroot)?;
+    images_report(sysroot, &os, opts)
+}
+
+fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
+    let repo = os.repo();
+    let mut issues = vec![];
+    if opts.repair {
+        issues.push("--repair: nothing to rebuild from on an ostree host that is not unified (its objects exist once)".to_string());
+    }
+    // commit -> (refs, deployments)
+    let mut by_commit: BTreeMap<String, (Vec<String>, Vec<String>, Option<String>)> = BTreeMap::new();
+    for (r, c) in ostree_store::image_refs(&repo)? {
+        by_commit.entry(c).or_default().0.push(r);
+    }
+    for d in os.deployments() {
+        let e = by_commit.entry(d.csum().to_string()).or_default();
+        e.1.push(name(&d));
+        if let Ok(img) = super::deployment_image(&d) {
+            e.2 = Some(img.to_string());
+        }
+    }
+    let commits: BTreeSet<String> = by_commit.keys().cloned().collect();
+    let (_, whole) = check_repo(&repo, &commits);
+    let mut images = vec![];
+    for (commit, (refs, deps, reference)) in by_commit {
+        let info = ostree_store::commit_info(&repo, &commit);
+        let mut r = ImageReport {
+            name: reference.clone().or_else(|| refs.first().cloned()).unwrap_or_else(|| commit.clone()),
+            tags: refs.clone(),
+            deployments: deps.clone(),
+            is_live: !deps.is_empty(),
+            in_ostree: Some(whole.contains(&commit)),
+            ..Default::default()
+        };
+        match info {
+            Ok(i) => match i.manifest_digest {
+                Some(m) => r.manifest_digest = m,
+                None => r.issues.push(format!("commit {commit} records no image (no ostree.manifest-digest)")),
+            },
+            Err(e) => r.issues.push(format!("{e:#}")),
+        }
+        if !whole.contains(&commit) {
+            r.issues.push(format!("commit {} is not whole in the ostree repository", &commit[..12]));
+        }
+        if deps.is_empty() {
+            r.notes.push("no deployment uses it (`internals gc` removes its ref)".into());
+        } else if refs.is_empty() {
+            r.notes.push("its deployments keep it; no image ref names it".into());
+        }
+        images.push(r);
+    }
+    let ok = images.iter().all(|i| i.ok()) && issues.is_empty();
+    let _ = sysroot;
+    Ok(ImagesReport {
+        unified_storage_enabled: false,
+        unified_mode: None,
+        binding: Binding::Disabled,
+        reflinks_supported: false,
+        containers_storage: Default::default(),
+        images,
+        issues,
+        ok,
+    })
+}

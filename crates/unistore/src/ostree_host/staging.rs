@@ -1,0 +1,107 @@
+//! The staging composefs repository an ostree host pulls through.
+//!
+//! composefs-oci fetches and unpacks the image (every transport, digests
+//! checked) into `ostree/unistore-staging/`; the merged tree is then written
+//! as one ostree commit whose content objects are reflinks of the staging
+//! objects (copies without reflinks), and the staging repository is removed.
+//! A run killed in between leaves only that directory, which the next
+//! import and `internals gc` remove.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use composefs::tree::FileSystem;
+
+use crate::composefs_store::{self, FetchConfig, ObjectId, Repo};
+use crate::imgref::ImageRef;
+use crate::ostree_store::{self, commit::ImageCommit, commit::Imported};
+use crate::progress::Progress;
+use crate::sysroot::Sysroot;
+use crate::util;
+
+/// Where the staging repository lives (same filesystem as `ostree/repo`).
+pub const STAGING_DIR: &str = "ostree/unistore-staging";
+
+/// An image pulled into the staging repository.
+pub struct Staged {
+    /// The staging repository.
+    pub repo: Arc<Repo>,
+    /// `sha256:...` of the manifest.
+    pub manifest_digest: String,
+    /// The merged tree.
+    pub fs: FileSystem<ObjectId>,
+    /// Manifest and config as JSON.
+    pub manifest_json: String,
+    /// The config as JSON.
+    pub config_json: String,
+    /// The image's creation time, seconds since the epoch (0 if unknown).
+    pub created: u64,
+    /// The config's architecture.
+    pub architecture: String,
+}
+
+/// Pulls `image` into a fresh staging repository.
+pub async fn pull(
+    sysroot: &Sysroot,
+    image: &ImageRef,
+    fetch: &FetchConfig,
+    progress: Progress,
+) -> Result<Staged> {
+    remove(sysroot)?;
+    sysroot.dir().create_dir_all("ostree")?;
+    let (repo, _) = composefs_store::init_at(sysroot, STAGING_DIR)?;
+    let pulled = composefs_store::pull(&repo, image, fetch, progress).await?;
+    let img = composefs_store::open_image(&repo, &pulled.manifest_digest)?;
+    let fs = composefs_oci::image::create_filesystem(
+        &repo,
+        img.config_digest(),
+        Some(img.config_verity()),
+        &Default::default(),
+    )
+    .context("reading the image's merged tree")?;
+    let manifest_json = String::from_utf8(img.read_manifest_json(&repo)?)
+        .context("the manifest is not UTF-8")?;
+    let config_json =
+        String::from_utf8(img.read_config_json(&repo)?).context("the config is not UTF-8")?;
+    let created = img
+        .created()
+        .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+        .map(|t| t.timestamp().max(0) as u64)
+        .unwrap_or(0);
+    let architecture = img.architecture();
+    Ok(Staged {
+        repo,
+        manifest_digest: pulled.manifest_digest,
+        fs,
+        manifest_json,
+        config_json,
+        created,
+        architecture,
+    })
+}
+
+impl Staged {
+    /// Writes the image as one commit kept by the ref of `image`.
+    pub fn commit(&self, sysroot: &Sysroot, ostree: &ostree::Repo, image: &ImageRef) -> Result<Imported> {
+        let repo_dir = sysroot.dir().open_dir(ostree_store::REPO_DIR)?;
+        let ref_name = ostree_store::image_ref(image);
+        ostree_store::commit::import(
+            ostree,
+            &repo_dir,
+            &self.repo,
+            &self.fs,
+            &ImageCommit {
+                manifest_digest: &self.manifest_digest,
+                manifest_json: &self.manifest_json,
+                config_json: &self.config_json,
+                timestamp: self.created,
+                ref_name: &ref_name,
+            },
+        )
+    }
+}
+
+/// Removes the staging repository (and what a killed run left there).
+pub fn remove(sysroot: &Sysroot) -> Result<()> {
+    util::remove_all(sysroot.dir(), STAGING_DIR)
+}

@@ -1,0 +1,134 @@
+//! `status` of an ostree host, in bootc's `BootcHost` shape. Reads only:
+//! libostree loads the sysroot without writing.
+
+use anyhow::Result;
+
+use crate::ostree_store;
+use crate::status::{BootEntry, Host, HostSpec, HostStatus, ImageStatus, Metadata, StorageStatus};
+use crate::sysroot::{BootedMode, Sysroot};
+
+/// Describes one deployment.
+pub fn describe(os: &ostree::Sysroot, d: &ostree::Deployment, index: usize, total: usize) -> BootEntry {
+    let mut errors = vec![];
+    let repo = os.repo();
+    let image = match super::deployment_image(d) {
+        Ok(img) => Some(img),
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            None
+        }
+    };
+    let info = match ostree_store::commit_info(&repo, &d.csum()) {
+        Ok(i) => Some(i),
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            None
+        }
+    };
+    let image_status = match (&image, &info) {
+        (Some(img), Some(info)) => match &info.manifest_digest {
+            Some(digest) => Some(ImageStatus {
+                image: img.into(),
+                version: info.version(),
+                timestamp: info.created(),
+                image_digest: digest.clone(),
+                architecture: info.architecture().unwrap_or_default(),
+            }),
+            None => {
+                errors.push(format!(
+                    "commit {} records no image (no ostree.manifest-digest)",
+                    d.csum()
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
+    let osname = d.osname().to_string();
+    BootEntry {
+        image: image_status,
+        cached_update: None,
+        incompatible: false,
+        pinned: d.is_pinned(),
+        soft_reboot_capable: false,
+        download_only: false,
+        store: None,
+        ostree: Some(serde_json::json!({
+            "checksum": d.csum().to_string(),
+            "deploySerial": d.deployserial(),
+            "stateroot": osname,
+        })),
+        composefs: None,
+        entry_file: entry_file_name(&osname, index, total),
+        errors,
+    }
+}
+
+/// The loader entry libostree 2022.7 writes for the deployment at `index`
+/// of `total`: `ostree-<total - index>-<stateroot>.conf`.
+pub fn entry_file_name(stateroot: &str, index: usize, total: usize) -> String {
+    format!("ostree-{}-{stateroot}.conf", total - index)
+}
+
+/// `status.storage` of an ostree host: shown once bound to composefs.
+fn storage(os: &ostree::Sysroot) -> Option<StorageStatus> {
+    let bound = os
+        .repo()
+        .config()
+        .boolean("composefs", "unified")
+        .unwrap_or(false);
+    bound.then(|| StorageStatus {
+        unified: "disabled".into(),
+        ostree_composefs_bound: true,
+    })
+}
+
+/// The status of an ostree host.
+pub fn status(sysroot: &Sysroot) -> Result<Host> {
+    let os = super::load(sysroot)?;
+    let (deps, booted_idx) = super::deployments(sysroot, &os);
+    let total = deps.len();
+    let staged = os
+        .staged_deployment()
+        .map(|d| describe(&os, &d, 0, total + 1));
+    let mut booted = None;
+    let mut rollback = None;
+    let mut other = vec![];
+    for (i, d) in deps.iter().enumerate() {
+        if d.is_staged() {
+            continue;
+        }
+        let e = describe(&os, d, i, total);
+        if Some(i) == booted_idx {
+            booted = Some(e);
+        } else if rollback.is_none() {
+            rollback = Some(e);
+        } else {
+            other.push(e);
+        }
+    }
+    let rollback_queued = booted_idx.is_some_and(|i| i != 0);
+    let spec_image = booted
+        .as_ref()
+        .and_then(|b| b.image.as_ref())
+        .map(|i| i.image.clone());
+    Ok(Host {
+        api_version: "org.containers.bootc/v1",
+        kind: "BootcHost",
+        metadata: Metadata { name: "host".into() },
+        spec: HostSpec {
+            image: spec_image,
+            boot_order: if rollback_queued { "rollback" } else { "default" },
+        },
+        status: HostStatus {
+            staged,
+            booted,
+            rollback,
+            other_deployments: other,
+            rollback_queued,
+            ty: Some("bootcHost"),
+            storage: storage(&os),
+            booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
+        },
+    })
+}

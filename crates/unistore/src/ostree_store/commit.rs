@@ -1,0 +1,348 @@
+//! An image as one flattened ostree commit.
+//!
+//! The image's merged tree (whiteouts and opaque directories applied by
+//! composefs-oci) is written as bootc's synthesized commits are laid out:
+//! top-level `etc` becomes `usr/etc`; `var/*` moves to
+//! `usr/share/factory/var/*` (libostree 2022.7 never uses a commit's `/var`:
+//! the stateroot's `var/` is mounted there) and `var` stays, empty; `run tmp
+//! proc sys dev` are kept as empty directories, device nodes under `/dev`
+//! dropped with a note. A device node, FIFO or socket anywhere else is an
+//! error: a bare repository cannot hold one. Content objects come from the
+//! composefs objects ([`super::objects`]); dirtree, dirmeta, commit and ref
+//! go through libostree. No parent, the image's creation time as the
+//! commit's: the same image always gives the same commit.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+
+use anyhow::{Context, Result, anyhow, bail};
+use cap_std_ext::cap_std::fs::Dir;
+use composefs::generic_tree::{Inode, LeafContent, Stat};
+use composefs::tree::{Directory, FileSystem, RegularFile};
+use ostree::{gio, glib};
+use ostree::glib::prelude::Cast;
+
+use super::objects::{ContentWriter, FileMeta, file_info, xattrs_variant};
+use crate::composefs_store::{ObjectId, Repo};
+use crate::reflink::Tally;
+
+/// Top-level directories kept empty in the commit.
+const EMPTIED: [&str; 5] = ["run", "tmp", "proc", "sys", "dev"];
+
+/// What the commit records about the image.
+#[derive(Debug, Clone)]
+pub struct ImageCommit<'a> {
+    /// `sha256:...` of the manifest (`ostree.manifest-digest`).
+    pub manifest_digest: &'a str,
+    /// The manifest as JSON (`ostree.manifest`).
+    pub manifest_json: &'a str,
+    /// The config as JSON (`ostree.container.image-config`).
+    pub config_json: &'a str,
+    /// Seconds since the epoch: the image's creation time.
+    pub timestamp: u64,
+    /// The ref that keeps the commit (`ostree/container/image/...`).
+    pub ref_name: &'a str,
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Imported {
+    /// The commit checksum.
+    pub checksum: String,
+    /// Content objects written by reflink or copy.
+    pub content: Tally,
+    /// Content objects written from composefs objects.
+    pub objects_written: u64,
+    /// Content objects from composefs objects the repository already had.
+    pub objects_reused: u64,
+    /// Small files and symlinks handed to libostree (written or found).
+    pub small_objects: u64,
+    /// What was left out of the commit, for people.
+    pub notes: Vec<String>,
+}
+
+fn glib_err(what: &str) -> impl FnOnce(glib::Error) -> anyhow::Error + '_ {
+    move |e| anyhow!("{what}: {e}")
+}
+
+fn name_str<'n>(name: &'n OsStr, path: &str) -> Result<&'n str> {
+    name.to_str()
+        .ok_or_else(|| anyhow!("{path}/{}: ostree needs UTF-8 file names", name.to_string_lossy()))
+}
+
+struct Walker<'a> {
+    ostree: &'a ostree::Repo,
+    cfs: &'a Repo,
+    fs: &'a FileSystem<ObjectId>,
+    writer: ContentWriter<'a>,
+    leaves: HashMap<usize, String>,
+    dirmetas: HashMap<String, String>,
+    libostree_written: u64,
+}
+
+impl Walker<'_> {
+    fn dirmeta(&mut self, stat: &Stat) -> Result<String> {
+        let x = xattrs_variant(&stat.xattrs);
+        let key = format!("{}:{}:{:o}:{}", stat.st_uid, stat.st_gid, stat.st_mode & 0o7777, x.print(false));
+        if let Some(c) = self.dirmetas.get(&key) {
+            return Ok(c.clone());
+        }
+        let meta = FileMeta {
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mode: (stat.st_mode & 0o7777) | libc::S_IFDIR,
+            xattrs: &stat.xattrs,
+        };
+        let info = file_info(&meta, 0, None);
+        info.set_file_type(gio::FileType::Directory);
+        let v = ostree::create_directory_metadata(&info, Some(&x));
+        let c = self
+            .ostree
+            .write_metadata(ostree::ObjectType::DirMeta, None, &v, gio::Cancellable::NONE)
+            .map_err(glib_err("writing a dirmeta object"))?
+            .to_hex();
+        self.dirmetas.insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn dir(&mut self, d: &Directory<ObjectId>, mt: &ostree::MutableTree, path: &str) -> Result<()> {
+        mt.set_metadata_checksum(&self.dirmeta(&d.stat)?);
+        for (name, inode) in d.sorted_entries() {
+            let n = name_str(name, path)?;
+            let child = format!("{path}/{n}");
+            match inode {
+                Inode::Directory(sub) => {
+                    let smt = mt.ensure_dir(n).map_err(glib_err(&child))?;
+                    self.dir(sub, &smt, &child)?;
+                }
+                Inode::Leaf(id, _) => {
+                    let c = self.leaf(id.0, &child)?;
+                    mt.replace_file(n, &c).map_err(glib_err(&child))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn leaf(&mut self, id: usize, path: &str) -> Result<String> {
+        if let Some(c) = self.leaves.get(&id) {
+            return Ok(c.clone());
+        }
+        let leaf = &self.fs.leaves[id];
+        let st = &leaf.stat;
+        let meta = FileMeta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: (st.st_mode & 0o7777) | leaf.content.file_type_bits(),
+            xattrs: &st.xattrs,
+        };
+        let xattrs = xattrs_variant(&st.xattrs);
+        let none = gio::Cancellable::NONE;
+        let c = match &leaf.content {
+            LeafContent::Regular(RegularFile::Inline(data)) => {
+                self.libostree_written += 1;
+                self.ostree
+                    .write_regfile_inline(None, meta.uid, meta.gid, meta.mode, Some(&xattrs), data, none)
+                    .map_err(glib_err(path))?
+                    .to_string()
+            }
+            LeafContent::Regular(RegularFile::External(obj, size) | RegularFile::ExternalNoVerity(obj, size)) => {
+                let f = std::fs::File::from(
+                    self.cfs
+                        .open_object(obj)
+                        .with_context(|| format!("{path}: opening its composefs object"))?,
+                );
+                self.writer
+                    .write_from_object(&meta, &f, *size)
+                    .with_context(|| format!("{path}: writing its ostree object"))?
+            }
+            LeafContent::Regular(RegularFile::Sparse(size)) => {
+                bail!("{path}: a sparse file of {size} bytes without content cannot be committed")
+            }
+            LeafContent::Symlink(target) => {
+                let t = target
+                    .to_str()
+                    .ok_or_else(|| anyhow!("{path}: ostree needs a UTF-8 symlink target"))?;
+                self.libostree_written += 1;
+                self.ostree
+                    .write_symlink(None, meta.uid, meta.gid, Some(&xattrs), t, none)
+                    .map_err(glib_err(path))?
+                    .to_string()
+            }
+            LeafContent::BlockDevice(_) | LeafContent::CharacterDevice(_) => {
+                bail!("{path}: the image has a device node there, which an ostree commit cannot hold (only /dev may have them; they are dropped)")
+            }
+            LeafContent::Fifo => bail!("{path}: the image has a FIFO there, which an ostree commit cannot hold"),
+            LeafContent::Socket => bail!("{path}: the image has a socket there, which an ostree commit cannot hold"),
+        };
+        self.leaves.insert(id, c.clone());
+        Ok(c)
+    }
+}
+
+/// Counts the entries below `d` (recursively).
+fn count_entries(d: &Directory<ObjectId>) -> usize {
+    d.entries()
+        .map(|(_, i)| match i {
+            Inode::Directory(sub) => 1 + count_entries(sub),
+            Inode::Leaf(..) => 1,
+        })
+        .sum()
+}
+
+/// Writes `fs` as one commit and points `c.ref_name` at it, in one
+/// transaction of `ostree` (the repository opened at `repo_dir`). `cfs` holds
+/// the tree's objects.
+pub fn import(
+    ostree: &ostree::Repo,
+    repo_dir: &Dir,
+    cfs: &Repo,
+    fs: &FileSystem<ObjectId>,
+    c: &ImageCommit<'_>,
+) -> Result<Imported> {
+    let none = gio::Cancellable::NONE;
+    ostree
+        .prepare_transaction(none)
+        .map_err(glib_err("starting an ostree transaction"))?;
+    let r = write_tree(ostree, repo_dir, cfs, fs, c);
+    match r {
+        Ok(mut imported) => {
+            ostree.transaction_set_ref(None, c.ref_name, Some(&imported.checksum));
+            ostree
+                .commit_transaction(none)
+                .map_err(glib_err("committing the ostree transaction"))?;
+            imported.notes.dedup();
+            Ok(imported)
+        }
+        Err(e) => {
+            let _ = ostree.abort_transaction(none);
+            Err(e)
+        }
+    }
+}
+
+fn write_tree(
+    ostree: &ostree::Repo,
+    repo_dir: &Dir,
+    cfs: &Repo,
+    fs: &FileSystem<ObjectId>,
+    c: &ImageCommit<'_>,
+) -> Result<Imported> {
+    let mut w = Walker {
+        ostree,
+        cfs,
+        fs,
+        writer: ContentWriter::new(repo_dir),
+        leaves: HashMap::new(),
+        dirmetas: HashMap::new(),
+        libostree_written: 0,
+    };
+    let mut notes = vec![];
+    let root = ostree::MutableTree::new();
+    root.set_metadata_checksum(&w.dirmeta(&fs.root.stat)?);
+    let mut etc = None;
+    let mut var = None;
+    for (name, inode) in fs.root.sorted_entries() {
+        let n = name_str(name, "")?;
+        match (n, inode) {
+            ("etc", Inode::Directory(d)) => etc = Some(d),
+            ("var", Inode::Directory(d)) => var = Some(d),
+            (e, Inode::Directory(d)) if EMPTIED.contains(&e) => {
+                let mt = root.ensure_dir(e).map_err(glib_err(e))?;
+                mt.set_metadata_checksum(&w.dirmeta(&d.stat)?);
+                let dropped = count_entries(d);
+                if dropped > 0 {
+                    notes.push(format!(
+                        "/{e}: {dropped} entries left out (ostree keeps /{e} empty{})",
+                        if e == "dev" { "; device nodes cannot be stored" } else { "" }
+                    ));
+                }
+            }
+            (_, Inode::Directory(d)) => {
+                let mt = root.ensure_dir(n).map_err(glib_err(n))?;
+                w.dir(d, &mt, &format!("/{n}"))?;
+            }
+            (_, Inode::Leaf(id, _)) => {
+                let csum = w.leaf(id.0, &format!("/{n}"))?;
+                root.replace_file(n, &csum).map_err(glib_err(n))?;
+            }
+        }
+    }
+    let default_meta = Stat {
+        st_mode: 0o755,
+        ..Stat::uninitialized()
+    };
+    // `ensure_dir` along `path` below the root, giving directories the
+    // image does not have default metadata.
+    let ensure = |w: &mut Walker<'_>, path: &[&str]| -> Result<ostree::MutableTree> {
+        let mut mt = root.clone();
+        let mut sofar = String::new();
+        for p in path {
+            sofar.push('/');
+            sofar.push_str(p);
+            let existed = fs
+                .root
+                .get_directory_opt(OsStr::new(sofar.trim_start_matches('/')))
+                .ok()
+                .flatten()
+                .is_some();
+            mt = mt.ensure_dir(p).map_err(glib_err(&sofar))?;
+            if !existed {
+                mt.set_metadata_checksum(&w.dirmeta(&default_meta)?);
+            }
+        }
+        Ok(mt)
+    };
+    if let Some(etc) = etc {
+        if fs
+            .root
+            .get_directory_opt(OsStr::new("usr/etc"))
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            bail!("the image has both /etc and /usr/etc; an ostree commit keeps /etc as /usr/etc");
+        }
+        let mt = ensure(&mut w, &["usr", "etc"])?;
+        w.dir(etc, &mt, "/etc")?;
+    }
+    if let Some(var) = var {
+        let mt = root.ensure_dir("var").map_err(glib_err("var"))?;
+        mt.set_metadata_checksum(&w.dirmeta(&var.stat)?);
+        if var.entries().next().is_some() {
+            let mt = ensure(&mut w, &["usr", "share", "factory", "var"])?;
+            w.dir(var, &mt, "/var")?;
+        }
+    }
+    let tree = ostree.write_mtree(&root, gio::Cancellable::NONE).map_err(glib_err("writing the tree"))?;
+    let tree = tree
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
+    let dict = glib::VariantDict::new(None);
+    dict.insert("ostree.manifest-digest", c.manifest_digest);
+    dict.insert("ostree.manifest", c.manifest_json);
+    dict.insert("ostree.container.image-config", c.config_json);
+    dict.insert("ostree.bootable", true);
+    dict.insert("ostree-ext.composefs-synthesized", true);
+    let metadata = dict.end();
+    let checksum = ostree
+        .write_commit_with_time(
+            None,
+            Some(c.manifest_digest),
+            None,
+            Some(&metadata),
+            &tree,
+            c.timestamp,
+            gio::Cancellable::NONE,
+        )
+        .map_err(glib_err("writing the commit"))?
+        .to_string();
+    Ok(Imported {
+        checksum,
+        content: w.writer.tally,
+        objects_written: w.writer.written,
+        objects_reused: w.writer.reused,
+        small_objects: w.libostree_written,
+        notes,
+    })
+}
