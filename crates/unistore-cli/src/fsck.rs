@@ -66,7 +66,11 @@ fn image_lines(out: &mut impl Write, img: &ImageReport, unified: bool) -> Result
         writeln!(out, "[NOTE]     {label}: {n}")?;
     }
     if img.ok() {
-        let mut where_ = vec!["composefs"];
+        let mut where_ = vec![if img.in_ostree == Some(true) {
+            "ostree"
+        } else {
+            "composefs"
+        }];
         if img.in_containers_storage {
             where_.push("containers-storage");
         }
@@ -172,9 +176,14 @@ fn full_human(out: &mut impl Write, r: &FullReport) -> Result<()> {
     } else {
         "structure only; --verify-content re-hashes objects"
     };
+    let label = if repo.store.is_empty() {
+        "composefs repository".to_string()
+    } else {
+        format!("{} repository", repo.store)
+    };
     check_lines(
         out,
-        "composefs repository",
+        &label,
         &format!(
             ": {} objects, {} streams ({what})",
             repo.objects_checked, repo.streams_checked

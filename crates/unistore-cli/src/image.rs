@@ -44,7 +44,7 @@ pub enum TargetArg {
 pub async fn run(sysroot: &Sysroot, cmd: ImageCmd) -> Result<()> {
     match cmd {
         ImageCmd::List { json } => {
-            let list = unistore::ops::image_list::list_images(sysroot)?;
+            let list = unistore::backend::detect(sysroot)?.image_list(sysroot)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -134,7 +134,11 @@ fn print_list(w: &mut impl Write, l: &ImageList) -> Result<()> {
             } else {
                 i.roles.join(",")
             },
-            if i.in_composefs { "yes" } else { "no" },
+            match i.in_ostree {
+                Some(true) => "ostree",
+                _ if i.in_composefs => "yes",
+                _ => "no",
+            },
             if i.in_containers_storage { "yes" } else { "no" },
             i.image.as_deref().unwrap_or("-")
         )?;

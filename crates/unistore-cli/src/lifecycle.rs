@@ -105,7 +105,9 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
             version,
             gc,
         } => {
-            println!("Deployed {image} as the next boot (not the running system: nothing to stage)");
+            println!(
+                "Deployed {image} as the next boot (not the running system: nothing to stage)"
+            );
             println!("  deployment: {deployment_id}");
             println!("  digest:     {manifest_digest}");
             if let Some(v) = version {

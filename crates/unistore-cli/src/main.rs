@@ -247,7 +247,9 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
                     .map(|v| v.trim_start_matches('?').to_string())
                     .or_else(|| a.strip_prefix("ostree=").map(str::to_string))
             }) else {
-                bail!("this system was not booted from a composefs or ostree deployment; use --sysroot DIR");
+                bail!(
+                    "this system was not booted from a composefs or ostree deployment; use --sysroot DIR"
+                );
             };
             Ok(
                 Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })?

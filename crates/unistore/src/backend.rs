@@ -61,6 +61,8 @@ pub trait HostBackend {
     ) -> BoxFuture<'a, Result<FullReport>>;
     /// Check only the host images (read-only unless `opts.repair`).
     fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport>;
+    /// The host's images and where each is stored. Reads only.
+    fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList>;
 }
 
 /// A native composefs host.
@@ -77,7 +79,9 @@ impl HostBackend for ComposefsBackend {
         opts: &'a InstallOpts,
         progress: Progress,
     ) -> BoxFuture<'a, Result<InstallResult>> {
-        Box::pin(crate::ops::install::install_to_filesystem(root, opts, progress))
+        Box::pin(crate::ops::install::install_to_filesystem(
+            root, opts, progress,
+        ))
     }
     fn status(&self, sysroot: &Sysroot) -> Result<Host> {
         status::composefs_status(sysroot)
@@ -111,6 +115,9 @@ impl HostBackend for ComposefsBackend {
     }
     fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         fsck::fsck_images(sysroot, opts)
+    }
+    fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
+        crate::ops::image_list::list_images(sysroot)
     }
 }
 

@@ -21,7 +21,10 @@ pub use expected::{
     is_composefs_visible_xattr,
 };
 pub use host_files::host_executable_files;
-pub use oci::{add_hostile_layer, corrupt_first_layer_blob, expected_from_oci, layer_blobs};
+pub use oci::{
+    add_hostile_layer, add_raw_layer, add_special_layer, corrupt_first_layer_blob,
+    expected_from_oci, layer_blobs,
+};
 pub use rootfs::build_from_rootfs;
 pub use synthetic::{TEST_KVER, TestImageOpts, build_test_image};
 pub use verify::{CompareOpts, XattrCheck, compare_tree, scan_tree};

@@ -207,11 +207,6 @@ pub fn add_hostile_layer(
     new_tag: &str,
     hostile_name: &str,
 ) -> Result<String> {
-    let oci = open_existing(oci_dir)?;
-    let mut manifest = oci
-        .find_manifest_with_tag(tag)?
-        .with_context(|| format!("no tag {tag} in {oci_dir:?}"))?;
-    let mut config: ImageConfiguration = oci.read_json_blob(manifest.config())?;
     let mut header = tar::Header::new_old();
     let name = hostile_name.as_bytes();
     anyhow::ensure!(name.len() < 100, "hostile name too long");
@@ -229,8 +224,26 @@ pub fn add_hostile_layer(
     raw.extend_from_slice(data);
     raw.resize(raw.len().div_ceil(512) * 512, 0);
     raw.extend_from_slice(&[0u8; 1024]);
+    add_raw_layer(oci_dir, tag, new_tag, &raw, "hostile")
+}
+
+/// Adds to the image tagged `tag` a top layer made of the tar bytes `raw`
+/// (gzip-compressed here), and retags the result `new_tag`. Returns the new
+/// manifest digest.
+pub fn add_raw_layer(
+    oci_dir: &Path,
+    tag: &str,
+    new_tag: &str,
+    raw: &[u8],
+    what: &str,
+) -> Result<String> {
+    let oci = open_existing(oci_dir)?;
+    let mut manifest = oci
+        .find_manifest_with_tag(tag)?
+        .with_context(|| format!("no tag {tag} in {oci_dir:?}"))?;
+    let mut config: ImageConfiguration = oci.read_json_blob(manifest.config())?;
     let mut w = oci.create_gzip_layer(None)?;
-    std::io::Write::write_all(&mut w, &raw)?;
+    std::io::Write::write_all(&mut w, raw)?;
     let layer = w.complete()?;
     let created = chrono::DateTime::parse_from_rfc3339(FIXED_CREATED)?.to_utc();
     oci.push_layer_full(
@@ -238,7 +251,7 @@ pub fn add_hostile_layer(
         &mut config,
         layer,
         None::<HashMap<String, String>>,
-        "hostile",
+        what,
         created,
     );
     let config_desc = oci.write_config(config)?;
@@ -249,6 +262,34 @@ pub fn add_hostile_layer(
         .build()?;
     let desc = oci.insert_manifest(manifest, Some(new_tag), platform)?;
     Ok(desc.digest().to_string())
+}
+
+/// Adds a top layer of special files (`tar::EntryType::Fifo`, `Char`,
+/// `Block`; devices as 1:3) at absolute `paths` whose parents exist, and
+/// retags the result `new_tag`. Returns the new manifest digest.
+pub fn add_special_layer(
+    oci_dir: &Path,
+    tag: &str,
+    new_tag: &str,
+    entries: &[(&str, tar::EntryType)],
+) -> Result<String> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, ty) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*ty);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        if matches!(ty, tar::EntryType::Char | tar::EntryType::Block) {
+            h.set_device_major(1)?;
+            h.set_device_minor(3)?;
+        }
+        b.append_data(&mut h, path.trim_start_matches('/'), std::io::empty())?;
+    }
+    let raw = b.into_inner()?;
+    add_raw_layer(oci_dir, tag, new_tag, &raw, "special")
 }
 
 #[cfg(test)]

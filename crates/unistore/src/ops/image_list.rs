@@ -38,6 +38,9 @@ pub struct HostImage {
     pub store_names: Vec<String>,
     /// Whether unistore put it in containers-storage.
     pub owned_by_unistore: bool,
+    /// ostree hosts: its commit is in the ostree repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_ostree: Option<bool>,
 }
 
 /// The list.
@@ -68,6 +71,7 @@ pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
         in_containers_storage: false,
         store_names: vec![],
         owned_by_unistore: false,
+        in_ostree: None,
     };
     // Every entry's image with its role (live_images dedups by digest, so
     // add roles of duplicates from the entries themselves).

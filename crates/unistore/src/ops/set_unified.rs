@@ -162,6 +162,12 @@ pub async fn set_unified(
     opts: &SetUnifiedOpts,
     progress: Progress,
 ) -> Result<SetUnifiedOutcome> {
+    if crate::ostree_host::is_ostree_root(sysroot)? {
+        anyhow::bail!(
+            "{} is an ostree host: set-unified (binding it to composefs, or sharing its files with containers-storage) is not available for ostree hosts yet; nothing was changed",
+            sysroot.path().display()
+        );
+    }
     if !sysroot
         .dir()
         .try_exists(format!("{COMPOSEFS_DIR}/meta.json"))?

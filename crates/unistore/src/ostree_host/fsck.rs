@@ -21,6 +21,7 @@ use crate::util;
 /// found whole.
 fn check_repo(repo: &ostree::Repo, commits: &BTreeSet<String>) -> (RepoReport, BTreeSet<String>) {
     let mut r = RepoReport {
+        store: "ostree".into(),
         content_verified: true,
         ..Default::default()
     };
@@ -32,7 +33,8 @@ fn check_repo(repo: &ostree::Repo, commits: &BTreeSet<String>) -> (RepoReport, B
             Ok(o) => o,
             Err(e) => {
                 r.missing_objects += 1;
-                r.issues.push(format!("commit {}: {e}", &c[..c.len().min(12)]));
+                r.issues
+                    .push(format!("commit {}: {e}", &c[..c.len().min(12)]));
                 continue;
             }
         };
@@ -121,7 +123,8 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
         };
         let dir = sysroot.join(os.deployment_dirpath(d).as_str());
         if !dir.is_dir() {
-            r.issues.push(format!("its checkout {} does not exist", dir.display()));
+            r.issues
+                .push(format!("its checkout {} does not exist", dir.display()));
         } else if !dir.join("etc").is_dir() {
             r.issues.push("its /etc does not exist".into());
         }
@@ -153,12 +156,13 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
 
 fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     let repo = os.repo();
-    let mut issues = vec![];
-    if opts.repair {
-        issues.push("--repair: nothing to rebuild from on an ostree host that is not unified (its objects exist once)".to_string());
-    }
+    // Not unified: each object exists once, so `--repair` has no other copy
+    // to rebuild from and repairs nothing.
+    let _ = opts;
+    let issues: Vec<String> = vec![];
     // commit -> (refs, deployments)
-    let mut by_commit: BTreeMap<String, (Vec<String>, Vec<String>, Option<String>)> = BTreeMap::new();
+    let mut by_commit: BTreeMap<String, (Vec<String>, Vec<String>, Option<String>)> =
+        BTreeMap::new();
     for (r, c) in ostree_store::image_refs(&repo)? {
         by_commit.entry(c).or_default().0.push(r);
     }
@@ -175,7 +179,10 @@ fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Res
     for (commit, (refs, deps, reference)) in by_commit {
         let info = ostree_store::commit_info(&repo, &commit);
         let mut r = ImageReport {
-            name: reference.clone().or_else(|| refs.first().cloned()).unwrap_or_else(|| commit.clone()),
+            name: reference
+                .clone()
+                .or_else(|| refs.first().cloned())
+                .unwrap_or_else(|| commit.clone()),
             tags: refs.clone(),
             deployments: deps.clone(),
             is_live: !deps.is_empty(),
@@ -185,17 +192,24 @@ fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Res
         match info {
             Ok(i) => match i.manifest_digest {
                 Some(m) => r.manifest_digest = m,
-                None => r.issues.push(format!("commit {commit} records no image (no ostree.manifest-digest)")),
+                None => r.issues.push(format!(
+                    "commit {commit} records no image (no ostree.manifest-digest)"
+                )),
             },
             Err(e) => r.issues.push(format!("{e:#}")),
         }
         if !whole.contains(&commit) {
-            r.issues.push(format!("commit {} is not whole in the ostree repository", &commit[..12]));
+            r.issues.push(format!(
+                "commit {} is not whole in the ostree repository",
+                &commit[..12]
+            ));
         }
         if deps.is_empty() {
-            r.notes.push("no deployment uses it (`internals gc` removes its ref)".into());
+            r.notes
+                .push("no deployment uses it (`internals gc` removes its ref)".into());
         } else if refs.is_empty() {
-            r.notes.push("its deployments keep it; no image ref names it".into());
+            r.notes
+                .push("its deployments keep it; no image ref names it".into());
         }
         images.push(r);
     }

@@ -29,7 +29,9 @@ fn deploy_dirs(sysroot: &Sysroot) -> Result<BTreeSet<String>> {
 
 /// Kernel directories on disk: `boot/ostree/<stateroot>-<bootcsum>`.
 fn kernel_dirs(sysroot: &Sysroot) -> Result<BTreeSet<String>> {
-    Ok(util::list_names(sysroot.dir(), "boot/ostree")?.into_iter().collect())
+    Ok(util::list_names(sysroot.dir(), "boot/ostree")?
+        .into_iter()
+        .collect())
 }
 
 /// Runs the GC (or, with `dry_run`, reports what it would remove).
@@ -62,15 +64,25 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         .map(|(r, _)| r)
         .collect();
     report.tags_removed = dead_refs.clone();
-    report.state_dirs = deploy_dirs(sysroot)?.difference(&live_dirs).cloned().collect();
-    report.kernel_dirs = kernel_dirs(sysroot)?.difference(&live_kernels).cloned().collect();
+    report.state_dirs = deploy_dirs(sysroot)?
+        .difference(&live_dirs)
+        .cloned()
+        .collect();
+    report.kernel_dirs = kernel_dirs(sysroot)?
+        .difference(&live_kernels)
+        .cloned()
+        .collect();
     if sysroot.dir().try_exists(staging::STAGING_DIR)? {
         report.state_dirs.push(staging::STAGING_DIR.to_string());
     }
     let none = gio::Cancellable::NONE;
     if opts.dry_run {
         let (_, pruned, bytes) = repo
-            .prune(ostree::RepoPruneFlags::NO_PRUNE | ostree::RepoPruneFlags::REFS_ONLY, 0, none)
+            .prune(
+                ostree::RepoPruneFlags::NO_PRUNE | ostree::RepoPruneFlags::REFS_ONLY,
+                0,
+                none,
+            )
             .map_err(|e| anyhow!("counting unreachable objects: {e}"))?;
         report.objects_removed = pruned.max(0) as u64;
         report.object_bytes = bytes;

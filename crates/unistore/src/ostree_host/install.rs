@@ -22,8 +22,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use ostree::gio;
 
 use super::{DEFAULT_STATEROOT, staging};
-use crate::ops::install::{Created, InstallOpts, InstallResult, check_empty, read_host_config};
 use crate::install_config::{self, UnifiedMode};
+use crate::ops::install::{Created, InstallOpts, InstallResult, check_empty, read_host_config};
 use crate::progress::{self, Progress};
 use crate::sysroot::{BOOT_DIR, Sysroot};
 use crate::{bootloader, crashpoint, ostree_store, util};
@@ -32,7 +32,9 @@ use crate::{bootloader, crashpoint, ostree_store, util};
 fn check_stateroot(name: &str) -> Result<()> {
     if name.is_empty()
         || name.starts_with('.')
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         bail!("bad stateroot name {name:?}: use letters, digits, '-', '_' and '.'");
     }
@@ -50,17 +52,31 @@ pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Res
         // before anything is written.
         ostree_store::open(&sysroot)?;
     }
-    if sysroot.dir().try_exists(format!("ostree/deploy/{stateroot}"))? {
-        bail!(
-            "{} already holds the ostree stateroot {stateroot} (ostree/deploy/{stateroot})",
-            root.display()
-        );
+    if sysroot.dir().try_exists("ostree/deploy")? {
+        // What an install killed before its boot entries leaves is taken
+        // over; a host with a deployment is refused.
+        let os = ostree::Sysroot::new(Some(&gio::File::for_path(sysroot.path())));
+        os.load(gio::Cancellable::NONE).map_err(|e| {
+            anyhow!(
+                "loading the ostree sysroot already in {}: {e}",
+                root.display()
+            )
+        })?;
+        if let Some(d) = os.deployments().first() {
+            bail!(
+                "{} already holds a deployment (ostree deployment {})",
+                root.display(),
+                super::name(d)
+            );
+        }
     }
     let host_config = read_host_config(&opts.host_config_files)?;
     if let Some(m) = opts.unified.or(host_config.unified)
         && m != UnifiedMode::Disabled
     {
-        bail!("unified storage ({m}) is not available on ostree hosts yet; install with --unified disabled or the composefs backend");
+        bail!(
+            "unified storage ({m}) is not available on ostree hosts yet; install with --unified disabled or the composefs backend"
+        );
     }
     let mut created = Created::new(&sysroot);
     for p in ["ostree", BOOT_DIR, "boot/loader"] {
@@ -95,10 +111,16 @@ async fn install_inner(
     let os = ostree::Sysroot::new(Some(&gio::File::for_path(sysroot.path())));
     os.ensure_initialized(none)
         .map_err(|e| anyhow!("initializing the ostree sysroot: {e}"))?;
-    os.load(none).map_err(|e| anyhow!("loading the ostree sysroot: {e}"))?;
+    os.load(none)
+        .map_err(|e| anyhow!("loading the ostree sysroot: {e}"))?;
     let _lock = super::lock(&os)?;
-    os.init_osname(stateroot, none)
-        .map_err(|e| anyhow!("creating the stateroot {stateroot}: {e}"))?;
+    if !sysroot
+        .dir()
+        .try_exists(format!("ostree/deploy/{stateroot}"))?
+    {
+        os.init_osname(stateroot, none)
+            .map_err(|e| anyhow!("creating the stateroot {stateroot}: {e}"))?;
+    }
     let repo = os.repo();
     ostree_store::check_mode(&repo, &sysroot.join(ostree_store::REPO_DIR))?;
 
@@ -160,7 +182,11 @@ async fn install_inner(
 
 /// Fills the stateroot's `var/` with the image's `/var` (libostree 2022.7
 /// never mounts a commit's `/var`), once, at the first deployment.
-fn seed_var(sysroot: &Sysroot, stateroot: &str, staged: &staging::Staged) -> Result<crate::reflink::Tally> {
+fn seed_var(
+    sysroot: &Sysroot,
+    stateroot: &str,
+    staged: &staging::Staged,
+) -> Result<crate::reflink::Tally> {
     let var = format!("ostree/deploy/{stateroot}/var");
     let dir = sysroot.dir();
     if !util::list_names(dir, &var)?.is_empty() {

@@ -15,6 +15,7 @@ use ostree::gio;
 
 use super::{deployment_image, lock, name, origin_keyfile, staging};
 use crate::composefs_store;
+use crate::crashpoint;
 use crate::ops::finalize::FinalizeOutcome;
 use crate::ops::gc::GcOpts;
 use crate::ops::rollback::RollbackReport;
@@ -22,7 +23,6 @@ use crate::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
 use crate::ostree_store;
 use crate::progress::{self, Progress};
 use crate::sysroot::{BootedMode, Sysroot};
-use crate::crashpoint;
 
 /// The kernel arguments of a deployment, without the `ostree=` libostree
 /// adds itself.
@@ -39,7 +39,11 @@ fn kargs_of(d: &ostree::Deployment) -> Vec<String> {
 }
 
 /// Runs `upgrade` (or `switch` when `opts.target` is set).
-pub async fn upgrade(sysroot: &Sysroot, opts: &UpgradeOpts, progress: Progress) -> Result<UpgradeOutcome> {
+pub async fn upgrade(
+    sysroot: &Sysroot,
+    opts: &UpgradeOpts,
+    progress: Progress,
+) -> Result<UpgradeOutcome> {
     let os = super::load(sysroot)?;
     let _lock = if opts.check { None } else { Some(lock(&os)?) };
     let (deps, booted) = super::deployments(sysroot, &os);
@@ -63,8 +67,12 @@ pub async fn upgrade(sysroot: &Sysroot, opts: &UpgradeOpts, progress: Progress) 
             });
         }
         // The same image under another reference: follow it, deploy nothing.
-        os.write_origin_file(&booted, Some(&origin_keyfile(&target)), gio::Cancellable::NONE)
-            .map_err(|e| anyhow!("rewriting the origin of {}: {e}", name(&booted)))?;
+        os.write_origin_file(
+            &booted,
+            Some(&origin_keyfile(&target)),
+            gio::Cancellable::NONE,
+        )
+        .map_err(|e| anyhow!("rewriting the origin of {}: {e}", name(&booted)))?;
         return Ok(UpgradeOutcome::OriginUpdated {
             image: target.to_string(),
             previous_image: current.to_string(),
@@ -103,11 +111,25 @@ pub async fn upgrade(sysroot: &Sysroot, opts: &UpgradeOpts, progress: Progress) 
     progress::step(&progress, format!("Deploying {}", &imported.checksum[..12]));
     let running = matches!(sysroot.booted_mode(), BootedMode::Running { .. });
     let new = if running {
-        os.stage_tree_with_options(Some(&stateroot), &imported.checksum, Some(&origin), Some(&booted), &deploy_opts, none)
-            .map_err(|e| anyhow!("staging commit {}: {e}", imported.checksum))?
+        os.stage_tree_with_options(
+            Some(&stateroot),
+            &imported.checksum,
+            Some(&origin),
+            Some(&booted),
+            &deploy_opts,
+            none,
+        )
+        .map_err(|e| anyhow!("staging commit {}: {e}", imported.checksum))?
     } else {
         let new = os
-            .deploy_tree_with_options(Some(&stateroot), &imported.checksum, Some(&origin), Some(&booted), Some(&deploy_opts), none)
+            .deploy_tree_with_options(
+                Some(&stateroot),
+                &imported.checksum,
+                Some(&origin),
+                Some(&booted),
+                Some(&deploy_opts),
+                none,
+            )
             .map_err(|e| anyhow!("deploying commit {}: {e}", imported.checksum))?;
         crashpoint::hit("ostree-upgrade:after-deploy");
         os.simple_write_deployment(
@@ -150,7 +172,11 @@ pub async fn upgrade(sysroot: &Sysroot, opts: &UpgradeOpts, progress: Progress) 
 pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
     let os = super::load(sysroot)?;
     let _lock = lock(&os)?;
-    let mut deps: Vec<ostree::Deployment> = os.deployments().into_iter().filter(|d| !d.is_staged()).collect();
+    let mut deps: Vec<ostree::Deployment> = os
+        .deployments()
+        .into_iter()
+        .filter(|d| !d.is_staged())
+        .collect();
     if deps.len() < 2 {
         bail!(
             "no rollback deployment: the host has {} deployment{}",

@@ -82,11 +82,18 @@ impl HostBackend for OstreeBackend {
     fn mount(&self, sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) -> Result<String> {
         mount::mount_deployment(sysroot, id, mountpoint)
     }
-    fn fsck<'a>(&'a self, sysroot: &'a Sysroot, opts: FsckOpts) -> BoxFuture<'a, Result<FullReport>> {
+    fn fsck<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: FsckOpts,
+    ) -> BoxFuture<'a, Result<FullReport>> {
         Box::pin(async move { fsck::fsck_all(sysroot, opts) })
     }
     fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         fsck::fsck_images(sysroot, opts)
+    }
+    fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
+        status::image_list(sysroot)
     }
 }
 
@@ -112,7 +119,12 @@ pub fn deployment_image(d: &ostree::Deployment) -> Result<ImageRef> {
         .ok_or_else(|| anyhow!("deployment {} has no origin", name(d)))?;
     let v = kf
         .string("origin", "container-image-reference")
-        .map_err(|_| anyhow!("the origin of {} has no [origin] container-image-reference", name(d)))?;
+        .map_err(|_| {
+            anyhow!(
+                "the origin of {} has no [origin] container-image-reference",
+                name(d)
+            )
+        })?;
     ImageRef::from_origin(&v).map_err(|e| anyhow!("the origin of {}: {e}", name(d)))
 }
 
@@ -124,8 +136,12 @@ pub fn name(d: &ostree::Deployment) -> String {
 /// Opens and loads the libostree sysroot of an installed ostree host.
 pub fn load(sysroot: &Sysroot) -> Result<ostree::Sysroot> {
     let os = ostree::Sysroot::new(Some(&gio::File::for_path(sysroot.path())));
-    os.load(gio::Cancellable::NONE)
-        .map_err(|e| anyhow!("loading the ostree sysroot {}: {e}", sysroot.path().display()))?;
+    os.load(gio::Cancellable::NONE).map_err(|e| {
+        anyhow!(
+            "loading the ostree sysroot {}: {e}",
+            sysroot.path().display()
+        )
+    })?;
     crate::ostree_store::check_mode(&os.repo(), &sysroot.join(crate::ostree_store::REPO_DIR))?;
     Ok(os)
 }
@@ -135,7 +151,9 @@ pub fn load(sysroot: &Sysroot) -> Result<ostree::Sysroot> {
 pub fn lock(os: &ostree::Sysroot) -> Result<SysrootLock<'_>> {
     match os.try_lock() {
         Ok(true) => Ok(SysrootLock(os)),
-        Ok(false) => bail!("another process is changing this host (the ostree sysroot lock is held); try again when it is done"),
+        Ok(false) => bail!(
+            "another process is changing this host (the ostree sysroot lock is held); try again when it is done"
+        ),
         Err(e) => Err(anyhow!("taking the ostree sysroot lock: {e}")),
     }
 }
@@ -151,7 +169,10 @@ impl Drop for SysrootLock<'_> {
 
 /// The deployments in boot order, and the index of the booted one: the
 /// primary on an offline root, else the one the `ostree=` karg names.
-pub fn deployments(sysroot: &Sysroot, os: &ostree::Sysroot) -> (Vec<ostree::Deployment>, Option<usize>) {
+pub fn deployments(
+    sysroot: &Sysroot,
+    os: &ostree::Sysroot,
+) -> (Vec<ostree::Deployment>, Option<usize>) {
     let deps = os.deployments();
     let booted = match sysroot.booted_mode() {
         BootedMode::Offline => (!deps.is_empty()).then_some(0),
@@ -182,7 +203,10 @@ mod tests {
     #[test]
     fn origins_follow_bootc() {
         let r = ImageRef::parse("docker://127.0.0.1:5000/os:v1").unwrap();
-        assert_eq!(origin_value(&r), "ostree-unverified-registry:127.0.0.1:5000/os:v1");
+        assert_eq!(
+            origin_value(&r),
+            "ostree-unverified-registry:127.0.0.1:5000/os:v1"
+        );
         let o = ImageRef::parse("oci:/srv/os:v1").unwrap();
         assert_eq!(origin_value(&o), "ostree-unverified-image:oci:/srv/os:v1");
         for v in [origin_value(&r), origin_value(&o)] {

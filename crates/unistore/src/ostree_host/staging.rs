@@ -59,8 +59,8 @@ pub async fn pull(
         &Default::default(),
     )
     .context("reading the image's merged tree")?;
-    let manifest_json = String::from_utf8(img.read_manifest_json(&repo)?)
-        .context("the manifest is not UTF-8")?;
+    let manifest_json =
+        String::from_utf8(img.read_manifest_json(&repo)?).context("the manifest is not UTF-8")?;
     let config_json =
         String::from_utf8(img.read_config_json(&repo)?).context("the config is not UTF-8")?;
     let created = img
@@ -82,7 +82,12 @@ pub async fn pull(
 
 impl Staged {
     /// Writes the image as one commit kept by the ref of `image`.
-    pub fn commit(&self, sysroot: &Sysroot, ostree: &ostree::Repo, image: &ImageRef) -> Result<Imported> {
+    pub fn commit(
+        &self,
+        sysroot: &Sysroot,
+        ostree: &ostree::Repo,
+        image: &ImageRef,
+    ) -> Result<Imported> {
         let repo_dir = sysroot.dir().open_dir(ostree_store::REPO_DIR)?;
         let ref_name = ostree_store::image_ref(image);
         ostree_store::commit::import(

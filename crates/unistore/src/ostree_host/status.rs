@@ -8,7 +8,12 @@ use crate::status::{BootEntry, Host, HostSpec, HostStatus, ImageStatus, Metadata
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// Describes one deployment.
-pub fn describe(os: &ostree::Sysroot, d: &ostree::Deployment, index: usize, total: usize) -> BootEntry {
+pub fn describe(
+    os: &ostree::Sysroot,
+    d: &ostree::Deployment,
+    index: usize,
+    total: usize,
+) -> BootEntry {
     let mut errors = vec![];
     let repo = os.repo();
     let image = match super::deployment_image(d) {
@@ -115,10 +120,16 @@ pub fn status(sysroot: &Sysroot) -> Result<Host> {
     Ok(Host {
         api_version: "org.containers.bootc/v1",
         kind: "BootcHost",
-        metadata: Metadata { name: "host".into() },
+        metadata: Metadata {
+            name: "host".into(),
+        },
         spec: HostSpec {
             image: spec_image,
-            boot_order: if rollback_queued { "rollback" } else { "default" },
+            boot_order: if rollback_queued {
+                "rollback"
+            } else {
+                "default"
+            },
         },
         status: HostStatus {
             staged,
@@ -130,5 +141,80 @@ pub fn status(sysroot: &Sysroot) -> Result<Host> {
             storage: storage(&os),
             booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
         },
+    })
+}
+
+/// `image list` of an ostree host: each deployment's image (booted,
+/// rollback, staged, other) and each image ref, with whether its commit is
+/// in the repository. Reads only.
+pub fn image_list(sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
+    use crate::ops::image_list::{HostImage, ImageList};
+    let host = status(sysroot)?;
+    let os = super::load(sysroot)?;
+    let repo = os.repo();
+    let mut images: Vec<HostImage> = vec![];
+    let mut errors = vec![];
+    let s = &host.status;
+    let roles = [
+        ("staged", s.staged.iter().collect::<Vec<_>>()),
+        ("booted", s.booted.iter().collect()),
+        ("rollback", s.rollback.iter().collect()),
+        ("other", s.other_deployments.iter().collect()),
+    ];
+    for (role, entries) in roles {
+        for e in entries {
+            let Some(img) = &e.image else {
+                errors.extend(e.errors.iter().cloned());
+                continue;
+            };
+            if let Some(h) = images
+                .iter_mut()
+                .find(|h| h.manifest_digest == img.image_digest)
+            {
+                h.roles.push(role.into());
+                continue;
+            }
+            images.push(HostImage {
+                manifest_digest: img.image_digest.clone(),
+                config_digest: None,
+                image: Some(format!("{}:{}", img.image.transport, img.image.image)),
+                roles: vec![role.into()],
+                version: img.version.clone(),
+                in_composefs: false,
+                in_containers_storage: false,
+                store_names: vec![],
+                owned_by_unistore: false,
+                in_ostree: Some(true),
+            });
+        }
+    }
+    for (r, c) in ostree_store::image_refs(&repo)? {
+        let Ok(info) = ostree_store::commit_info(&repo, &c) else {
+            errors.push(format!("ref {r}: commit {c} cannot be read"));
+            continue;
+        };
+        let Some(d) = info.manifest_digest.clone() else {
+            continue;
+        };
+        if images.iter().any(|h| h.manifest_digest == d) {
+            continue;
+        }
+        images.push(HostImage {
+            manifest_digest: d,
+            config_digest: None,
+            image: Some(r),
+            roles: vec![],
+            version: info.version(),
+            in_composefs: false,
+            in_containers_storage: false,
+            store_names: vec![],
+            owned_by_unistore: false,
+            in_ostree: Some(true),
+        });
+    }
+    Ok(ImageList {
+        unified: None,
+        images,
+        errors,
     })
 }

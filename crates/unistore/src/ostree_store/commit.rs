@@ -19,8 +19,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use cap_std_ext::cap_std::fs::Dir;
 use composefs::generic_tree::{Inode, LeafContent, Stat};
 use composefs::tree::{Directory, FileSystem, RegularFile};
-use ostree::{gio, glib};
 use ostree::glib::prelude::Cast;
+use ostree::{gio, glib};
 
 use super::objects::{ContentWriter, FileMeta, file_info, xattrs_variant};
 use crate::composefs_store::{ObjectId, Repo};
@@ -66,8 +66,12 @@ fn glib_err(what: &str) -> impl FnOnce(glib::Error) -> anyhow::Error + '_ {
 }
 
 fn name_str<'n>(name: &'n OsStr, path: &str) -> Result<&'n str> {
-    name.to_str()
-        .ok_or_else(|| anyhow!("{path}/{}: ostree needs UTF-8 file names", name.to_string_lossy()))
+    name.to_str().ok_or_else(|| {
+        anyhow!(
+            "{path}/{}: ostree needs UTF-8 file names",
+            name.to_string_lossy()
+        )
+    })
 }
 
 struct Walker<'a> {
@@ -83,7 +87,13 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn dirmeta(&mut self, stat: &Stat) -> Result<String> {
         let x = xattrs_variant(&stat.xattrs);
-        let key = format!("{}:{}:{:o}:{}", stat.st_uid, stat.st_gid, stat.st_mode & 0o7777, x.print(false));
+        let key = format!(
+            "{}:{}:{:o}:{}",
+            stat.st_uid,
+            stat.st_gid,
+            stat.st_mode & 0o7777,
+            x.print(false)
+        );
         if let Some(c) = self.dirmetas.get(&key) {
             return Ok(c.clone());
         }
@@ -98,7 +108,12 @@ impl Walker<'_> {
         let v = ostree::create_directory_metadata(&info, Some(&x));
         let c = self
             .ostree
-            .write_metadata(ostree::ObjectType::DirMeta, None, &v, gio::Cancellable::NONE)
+            .write_metadata(
+                ostree::ObjectType::DirMeta,
+                None,
+                &v,
+                gio::Cancellable::NONE,
+            )
             .map_err(glib_err("writing a dirmeta object"))?
             .to_hex();
         self.dirmetas.insert(key, c.clone());
@@ -142,11 +157,21 @@ impl Walker<'_> {
             LeafContent::Regular(RegularFile::Inline(data)) => {
                 self.libostree_written += 1;
                 self.ostree
-                    .write_regfile_inline(None, meta.uid, meta.gid, meta.mode, Some(&xattrs), data, none)
+                    .write_regfile_inline(
+                        None,
+                        meta.uid,
+                        meta.gid,
+                        meta.mode,
+                        Some(&xattrs),
+                        data,
+                        none,
+                    )
                     .map_err(glib_err(path))?
                     .to_string()
             }
-            LeafContent::Regular(RegularFile::External(obj, size) | RegularFile::ExternalNoVerity(obj, size)) => {
+            LeafContent::Regular(
+                RegularFile::External(obj, size) | RegularFile::ExternalNoVerity(obj, size),
+            ) => {
                 let f = std::fs::File::from(
                     self.cfs
                         .open_object(obj)
@@ -170,10 +195,16 @@ impl Walker<'_> {
                     .to_string()
             }
             LeafContent::BlockDevice(_) | LeafContent::CharacterDevice(_) => {
-                bail!("{path}: the image has a device node there, which an ostree commit cannot hold (only /dev may have them; they are dropped)")
+                bail!(
+                    "{path}: the image has a device node there, which an ostree commit cannot hold (only /dev may have them; they are dropped)"
+                )
             }
-            LeafContent::Fifo => bail!("{path}: the image has a FIFO there, which an ostree commit cannot hold"),
-            LeafContent::Socket => bail!("{path}: the image has a socket there, which an ostree commit cannot hold"),
+            LeafContent::Fifo => {
+                bail!("{path}: the image has a FIFO there, which an ostree commit cannot hold")
+            }
+            LeafContent::Socket => {
+                bail!("{path}: the image has a socket there, which an ostree commit cannot hold")
+            }
         };
         self.leaves.insert(id, c.clone());
         Ok(c)
@@ -254,7 +285,11 @@ fn write_tree(
                 if dropped > 0 {
                     notes.push(format!(
                         "/{e}: {dropped} entries left out (ostree keeps /{e} empty{})",
-                        if e == "dev" { "; device nodes cannot be stored" } else { "" }
+                        if e == "dev" {
+                            "; device nodes cannot be stored"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             }
@@ -314,7 +349,9 @@ fn write_tree(
             w.dir(var, &mt, "/var")?;
         }
     }
-    let tree = ostree.write_mtree(&root, gio::Cancellable::NONE).map_err(glib_err("writing the tree"))?;
+    let tree = ostree
+        .write_mtree(&root, gio::Cancellable::NONE)
+        .map_err(glib_err("writing the tree"))?;
     let tree = tree
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;

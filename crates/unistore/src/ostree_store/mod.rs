@@ -96,7 +96,13 @@ impl CommitInfo {
     }
     /// The config's architecture.
     pub fn architecture(&self) -> Option<String> {
-        Some(self.config.as_ref()?.get("architecture")?.as_str()?.to_string())
+        Some(
+            self.config
+                .as_ref()?
+                .get("architecture")?
+                .as_str()?
+                .to_string(),
+        )
     }
     /// The config's `created`.
     pub fn created(&self) -> Option<String> {
@@ -125,7 +131,10 @@ pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
 /// Every ref below [`IMAGE_REF_PREFIX`] with its commit.
 pub fn image_refs(repo: &ostree::Repo) -> Result<Vec<(String, String)>> {
     let refs = repo
-        .list_refs(Some(IMAGE_REF_PREFIX.trim_end_matches('/')), gio::Cancellable::NONE)
+        .list_refs(
+            Some(IMAGE_REF_PREFIX.trim_end_matches('/')),
+            gio::Cancellable::NONE,
+        )
         .map_err(|e| anyhow!("listing refs: {e}"))?;
     let mut out: Vec<(String, String)> = refs
         .into_iter()

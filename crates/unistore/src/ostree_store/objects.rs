@@ -115,7 +115,12 @@ impl<'r> ContentWriter<'r> {
 
     /// Writes the object for `src` (a composefs object of `size` bytes)
     /// with `meta` unless the repository has it; returns its checksum.
-    pub fn write_from_object(&mut self, meta: &FileMeta<'_>, src: &File, size: u64) -> Result<String> {
+    pub fn write_from_object(
+        &mut self,
+        meta: &FileMeta<'_>,
+        src: &File,
+        size: u64,
+    ) -> Result<String> {
         let checksum = Self::checksum(meta, src, size)?;
         let rel = object_path(&checksum);
         if self.repo_dir.try_exists(&rel)? {
@@ -186,7 +191,10 @@ mod tests {
     fn xattr_names_are_nul_terminated_and_sorted() {
         let mut x: BTreeMap<Box<OsStr>, Box<[u8]>> = BTreeMap::new();
         x.insert(OsStr::new("user.b").into(), b"2".to_vec().into());
-        x.insert(OsStr::new("security.capability").into(), b"1".to_vec().into());
+        x.insert(
+            OsStr::new("security.capability").into(),
+            b"1".to_vec().into(),
+        );
         let v = xattrs_variant(&x);
         assert_eq!(v.type_().as_str(), "a(ayay)");
         let back: Vec<(Vec<u8>, Vec<u8>)> = v.get().unwrap();
@@ -197,6 +205,9 @@ mod tests {
     #[test]
     fn object_paths_split_the_checksum() {
         let c = "ab".to_string() + &"0".repeat(62);
-        assert_eq!(object_path(&c), format!("objects/ab/{}.file", "0".repeat(62)));
+        assert_eq!(
+            object_path(&c),
+            format!("objects/ab/{}.file", "0".repeat(62))
+        );
     }
 }

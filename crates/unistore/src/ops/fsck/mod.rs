@@ -115,6 +115,9 @@ fn short(d: &str) -> &str {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RepoReport {
+    /// Which repository: `composefs` (empty in older reports) or `ostree`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub store: String,
     /// Whether object contents were re-hashed.
     pub content_verified: bool,
     pub objects_checked: u64,

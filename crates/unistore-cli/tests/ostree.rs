@@ -1,0 +1,578 @@
+//! End-to-end: ostree hosts (`install --backend ostree`) on real XFS and
+//! ext4 loop filesystems, from `oci:` and a real registry, checked by the
+//! real `ostree fsck` and `ostree admin status`; the lifecycle through
+//! libostree; bad inputs; kills between import, deploy and write.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+use unistore_fixtures::env::{FsKind, LoopFs, Registry};
+use unistore_fixtures::image::{BuiltImage, EntryKind, TestImageOpts, build_test_image};
+
+fn image(dir: &Path, tag: &str, v: u32) -> BuiltImage {
+    let opts = TestImageOpts {
+        version: format!("{v}.0"),
+        variant: v,
+        etc_files: vec![(
+            "/etc/changed.conf".into(),
+            format!("version {v}\n").into_bytes(),
+        )],
+        ..Default::default()
+    };
+    build_test_image(dir, tag, &opts).unwrap()
+}
+
+fn install_cmd(root: &Path, src: &str, reg: Option<&Registry>) -> Command {
+    let mut c = unistore();
+    if let Some(r) = reg {
+        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
+    }
+    c.args([
+        "install",
+        "to-filesystem",
+        "--backend",
+        "ostree",
+        "--json",
+        "--source-imgref",
+        src,
+    ])
+    .arg(root);
+    c
+}
+
+fn cmd(root: &Path, reg: Option<&Registry>) -> Command {
+    let mut c = unistore();
+    if let Some(r) = reg {
+        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
+    }
+    c.arg("--sysroot").arg(root);
+    c
+}
+
+fn status(root: &Path) -> Value {
+    serde_json::from_str(&run_ok(cmd(root, None).args(["status", "--json"]))).unwrap()
+}
+
+/// The real `ostree fsck` must pass.
+fn ostree_fsck(root: &Path) {
+    let out = Command::new("ostree")
+        .arg(format!("--repo={}", root.join("ostree/repo").display()))
+        .arg("fsck")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ostree fsck failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("no errors found"), "{text}");
+}
+
+/// `ostree admin status` lines `<stateroot> <commit>.<serial>`.
+fn admin_status(root: &Path) -> String {
+    let out = Command::new("ostree")
+        .args(["admin", "status"])
+        .arg(format!("--sysroot={}", root.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn digest(st: &Value, which: &str) -> Option<String> {
+    st["status"][which]["image"]["imageDigest"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn checksum(st: &Value, which: &str) -> String {
+    st["status"][which]["ostree"]["checksum"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Checks an installed ostree host; returns the booted commit.
+fn check_host(root: &Path, img: &BuiltImage, name: &str, transport: &str) -> String {
+    let st = status(root);
+    let b = &st["status"]["booted"];
+    assert_eq!(st["kind"], "BootcHost");
+    assert_eq!(b["image"]["image"]["image"], name);
+    assert_eq!(b["image"]["image"]["transport"], transport);
+    assert_eq!(b["image"]["imageDigest"], img.manifest_digest.as_str());
+    assert_eq!(b["image"]["architecture"], "amd64");
+    assert_eq!(b["ostree"]["stateroot"], "default");
+    assert!(b["composefs"].is_null());
+    let commit = checksum(&st, "booted");
+    assert_eq!(commit.len(), 64);
+    let serial = b["ostree"]["deploySerial"].as_i64().unwrap();
+
+    ostree_fsck(root);
+    let admin = admin_status(root);
+    assert!(
+        admin.contains(&format!("default {commit}.{serial}")),
+        "{admin}"
+    );
+
+    let dep = root.join(format!("ostree/deploy/default/deploy/{commit}.{serial}"));
+    let origin = std::fs::read_to_string(dep.with_extension(format!("{serial}.origin"))).unwrap();
+    let want = if transport == "registry" {
+        format!("container-image-reference=ostree-unverified-registry:{name}")
+    } else {
+        format!("container-image-reference=ostree-unverified-image:{transport}:{name}")
+    };
+    assert!(origin.contains(&want), "{origin}");
+    assert!(dep.join("etc/hostname").is_file(), "/etc is there");
+    assert!(
+        dep.join("usr/etc/hostname").is_file(),
+        "/etc is kept as /usr/etc"
+    );
+
+    // The BLS entry libostree wrote points at files that exist.
+    let entry =
+        std::fs::read_to_string(root.join("boot/loader/entries/ostree-1-default.conf")).unwrap();
+    assert!(entry.contains("ostree=/ostree/boot."), "{entry}");
+    for key in ["linux", "initrd"] {
+        let p = entry
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap();
+        assert!(
+            root.join("boot").join(p.trim_start_matches('/')).is_file(),
+            "{key} {p}"
+        );
+    }
+    let EntryKind::File { size, .. } = &img
+        .expected
+        .iter()
+        .find(|e| e.path.ends_with("/vmlinuz"))
+        .unwrap()
+        .kind
+    else {
+        panic!()
+    };
+    let kernel = entry
+        .lines()
+        .find(|l| l.starts_with("linux"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("boot").join(kernel.trim_start_matches('/')))
+            .unwrap()
+            .len(),
+        *size
+    );
+
+    // Every file of the image, as the booted system sees it.
+    let mnt = tempfile::tempdir().unwrap();
+    run_ok(cmd(root, None).args(["internals", "mount"]).arg(mnt.path()));
+    let expected: Vec<_> = img
+        .expected
+        .iter()
+        .filter(|e| !e.path.starts_with("/run/") && !e.path.starts_with("/tmp/"))
+        .cloned()
+        .collect();
+    let checked = std::panic::catch_unwind(|| compare_tree(mnt.path(), &expected));
+    let ro = std::fs::write(mnt.path().join("usr/should-fail"), b"x").is_err();
+    umount_all(mnt.path());
+    let checked = checked.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert!(checked > 20, "only {checked} entries compared");
+    assert!(ro, "/usr must be read-only");
+    commit
+}
+
+#[test]
+fn ostree_install_from_oci_on_xfs_and_lifecycle() {
+    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let root = fs.path();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let v1 = image(&oci, "os", 1);
+    let src = format!("oci:{}:os", oci.display());
+    let r: Value = serde_json::from_str(&run_ok(&mut install_cmd(root, &src, None))).unwrap();
+    assert_eq!(r["manifest_digest"], v1.manifest_digest.as_str());
+    let c1 = check_host(root, &v1, &format!("{}:os", oci.display()), "oci");
+    assert_eq!(r["deployment_id"], format!("{c1}.0"));
+
+    // Reads never write.
+    let before = snapshot(root);
+    status(root);
+    run_ok(cmd(root, None).args(["internals", "fsck"]));
+    run_ok(cmd(root, None).args(["image", "list"]));
+    assert_snapshots_equal(&before, &snapshot(root), "status/fsck/image list");
+    run_fails(
+        &mut install_cmd(root, &src, None),
+        "already holds a deployment",
+    );
+    assert_snapshots_equal(&before, &snapshot(root), "a second install");
+
+    // A local /etc edit, then upgrade to v2 under the same tag.
+    let dep1 = root.join(format!("ostree/deploy/default/deploy/{c1}.0"));
+    std::fs::write(dep1.join("etc/local.conf"), b"mine\n").unwrap();
+    let v2 = image(&oci, "os", 2);
+    let check = run_ok(cmd(root, None).args(["upgrade", "--check", "--json"]));
+    assert!(check.contains("update-available"), "{check}");
+    run_ok(cmd(root, None).args(["upgrade"]));
+    let st = status(root);
+    assert_eq!(
+        digest(&st, "booted").as_deref(),
+        Some(v2.manifest_digest.as_str())
+    );
+    assert_eq!(
+        digest(&st, "rollback").as_deref(),
+        Some(v1.manifest_digest.as_str())
+    );
+    let c2 = checksum(&st, "booted");
+    let dep2 = root.join(format!("ostree/deploy/default/deploy/{c2}.0"));
+    assert_eq!(
+        std::fs::read(dep2.join("etc/local.conf")).unwrap(),
+        b"mine\n",
+        "/etc edit kept"
+    );
+    assert_eq!(
+        std::fs::read(dep2.join("etc/changed.conf")).unwrap(),
+        b"version 2\n"
+    );
+    ostree_fsck(root);
+    let up = run_ok(cmd(root, None).args(["upgrade", "--json"]));
+    assert!(up.contains("no-change"), "{up}");
+    let fin = run_ok(cmd(root, None).args(["internals", "finalize-staged", "--json"]));
+    assert!(fin.contains("nothing-staged"), "{fin}");
+
+    // Rollback, and rollback again.
+    run_ok(cmd(root, None).arg("rollback"));
+    let st = status(root);
+    assert_eq!(
+        digest(&st, "booted").as_deref(),
+        Some(v1.manifest_digest.as_str())
+    );
+    assert_eq!(
+        digest(&st, "rollback").as_deref(),
+        Some(v2.manifest_digest.as_str())
+    );
+    run_ok(cmd(root, None).arg("rollback"));
+    assert_eq!(
+        digest(&status(root), "booted").as_deref(),
+        Some(v2.manifest_digest.as_str())
+    );
+
+    // Switch to v3: v1 falls out of the boot menu; gc removes what only it used.
+    let v3 = image(&oci, "os3", 3);
+    let sw: Value = serde_json::from_str(&run_ok(
+        cmd(root, None)
+            .args(["switch", "--json"])
+            .arg(format!("oci:{}:os3", oci.display())),
+    ))
+    .unwrap();
+    // The switch's gc pruned the objects only v1 used.
+    assert!(sw["gc"]["objects_removed"].as_u64().unwrap() > 0, "{sw}");
+    assert!(sw["gc"]["object_bytes"].as_u64().unwrap() > 0, "{sw}");
+    let st = status(root);
+    assert_eq!(
+        digest(&st, "booted").as_deref(),
+        Some(v3.manifest_digest.as_str())
+    );
+    assert_eq!(
+        digest(&st, "rollback").as_deref(),
+        Some(v2.manifest_digest.as_str())
+    );
+    let admin = admin_status(root);
+    assert!(!admin.contains(&c1), "{admin}");
+    assert!(!dep1.exists(), "v1's deployment was removed");
+    let refs = String::from_utf8(
+        Command::new("ostree")
+            .arg(format!("--repo={}", root.join("ostree/repo").display()))
+            .arg("refs")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        refs.lines()
+            .filter(|l| l.starts_with("ostree/container/image/"))
+            .count(),
+        2,
+        "{refs}"
+    );
+    assert!(
+        Command::new("ostree")
+            .arg(format!("--repo={}", root.join("ostree/repo").display()))
+            .args(["cat", &c1, "/usr/lib/os-release"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            != Some(0),
+        "v1's commit was pruned"
+    );
+    ostree_fsck(root);
+    check_host(root, &v3, &format!("{}:os3", oci.display()), "oci");
+    // set-unified is not available on ostree hosts yet: refused, nothing changed.
+    let before = snapshot(root);
+    run_fails(
+        cmd(root, None).args(["image", "set-unified", "composefs"]),
+        "ostree host",
+    );
+    assert_snapshots_equal(&before, &snapshot(root), "set-unified");
+    let gc: Value =
+        serde_json::from_str(&run_ok(cmd(root, None).args(["internals", "gc", "--json"]))).unwrap();
+    assert_eq!(
+        gc["objects_removed"], 0,
+        "a second gc has nothing to do: {gc}"
+    );
+    run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
+}
+
+#[test]
+fn ostree_install_from_registry_on_ext4_gives_the_same_commit() {
+    let fs = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
+    let reg = Registry::start().unwrap();
+    let src = reg.push_oci(&oci, "v1", "testos").unwrap();
+    run_ok(&mut install_cmd(fs.path(), &src, Some(&reg)));
+    let c_ext4 = check_host(
+        fs.path(),
+        &img,
+        src.trim_start_matches("docker://"),
+        "registry",
+    );
+
+    // The same image from oci: onto XFS: the same commit.
+    let xfs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    run_ok(&mut install_cmd(
+        xfs.path(),
+        &format!("oci:{}:v1", oci.display()),
+        None,
+    ));
+    assert_eq!(checksum(&status(xfs.path()), "booted"), c_ext4);
+
+    // The gc frees what a switch left behind, and `--dry-run` previews it.
+    let img2 = image(&oci, "v2", 2);
+    let src2 = reg.push_oci(&oci, "v2", "testos2").unwrap();
+    run_ok(cmd(fs.path(), Some(&reg)).args(["switch", &src2]));
+    assert_eq!(
+        digest(&status(fs.path()), "booted").as_deref(),
+        Some(img2.manifest_digest.as_str())
+    );
+    ostree_fsck(fs.path());
+}
+
+#[test]
+fn ostree_bad_inputs_leave_root_unchanged() {
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", 1);
+    let before = snapshot(root);
+    let install = |src: &str, needle: &str| {
+        run_fails(&mut install_cmd(root, src, None), needle);
+        assert_snapshots_equal(&before, &snapshot(root), src);
+    };
+    install("ftp:/nowhere", "unknown transport");
+    install(&format!("oci:{}:nosuchtag", oci.display()), "nosuchtag");
+
+    let nok = work.path().join("nokernel");
+    build_test_image(
+        &nok,
+        "v1",
+        &TestImageOpts {
+            with_kernel: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    install(&format!("oci:{}:v1", nok.display()), "no kernel");
+
+    let bad = work.path().join("corrupt");
+    build_test_image(&bad, "v1", &TestImageOpts::default()).unwrap();
+    unistore_fixtures::image::corrupt_first_layer_blob(&bad).unwrap();
+    install(&format!("oci:{}:v1", bad.display()), "digest");
+
+    unistore_fixtures::image::add_hostile_layer(&oci, "v1", "hostile", "../../escape").unwrap();
+    run_fails(
+        &mut install_cmd(root, &format!("oci:{}:hostile", oci.display()), None),
+        "",
+    );
+    assert_snapshots_equal(&before, &snapshot(root), "hostile tar path");
+    assert!(!root.parent().unwrap().join("escape").exists());
+
+    // A FIFO or a device node outside /dev: an ostree commit cannot hold them.
+    unistore_fixtures::image::add_special_layer(
+        &oci,
+        "v1",
+        "fifo",
+        &[("/usr/lib/a-fifo", tar::EntryType::Fifo)],
+    )
+    .unwrap();
+    install(&format!("oci:{}:fifo", oci.display()), "FIFO");
+    unistore_fixtures::image::add_special_layer(
+        &oci,
+        "v1",
+        "dev",
+        &[("/usr/lib/null", tar::EntryType::Char)],
+    )
+    .unwrap();
+    install(&format!("oci:{}:dev", oci.display()), "device node");
+    // A bad stateroot and unified storage are refused before anything.
+    run_fails(
+        unistore()
+            .args([
+                "install",
+                "to-filesystem",
+                "--backend",
+                "ostree",
+                "--stateroot",
+                "../x",
+                "--source-imgref",
+            ])
+            .arg(format!("oci:{}:v1", oci.display()))
+            .arg(root),
+        "stateroot",
+    );
+    run_fails(
+        unistore()
+            .args([
+                "install",
+                "to-filesystem",
+                "--backend",
+                "ostree",
+                "--unified",
+                "enabled",
+                "--source-imgref",
+            ])
+            .arg(format!("oci:{}:v1", oci.display()))
+            .arg(root),
+        "unified",
+    );
+    assert_snapshots_equal(&before, &snapshot(root), "bad options");
+
+    // Device nodes under /dev are dropped with a note; the install works.
+    unistore_fixtures::image::add_special_layer(
+        &oci,
+        "v1",
+        "devnull",
+        &[("/dev/null", tar::EntryType::Char)],
+    )
+    .unwrap();
+    let out = run(&mut install_cmd(
+        root,
+        &format!("oci:{}:devnull", oci.display()),
+        None,
+    ));
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/dev: 1 entries left out"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ostree_fsck(root);
+
+    // An ostree repository in another mode than bare.
+    let other = LoopFs::new(FsKind::Xfs, 512).unwrap();
+    let repo = other.path().join("ostree/repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    assert!(
+        Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["init", "--mode=archive"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let before = snapshot(other.path());
+    run_fails(
+        &mut install_cmd(other.path(), &format!("oci:{}:v1", oci.display()), None),
+        "not bare",
+    );
+    assert_snapshots_equal(&before, &snapshot(other.path()), "archive repo");
+}
+
+fn run_killed(mut c: Command, point: &str) {
+    let out = c.env("UNISTORE_CRASHPOINT", point).output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{point}: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn ostree_kills_leave_the_old_deployment_booting() {
+    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let root = fs.path();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let v1 = image(&oci, "os", 1);
+    let src = format!("oci:{}:os", oci.display());
+
+    // Install killed after the commit and after the deploy: no host yet;
+    // running it again completes.
+    for point in [
+        "ostree-install:after-pull",
+        "ostree-install:after-commit",
+        "ostree-install:after-deploy",
+    ] {
+        run_killed(install_cmd(root, &src, None), point);
+        assert!(
+            !root
+                .join("boot/loader/entries/ostree-1-default.conf")
+                .exists(),
+            "{point}"
+        );
+    }
+    run_ok(&mut install_cmd(root, &src, None));
+    let c1 = check_host(root, &v1, &format!("{}:os", oci.display()), "oci");
+
+    let v2 = image(&oci, "os", 2);
+    for point in [
+        "ostree-upgrade:after-pull",
+        "ostree-upgrade:after-commit",
+        "ostree-upgrade:after-deploy",
+    ] {
+        let mut c = cmd(root, None);
+        c.arg("upgrade");
+        run_killed(c, point);
+        let st = status(root);
+        assert_eq!(
+            digest(&st, "booted").as_deref(),
+            Some(v1.manifest_digest.as_str()),
+            "{point}"
+        );
+        assert_eq!(checksum(&st, "booted"), c1, "{point}");
+        ostree_fsck(root);
+        let fsck = run(cmd(root, None).args(["internals", "fsck"]));
+        assert!(fsck.status.success(), "{point}: fsck");
+    }
+    run_ok(cmd(root, None).arg("upgrade"));
+    assert_eq!(
+        digest(&status(root), "booted").as_deref(),
+        Some(v2.manifest_digest.as_str())
+    );
+    // What the kills left is garbage the gc removes; a second gc is a no-op.
+    run_ok(cmd(root, None).args(["internals", "gc"]));
+    run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
+    assert!(!root.join("ostree/unistore-staging").exists());
+    ostree_fsck(root);
+    let _: PathBuf = root.to_path_buf();
+}
