@@ -198,3 +198,40 @@
 //! and removed by its next run, under the lock. A store whose JSON cannot be
 //! parsed is never rewritten: it may describe images unistore knows nothing
 //! about.
+//!
+//! # ostree hosts
+//!
+//! An ostree host ([`crate::ostree_host`]) is what bootc installs by
+//! default, and libostree (2022.7 on Debian 12, through the `ostree` crate)
+//! owns everything that makes it bootable: deployment checkouts, the `/etc`
+//! three-way merge, BLS entries, kernels under `boot/ostree/`, the atomic
+//! boot-version swap, cleanup and prune. unistore only turns an image into a
+//! commit ([`crate::ostree_store::commit`]).
+//!
+//! Images arrive through a *staging* composefs repository
+//! (`ostree/unistore-staging/`) rather than a second OCI importer: the pull
+//! path (every transport, blob digests checked, whiteouts applied by
+//! composefs-oci) is the same one composefs hosts use, and the staging
+//! objects are exactly what the ostree content objects need, so on XFS
+//! every file reaches `ostree/repo` by `FICLONE` and no data is written
+//! twice; the staging repository is then removed. On a host bound to
+//! composefs the same path will keep the repository (`composefs/`) instead.
+//!
+//! Content objects are written by unistore's own writer
+//! ([`crate::ostree_store::objects`]): libostree's `write_content` would
+//! copy the bytes, and only a writer of ours can reflink them. The checksum
+//! is libostree's (`checksum_file_from_input` over the object and a file
+//! header built from the tree's owner, mode and xattrs, names
+//! NUL-terminated and sorted), so the format is never reimplemented; the
+//! real `ostree fsck` verifies the result in the tests. Small inline files
+//! and symlinks, dirmeta, dirtree, the commit and its ref go through
+//! libostree. `composefs-ostree` was not used: REFERENCE section 4 lists
+//! its traps (xattr names without the NUL give checksums `ostree fsck`
+//! rejects, bare mode untested, no repo lock, each file read twice).
+//!
+//! `/var` of the image moves to `usr/share/factory/var` in the commit and is
+//! copied into the stateroot's `var/` at the first deployment: libostree
+//! 2022.7 mounts the stateroot's `var/` and never looks at a commit's.
+//! libostree stages only on a booted host; on a root that is not running,
+//! `upgrade` and `switch` write the new deployment as the next boot at once
+//! (as `ostree admin deploy` does), and `finalize-staged` has nothing to do.
