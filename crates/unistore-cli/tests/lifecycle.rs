@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -316,17 +315,6 @@ fn second_writer_is_refused_and_status_does_not_block() {
     assert_eq!(w.digests(), (w.v(1), None, None));
     drop(f);
     run_ok(w.cmd().args(["internals", "gc"]));
-}
-
-fn run_killed(mut c: Command, point: &str) {
-    let out = c.env("UNISTORE_CRASHPOINT", point).output().unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{point}: {:?} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -504,17 +503,6 @@ fn ostree_bad_inputs_leave_root_unchanged() {
         "not bare",
     );
     assert_snapshots_equal(&before, &snapshot(other.path()), "archive repo");
-}
-
-fn run_killed(mut c: Command, point: &str) {
-    let out = c.env("UNISTORE_CRASHPOINT", point).output().unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{point}: {:?} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -506,16 +505,6 @@ fn set_unified_full_on_plain_xfs_host() {
     );
     let o = run_ok(cmd(root, None).args(["image", "set-unified", "full"]));
     assert!(o.contains("Already unified"), "{o}");
-}
-
-fn run_killed(mut c: Command, point: &str) {
-    let out = c.env("UNISTORE_CRASHPOINT", point).output().unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "expected a kill at {point}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The flag never says "unified" unless every live image is in the store.

@@ -205,13 +205,28 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
             other.push(d);
         }
     }
-    // A queued rollback: the primary entry is not what is booted.
-    let rollback_queued = booted_idx.is_some_and(|i| i != 0);
-    let spec_image = booted
+    Ok(assemble(HostStatus {
+        staged,
+        booted,
+        rollback,
+        other_deployments: other,
+        rollback_queued: booted_idx.is_some_and(|i| i != 0),
+        ty: Some("bootcHost"),
+        storage: storage_status(sysroot)?,
+        booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
+    }))
+}
+
+/// The `BootcHost` around `status`: the spec follows the booted image, and
+/// a queued rollback (the primary entry is not what is booted) shows in the
+/// boot order. Every backend builds its status through this.
+pub fn assemble(status: HostStatus) -> Host {
+    let spec_image = status
+        .booted
         .as_ref()
         .and_then(|b| b.image.as_ref())
         .map(|i| i.image.clone());
-    Ok(Host {
+    Host {
         api_version: "org.containers.bootc/v1",
         kind: "BootcHost",
         metadata: Metadata {
@@ -219,21 +234,12 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
         },
         spec: HostSpec {
             image: spec_image,
-            boot_order: if rollback_queued {
+            boot_order: if status.rollback_queued {
                 "rollback"
             } else {
                 "default"
             },
         },
-        status: HostStatus {
-            staged,
-            booted,
-            rollback,
-            other_deployments: other,
-            rollback_queued,
-            ty: Some("bootcHost"),
-            storage: storage_status(sysroot)?,
-            booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
-        },
-    })
+        status,
+    }
 }

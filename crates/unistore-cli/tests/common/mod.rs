@@ -216,3 +216,17 @@ pub fn compare_tree(mnt: &Path, expected: &[ExpectedEntry]) -> usize {
 pub fn umount_all(mnt: &Path) {
     let _ = Command::new("umount").arg("-R").arg(mnt).status();
 }
+
+/// Runs `c` with `UNISTORE_CRASHPOINT=point` and asserts it was killed
+/// there (SIGKILL).
+pub fn run_killed(mut c: Command, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = c.env("UNISTORE_CRASHPOINT", point).output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "expected a kill at {point}: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -148,6 +148,10 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
     })
 }
 
+/// Who uses a commit: its image refs, its deployments, the reference those
+/// deployments follow.
+type CommitUse = (Vec<String>, Vec<String>, Option<String>);
+
 /// Runs `internals fsck images` on an ostree host.
 pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     let os = super::load(sysroot)?;
@@ -161,8 +165,7 @@ fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Res
     let _ = opts;
     let issues: Vec<String> = vec![];
     // commit -> (refs, deployments)
-    let mut by_commit: BTreeMap<String, (Vec<String>, Vec<String>, Option<String>)> =
-        BTreeMap::new();
+    let mut by_commit: BTreeMap<String, CommitUse> = BTreeMap::new();
     for (r, c) in ostree_store::image_refs(&repo)? {
         by_commit.entry(c).or_default().0.push(r);
     }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::ostree_store;
-use crate::status::{BootEntry, Host, HostSpec, HostStatus, ImageStatus, Metadata, StorageStatus};
+use crate::status::{BootEntry, Host, HostStatus, ImageStatus, StorageStatus};
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// Describes one deployment.
@@ -112,36 +112,16 @@ pub fn status(sysroot: &Sysroot) -> Result<Host> {
             other.push(e);
         }
     }
-    let rollback_queued = booted_idx.is_some_and(|i| i != 0);
-    let spec_image = booted
-        .as_ref()
-        .and_then(|b| b.image.as_ref())
-        .map(|i| i.image.clone());
-    Ok(Host {
-        api_version: "org.containers.bootc/v1",
-        kind: "BootcHost",
-        metadata: Metadata {
-            name: "host".into(),
-        },
-        spec: HostSpec {
-            image: spec_image,
-            boot_order: if rollback_queued {
-                "rollback"
-            } else {
-                "default"
-            },
-        },
-        status: HostStatus {
-            staged,
-            booted,
-            rollback,
-            other_deployments: other,
-            rollback_queued,
-            ty: Some("bootcHost"),
-            storage: storage(&os),
-            booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
-        },
-    })
+    Ok(crate::status::assemble(HostStatus {
+        staged,
+        booted,
+        rollback,
+        other_deployments: other,
+        rollback_queued: booted_idx.is_some_and(|i| i != 0),
+        ty: Some("bootcHost"),
+        storage: storage(&os),
+        booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
+    }))
 }
 
 /// `image list` of an ostree host: each deployment's image (booted,
