@@ -104,19 +104,16 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
             manifest_digest,
             version,
             gc,
-        } => {
-            println!(
+        } => print_new_deployment(
+            &format!(
                 "Deployed {image} as the next boot (not the running system: nothing to stage)"
-            );
-            println!("  deployment: {deployment_id}");
-            println!("  digest:     {manifest_digest}");
-            if let Some(v) = version {
-                println!("  version:    {v}");
-            }
-            if let Some(g) = gc {
-                print_gc_summary(g);
-            }
-        }
+            ),
+            deployment_id,
+            manifest_digest,
+            version.as_deref(),
+            false,
+            gc.as_deref(),
+        ),
         UpgradeOutcome::Staged {
             image,
             deployment_id,
@@ -124,22 +121,39 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
             version,
             kernel_reused,
             gc,
-        } => {
-            println!("Staged {image} for the next boot");
-            println!("  deployment: {deployment_id}");
-            println!("  digest:     {manifest_digest}");
-            if let Some(v) = version {
-                println!("  version:    {v}");
-            }
-            if *kernel_reused {
-                println!("  kernel:     shared with an existing deployment");
-            }
-            if let Some(g) = gc {
-                print_gc_summary(g);
-            }
-        }
+        } => print_new_deployment(
+            &format!("Staged {image} for the next boot"),
+            deployment_id,
+            manifest_digest,
+            version.as_deref(),
+            *kernel_reused,
+            gc.as_deref(),
+        ),
     }
     Ok(())
+}
+
+/// The lines of a new deployment (staged, or written as the next boot).
+fn print_new_deployment(
+    header: &str,
+    deployment_id: &str,
+    manifest_digest: &str,
+    version: Option<&str>,
+    kernel_reused: bool,
+    gc: Option<&unistore::ops::gc::GcReport>,
+) {
+    println!("{header}");
+    println!("  deployment: {deployment_id}");
+    println!("  digest:     {manifest_digest}");
+    if let Some(v) = version {
+        println!("  version:    {v}");
+    }
+    if kernel_reused {
+        println!("  kernel:     shared with an existing deployment");
+    }
+    if let Some(g) = gc {
+        print_gc_summary(g);
+    }
 }
 
 pub async fn upgrade(sysroot: &Sysroot, a: UpgradeArgs, fetch: FetchConfig) -> Result<()> {

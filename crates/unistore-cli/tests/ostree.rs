@@ -26,6 +26,23 @@ fn image(dir: &Path, tag: &str, v: u32) -> BuiltImage {
     build_test_image(dir, tag, &opts).unwrap()
 }
 
+/// A loop filesystem to install on, and an `oci:` layout (in a temporary
+/// work directory) holding v1 of the test image under `tag`.
+struct Setup {
+    fs: LoopFs,
+    work: tempfile::TempDir,
+    oci: PathBuf,
+    v1: BuiltImage,
+}
+
+fn setup(kind: FsKind, mib: u64, tag: &str) -> Setup {
+    let fs = LoopFs::new(kind, mib).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let v1 = image(&oci, tag, 1);
+    Setup { fs, work, oci, v1 }
+}
+
 fn install_cmd(root: &Path, src: &str, reg: Option<&Registry>) -> Command {
     let mut c = unistore();
     if let Some(r) = reg {
@@ -197,11 +214,13 @@ fn check_host(root: &Path, img: &BuiltImage, name: &str, transport: &str) -> Str
 
 #[test]
 fn ostree_install_from_oci_on_xfs_and_lifecycle() {
-    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let Setup {
+        fs,
+        work: _work,
+        oci,
+        v1,
+    } = setup(FsKind::Xfs, 1536, "os");
     let root = fs.path();
-    let work = tempfile::tempdir().unwrap();
-    let oci = work.path().join("oci");
-    let v1 = image(&oci, "os", 1);
     let src = format!("oci:{}:os", oci.display());
     let r: Value = serde_json::from_str(&run_ok(&mut install_cmd(root, &src, None))).unwrap();
     assert_eq!(r["manifest_digest"], v1.manifest_digest.as_str());
@@ -340,10 +359,12 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
 
 #[test]
 fn ostree_install_from_registry_on_ext4_gives_the_same_commit() {
-    let fs = LoopFs::new(FsKind::Ext4, 1024).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let oci = work.path().join("oci");
-    let img = image(&oci, "v1", 1);
+    let Setup {
+        fs,
+        work: _work,
+        oci,
+        v1: img,
+    } = setup(FsKind::Ext4, 1024, "v1");
     let reg = Registry::start().unwrap();
     let src = reg.push_oci(&oci, "v1", "testos").unwrap();
     run_ok(&mut install_cmd(fs.path(), &src, Some(&reg)));
@@ -376,11 +397,13 @@ fn ostree_install_from_registry_on_ext4_gives_the_same_commit() {
 
 #[test]
 fn ostree_bad_inputs_leave_root_unchanged() {
-    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let Setup {
+        fs,
+        work,
+        oci,
+        v1: _,
+    } = setup(FsKind::Xfs, 1024, "v1");
     let root = fs.path();
-    let work = tempfile::tempdir().unwrap();
-    let oci = work.path().join("oci");
-    image(&oci, "v1", 1);
     let before = snapshot(root);
     let install = |src: &str, needle: &str| {
         run_fails(&mut install_cmd(root, src, None), needle);
@@ -507,11 +530,13 @@ fn ostree_bad_inputs_leave_root_unchanged() {
 
 #[test]
 fn ostree_kills_leave_the_old_deployment_booting() {
-    let fs = LoopFs::new(FsKind::Xfs, 1536).unwrap();
+    let Setup {
+        fs,
+        work: _work,
+        oci,
+        v1,
+    } = setup(FsKind::Xfs, 1536, "os");
     let root = fs.path();
-    let work = tempfile::tempdir().unwrap();
-    let oci = work.path().join("oci");
-    let v1 = image(&oci, "os", 1);
     let src = format!("oci:{}:os", oci.display());
 
     // Install killed after the commit and after the deploy: no host yet;

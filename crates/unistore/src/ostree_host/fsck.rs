@@ -108,9 +108,8 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
     let os = super::load(sysroot)?;
     let repo = os.repo();
     let deps = os.deployments();
-    let mut commits: BTreeSet<String> = deps.iter().map(|d| d.csum().to_string()).collect();
-    commits.extend(ostree_store::image_refs(&repo)?.into_iter().map(|(_, c)| c));
-    let (repository, _) = check_repo(&repo, &commits);
+    // Each object is re-hashed once: the images' verdict reuses this walk.
+    let (repository, whole) = check_repo(&repo, &checked_commits(&os)?);
     let boot_entries = check_entries(sysroot)?;
     let mut deployments = vec![];
     for d in &deps {
@@ -137,7 +136,8 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
         }
         deployments.push(r);
     }
-    let images = images_report(sysroot, &os, opts)?;
+    let _ = opts;
+    let images = images_report(&os, &whole)?;
     let ok = repository.ok() && all_ok(&boot_entries) && all_ok(&deployments) && images.ok;
     Ok(FullReport {
         repository,
@@ -152,17 +152,34 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
 /// deployments follow.
 type CommitUse = (Vec<String>, Vec<String>, Option<String>);
 
-/// Runs `internals fsck images` on an ostree host.
-pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
-    let os = super::load(sysroot)?;
-    images_report(sysroot, &os, opts)
+/// The commits a check walks: every deployment's and every image ref's.
+fn checked_commits(os: &ostree::Sysroot) -> Result<BTreeSet<String>> {
+    let mut commits: BTreeSet<String> = os
+        .deployments()
+        .iter()
+        .map(|d| d.csum().to_string())
+        .collect();
+    commits.extend(
+        ostree_store::image_refs(&os.repo())?
+            .into_iter()
+            .map(|(_, c)| c),
+    );
+    Ok(commits)
 }
 
-fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
-    let repo = os.repo();
-    // Not unified: each object exists once, so `--repair` has no other copy
-    // to rebuild from and repairs nothing.
+/// Runs `internals fsck images` on an ostree host. Not unified, each object
+/// exists once, so `--repair` has no other copy to rebuild from and repairs
+/// nothing.
+pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     let _ = opts;
+    let os = super::load(sysroot)?;
+    let (_, whole) = check_repo(&os.repo(), &checked_commits(&os)?);
+    images_report(&os, &whole)
+}
+
+/// The images' verdict, given the commits found whole.
+fn images_report(os: &ostree::Sysroot, whole: &BTreeSet<String>) -> Result<ImagesReport> {
+    let repo = os.repo();
     let issues: Vec<String> = vec![];
     // commit -> (refs, deployments)
     let mut by_commit: BTreeMap<String, CommitUse> = BTreeMap::new();
@@ -176,8 +193,6 @@ fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Res
             e.2 = Some(img.to_string());
         }
     }
-    let commits: BTreeSet<String> = by_commit.keys().cloned().collect();
-    let (_, whole) = check_repo(&repo, &commits);
     let mut images = vec![];
     for (commit, (refs, deps, reference)) in by_commit {
         let info = ostree_store::commit_info(&repo, &commit);
@@ -217,7 +232,6 @@ fn images_report(sysroot: &Sysroot, os: &ostree::Sysroot, opts: FsckOpts) -> Res
         images.push(r);
     }
     let ok = images.iter().all(|i| i.ok()) && issues.is_empty();
-    let _ = sysroot;
     Ok(ImagesReport {
         unified_storage_enabled: false,
         unified_mode: None,

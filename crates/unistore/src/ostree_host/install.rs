@@ -125,11 +125,7 @@ async fn install_inner(
     ostree_store::check_mode(&repo, &sysroot.join(ostree_store::REPO_DIR))?;
 
     let origin_image = opts.target.clone().unwrap_or_else(|| opts.source.clone());
-    progress::step(&progress, "Writing the ostree commit".to_string());
-    let imported = staged.commit(sysroot, &repo, &origin_image)?;
-    for n in &imported.notes {
-        progress::step(&progress, format!("note: {n}"));
-    }
+    let imported = staged.commit(sysroot, &repo, &origin_image, &progress)?;
     crashpoint::hit("ostree-install:after-commit");
 
     progress::step(&progress, format!("Deploying {}", &imported.checksum[..12]));

@@ -92,8 +92,7 @@ pub async fn upgrade(
     let staged = staging::pull(sysroot, &target, &opts.fetch, progress.clone()).await?;
     crate::bootloader::find_kernel(&staged.fs)?;
     crashpoint::hit("ostree-upgrade:after-pull");
-    progress::step(&progress, "Writing the ostree commit".to_string());
-    let imported = staged.commit(sysroot, &repo, &target)?;
+    let imported = staged.commit(sysroot, &repo, &target, &progress)?;
     let manifest_digest = staged.manifest_digest.clone();
     drop(staged);
     staging::remove(sysroot)?;

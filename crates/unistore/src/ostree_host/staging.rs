@@ -81,16 +81,19 @@ pub async fn pull(
 }
 
 impl Staged {
-    /// Writes the image as one commit kept by the ref of `image`.
+    /// Writes the image as one commit kept by the ref of `image`; what the
+    /// commit leaves out is reported as notes.
     pub fn commit(
         &self,
         sysroot: &Sysroot,
         ostree: &ostree::Repo,
         image: &ImageRef,
+        progress: &Progress,
     ) -> Result<Imported> {
+        crate::progress::step(progress, "Writing the ostree commit".to_string());
         let repo_dir = sysroot.dir().open_dir(ostree_store::REPO_DIR)?;
         let ref_name = ostree_store::image_ref(image);
-        ostree_store::commit::import(
+        let imported = ostree_store::commit::import(
             ostree,
             &repo_dir,
             &self.repo,
@@ -102,7 +105,11 @@ impl Staged {
                 timestamp: self.created,
                 ref_name: &ref_name,
             },
-        )
+        )?;
+        for n in &imported.notes {
+            crate::progress::step(progress, format!("note: {n}"));
+        }
+        Ok(imported)
     }
 }
 

@@ -90,12 +90,16 @@ fn storage(os: &ostree::Sysroot) -> Option<StorageStatus> {
 
 /// The status of an ostree host.
 pub fn status(sysroot: &Sysroot) -> Result<Host> {
-    let os = super::load(sysroot)?;
-    let (deps, booted_idx) = super::deployments(sysroot, &os);
+    host(sysroot, &super::load(sysroot)?)
+}
+
+/// The status from a loaded libostree sysroot.
+fn host(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Host> {
+    let (deps, booted_idx) = super::deployments(sysroot, os);
     let total = deps.len();
     let staged = os
         .staged_deployment()
-        .map(|d| describe(&os, &d, 0, total + 1));
+        .map(|d| describe(os, &d, 0, total + 1));
     let mut booted = None;
     let mut rollback = None;
     let mut other = vec![];
@@ -103,7 +107,7 @@ pub fn status(sysroot: &Sysroot) -> Result<Host> {
         if d.is_staged() {
             continue;
         }
-        let e = describe(&os, d, i, total);
+        let e = describe(os, d, i, total);
         if Some(i) == booted_idx {
             booted = Some(e);
         } else if rollback.is_none() {
@@ -119,7 +123,7 @@ pub fn status(sysroot: &Sysroot) -> Result<Host> {
         other_deployments: other,
         rollback_queued: booted_idx.is_some_and(|i| i != 0),
         ty: Some("bootcHost"),
-        storage: storage(&os),
+        storage: storage(os),
         booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
     }))
 }
@@ -129,8 +133,8 @@ pub fn status(sysroot: &Sysroot) -> Result<Host> {
 /// in the repository. Reads only.
 pub fn image_list(sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
     use crate::ops::image_list::{HostImage, ImageList};
-    let host = status(sysroot)?;
     let os = super::load(sysroot)?;
+    let host = host(sysroot, &os)?;
     let repo = os.repo();
     let mut images: Vec<HostImage> = vec![];
     let mut errors = vec![];
