@@ -357,42 +357,83 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
 }
 
+/// Registry and `oci:`, ext4 and XFS: the same image gives the same commit
+/// everywhere; each host passes every check.
 #[test]
-fn ostree_install_from_registry_on_ext4_gives_the_same_commit() {
-    let Setup {
-        fs,
-        work: _work,
-        oci,
-        v1: img,
-    } = setup(FsKind::Ext4, 1024, "v1");
+fn ostree_install_from_registry_and_oci_on_ext4_and_xfs_gives_the_same_commit() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
     let reg = Registry::start().unwrap();
-    let src = reg.push_oci(&oci, "v1", "testos").unwrap();
-    run_ok(&mut install_cmd(fs.path(), &src, Some(&reg)));
-    let c_ext4 = check_host(
-        fs.path(),
-        &img,
-        src.trim_start_matches("docker://"),
-        "registry",
-    );
+    let pushed = reg.push_oci(&oci, "v1", "testos").unwrap();
+    let layout = format!("oci:{}:v1", oci.display());
+    let mut commits = vec![];
+    let mut hosts = vec![];
+    for (kind, src) in [
+        (FsKind::Ext4, &pushed),
+        (FsKind::Xfs, &pushed),
+        (FsKind::Ext4, &layout),
+        (FsKind::Xfs, &layout),
+    ] {
+        let fs = LoopFs::new(kind, 1024).unwrap();
+        run_ok(&mut install_cmd(fs.path(), src, Some(&reg)));
+        let (name, transport) = match src.strip_prefix("docker://") {
+            Some(n) => (n.to_string(), "registry"),
+            None => (src.trim_start_matches("oci:").to_string(), "oci"),
+        };
+        commits.push(check_host(fs.path(), &img, &name, transport));
+        hosts.push(fs);
+    }
+    assert!(commits.iter().all(|c| *c == commits[0]), "{commits:?}");
 
-    // The same image from oci: onto XFS: the same commit.
-    let xfs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
-    run_ok(&mut install_cmd(
-        xfs.path(),
-        &format!("oci:{}:v1", oci.display()),
-        None,
-    ));
-    assert_eq!(checksum(&status(xfs.path()), "booted"), c_ext4);
-
-    // The gc frees what a switch left behind, and `--dry-run` previews it.
+    // A switch from the registry on the ext4 host; a gc dry run then finds
+    // nothing to do and changes nothing.
+    let root = hosts[0].path();
     let img2 = image(&oci, "v2", 2);
     let src2 = reg.push_oci(&oci, "v2", "testos2").unwrap();
-    run_ok(cmd(fs.path(), Some(&reg)).args(["switch", &src2]));
+    run_ok(cmd(root, Some(&reg)).args(["switch", &src2]));
     assert_eq!(
-        digest(&status(fs.path()), "booted").as_deref(),
+        digest(&status(root), "booted").as_deref(),
         Some(img2.manifest_digest.as_str())
     );
-    ostree_fsck(fs.path());
+    ostree_fsck(root);
+    let before = snapshot(root);
+    let dry: Value = serde_json::from_str(&run_ok(cmd(root, None).args([
+        "internals",
+        "gc",
+        "--dry-run",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["objects_removed"], 0, "{dry}");
+    assert_snapshots_equal(&before, &snapshot(root), "gc --dry-run");
+}
+
+/// A disk that fills up, in the pull and in the commit: one clear error,
+/// the root as it was.
+#[test]
+fn ostree_full_disk_is_a_clear_error_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    for (mib, payload) in [(96, 150), (128, 56)] {
+        let fs = LoopFs::new(FsKind::Ext4, mib).unwrap();
+        let oci = work.path().join(format!("oci{payload}"));
+        let opts = TestImageOpts {
+            payload_mib: payload,
+            ..Default::default()
+        };
+        build_test_image(&oci, "v1", &opts).unwrap();
+        let before = snapshot(fs.path());
+        run_fails(
+            &mut install_cmd(fs.path(), &format!("oci:{}:v1", oci.display()), None),
+            "space",
+        );
+        assert_snapshots_equal(
+            &before,
+            &snapshot(fs.path()),
+            &format!("{mib} MiB, {payload} MiB payload"),
+        );
+    }
 }
 
 #[test]
