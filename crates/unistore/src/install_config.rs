@@ -31,6 +31,36 @@ pub enum UnifiedMode {
     EnabledWithCopy,
 }
 
+impl UnifiedMode {
+    /// What to do when stores cannot share extents; `None` for `disabled`.
+    pub fn policy(self) -> Option<crate::reflink::Policy> {
+        use crate::reflink::Policy;
+        match self {
+            Self::Disabled => None,
+            Self::Enabled => Some(Policy::ReflinkOnly),
+            Self::EnabledWithCopy => Some(Policy::ReflinkOrCopy),
+        }
+    }
+
+    /// Fails with a clear message when this mode needs reflinks and `probe`
+    /// says the filesystem of `dir` has none.
+    pub fn require_reflinks(
+        self,
+        probe: &crate::reflink::ReflinkProbe,
+        dir: &std::path::Path,
+    ) -> Result<()> {
+        if self == Self::Enabled && !probe.supported {
+            anyhow::bail!(
+                "unified storage mode \"enabled\" needs reflinks, but the filesystem of {} ({}) does not support reflinks; \
+                 use \"enabled-with-copy\" to fall back to copies",
+                dir.display(),
+                probe.describe()
+            );
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for UnifiedMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -23,8 +23,6 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rustix::io::Errno;
 
-use crate::install_config::UnifiedMode;
-
 /// What [`probe`] found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReflinkProbe {
@@ -104,20 +102,6 @@ pub fn probe(dir: &Path) -> Result<ReflinkProbe> {
     }
 }
 
-/// Fails with a clear message when `mode` needs reflinks and `probe` says
-/// there are none.
-pub fn require_for_mode(mode: UnifiedMode, probe: &ReflinkProbe, dir: &Path) -> Result<()> {
-    if mode == UnifiedMode::Enabled && !probe.supported {
-        bail!(
-            "unified storage mode \"enabled\" needs reflinks, but the filesystem of {} ({}) does not support reflinks; \
-             use \"enabled-with-copy\" to fall back to copies",
-            dir.display(),
-            probe.describe()
-        );
-    }
-    Ok(())
-}
-
 /// What to do when two stores cannot share a file's extents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -127,17 +111,6 @@ pub enum Policy {
     /// Reflinks where possible, else keep separate copies
     /// (mode `enabled-with-copy`).
     ReflinkOrCopy,
-}
-
-impl Policy {
-    /// The policy of a unified mode; `None` for `disabled`.
-    pub fn for_mode(mode: UnifiedMode) -> Option<Self> {
-        match mode {
-            UnifiedMode::Disabled => None,
-            UnifiedMode::Enabled => Some(Self::ReflinkOnly),
-            UnifiedMode::EnabledWithCopy => Some(Self::ReflinkOrCopy),
-        }
-    }
 }
 
 /// How a file ended up.
@@ -324,6 +297,7 @@ pub fn share_identical(src: &File, dst: &File, policy: Policy) -> Result<Method>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::install_config::UnifiedMode;
     use std::io::Write;
 
     #[test]
@@ -340,10 +314,14 @@ mod tests {
         // Nothing is left behind.
         assert_eq!(std::fs::read_dir(td.path()).unwrap().count(), 0);
         if !p.supported {
-            let err = require_for_mode(UnifiedMode::Enabled, &p, td.path()).unwrap_err();
+            let err = UnifiedMode::Enabled
+                .require_reflinks(&p, td.path())
+                .unwrap_err();
             assert!(err.to_string().contains("reflinks"), "{err}");
         }
-        require_for_mode(UnifiedMode::EnabledWithCopy, &p, td.path()).unwrap();
+        UnifiedMode::EnabledWithCopy
+            .require_reflinks(&p, td.path())
+            .unwrap();
 
         let mut a = File::create(td.path().join("a")).unwrap();
         a.write_all(&vec![7u8; 100_000]).unwrap();

@@ -29,7 +29,7 @@ use crate::deployment;
 use crate::imgref::ImageRef;
 use crate::install_config::{InstallConfig, UnifiedMode};
 use crate::progress::{self, Progress};
-use crate::reflink::{self, Policy};
+use crate::reflink;
 use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::unified;
 use crate::util;
@@ -163,7 +163,7 @@ pub async fn install_to_filesystem(
         && mode != UnifiedMode::Disabled
     {
         let probe = reflink::probe(sysroot.path())?;
-        reflink::require_for_mode(mode, &probe, sysroot.path())?;
+        mode.require_reflinks(&probe, sysroot.path())?;
     }
     let mut created = Created::new(&sysroot);
     for p in [COMPOSEFS_DIR, "state", BOOT_DIR, "boot/loader", "ostree"] {
@@ -262,11 +262,11 @@ async fn install_inner(
         None => (image_config.unified.unwrap_or_default(), "image-config"),
     };
     let mut unified_summary = None;
-    if let Some(policy) = Policy::for_mode(mode) {
+    if let Some(policy) = mode.policy() {
         let probe = unified::probe_reflinks(sysroot)?;
         let message = if early.is_none() {
             // Fetched plainly: bring the image into the store from composefs.
-            reflink::require_for_mode(mode, &probe, sysroot.path())?;
+            mode.require_reflinks(&probe, sysroot.path())?;
             let origin = opts.target.clone().unwrap_or_else(|| opts.source.clone());
             let r = unified::import_into_store(
                 sysroot,

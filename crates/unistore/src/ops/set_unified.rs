@@ -21,7 +21,6 @@ use crate::deployment;
 use crate::host::HostState;
 use crate::imgref::ImageRef;
 use crate::progress::{self, Progress};
-use crate::reflink::{self, Policy};
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 use crate::unified::{self, ImportReport, UnifiedMode};
 use crate::{crashpoint, lock};
@@ -185,12 +184,12 @@ pub async fn set_unified(
                 .into(),
         });
     }
-    let Some(policy) = Policy::for_mode(opts.mode) else {
+    let Some(policy) = opts.mode.policy() else {
         bail!("set-unified full needs a mode: enabled or enabled-with-copy");
     };
     let _lock = lock::lock(sysroot)?;
     let probe = unified::probe_reflinks(sysroot)?;
-    reflink::require_for_mode(opts.mode, &probe, sysroot.path())?;
+    opts.mode.require_reflinks(&probe, sysroot.path())?;
     let live = live_images(sysroot)?;
     if live.is_empty() {
         bail!("no boot entry names a deployment: nothing to unify");

@@ -205,11 +205,11 @@ pub async fn fetch_unified(
     mode: UnifiedMode,
     progress: Progress,
 ) -> Result<Pulled> {
-    let Some(policy) = Policy::for_mode(mode) else {
+    let Some(policy) = mode.policy() else {
         bail!("fetch_unified called with unified storage disabled");
     };
     let probe = probe_reflinks(sysroot)?;
-    reflink::require_for_mode(mode, &probe, sysroot.path())?;
+    mode.require_reflinks(&probe, sysroot.path())?;
     if probe.supported {
         // composefs first, then the store by reflinks from its objects.
         let pulled = composefs_store::pull(repo, imgref, fetch, progress.clone()).await?;

@@ -524,7 +524,7 @@ fn check_image_sharing(
         .to_string();
     if opts.repair
         && c.unshared > 0
-        && let Some(policy) = mode.and_then(crate::reflink::Policy::for_mode)
+        && let Some(policy) = mode.and_then(UnifiedMode::policy)
     {
         let before = (c.unshared, c.unshared_bytes);
         match unified::reshare_layers(
