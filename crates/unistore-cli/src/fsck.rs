@@ -131,7 +131,7 @@ fn finish(ok: bool) -> Result<()> {
 
 /// `internals fsck images`.
 pub fn images(sysroot: &Sysroot, f: FsckFlags) -> Result<()> {
-    let r = unistore::backend::detect(sysroot)?.fsck_images(sysroot, opts(f))?;
+    let r = unistore::backends::detect(sysroot)?.fsck_images(sysroot, opts(f))?;
     let out = std::io::stdout();
     let mut out = out.lock();
     if f.json {
@@ -222,7 +222,7 @@ pub async fn run(sysroot: &Sysroot, a: FsckArgs) -> Result<()> {
     if let Some(FsckWhat::Images(f)) = a.what {
         return images(sysroot, f);
     }
-    let r = unistore::backend::detect(sysroot)?
+    let r = unistore::backends::detect(sysroot)?
         .fsck(sysroot, opts(a.flags))
         .await?;
     let out = std::io::stdout();

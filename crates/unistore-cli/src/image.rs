@@ -44,7 +44,7 @@ pub enum TargetArg {
 pub async fn run(sysroot: &Sysroot, cmd: ImageCmd) -> Result<()> {
     match cmd {
         ImageCmd::List { json } => {
-            let list = unistore::backend::detect(sysroot)?.image_list(sysroot)?;
+            let list = unistore::backends::detect(sysroot)?.image_list(sysroot)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {

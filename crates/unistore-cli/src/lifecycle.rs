@@ -2,11 +2,11 @@
 
 use anyhow::{Result, bail};
 use unistore::Sysroot;
-use unistore::composefs_store::FetchConfig;
 use unistore::imgref::ImageRef;
 use unistore::ops::finalize::FinalizeOutcome;
 use unistore::ops::gc::{GcOpts, GcReport};
 use unistore::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
+use unistore::stores::composefs_repo::FetchConfig;
 
 use crate::progress;
 
@@ -162,7 +162,7 @@ pub async fn upgrade(sysroot: &Sysroot, a: UpgradeArgs, fetch: FetchConfig) -> R
         check: a.check,
         fetch,
     };
-    let o = unistore::backend::detect(sysroot)?
+    let o = unistore::backends::detect(sysroot)?
         .upgrade(sysroot, &opts, progress::reporter())
         .await?;
     print_upgrade(&o, a.out.json)
@@ -175,14 +175,14 @@ pub async fn switch(sysroot: &Sysroot, a: SwitchArgs, fetch: FetchConfig) -> Res
         check: false,
         fetch,
     };
-    let o = unistore::backend::detect(sysroot)?
+    let o = unistore::backends::detect(sysroot)?
         .upgrade(sysroot, &opts, progress::reporter())
         .await?;
     print_upgrade(&o, a.out.json)
 }
 
 pub fn rollback(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
-    let r = unistore::backend::detect(sysroot)?.rollback(sysroot)?;
+    let r = unistore::backends::detect(sysroot)?.rollback(sysroot)?;
     if a.json {
         return print_json(&r);
     }
@@ -198,7 +198,7 @@ pub fn rollback(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
 }
 
 pub fn finalize(sysroot: &Sysroot, a: JsonArg) -> Result<()> {
-    let o = unistore::backend::detect(sysroot)?.finalize(sysroot)?;
+    let o = unistore::backends::detect(sysroot)?.finalize(sysroot)?;
     if a.json {
         return print_json(&o);
     }
@@ -238,7 +238,7 @@ pub fn gc(sysroot: &Sysroot, a: GcArgs) -> Result<()> {
     let opts = GcOpts {
         dry_run: a.dry_run || a.assert_no_op,
     };
-    let r = unistore::backend::detect(sysroot)?.gc(sysroot, opts)?;
+    let r = unistore::backends::detect(sysroot)?.gc(sysroot, opts)?;
     if a.out.json {
         print_json(&r)?;
     } else {

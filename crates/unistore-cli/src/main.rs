@@ -91,7 +91,7 @@ struct InstallArgs {
     /// The kind of host: `composefs` (native composefs, the default) or
     /// `ostree` (bootc's default backend: deployments in an ostree repo).
     #[arg(long, default_value = "composefs", value_parser = parse_backend)]
-    backend: unistore::backend::BackendKind,
+    backend: unistore::backends::BackendKind,
     /// The ostree stateroot (`--backend ostree`; default `default`).
     #[arg(long)]
     stateroot: Option<String>,
@@ -99,7 +99,7 @@ struct InstallArgs {
     root: PathBuf,
 }
 
-fn parse_backend(s: &str) -> Result<unistore::backend::BackendKind> {
+fn parse_backend(s: &str) -> Result<unistore::backends::BackendKind> {
     s.parse()
 }
 
@@ -188,7 +188,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     // podman's private run roots (sockets, locks) live on the host's /run:
     // short paths podman accepts, gone at reboot.
-    unistore::cstorage::set_runtime_dir("/run/unistore");
+    unistore::stores::containers_storage::set_runtime_dir("/run/unistore");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -200,7 +200,7 @@ fn run(cli: Cli) -> Result<()> {
             mountpoint,
         }) => {
             let sysroot = open_sysroot(cli.sysroot.as_deref())?;
-            let id = unistore::backend::detect(&sysroot)?.mount(
+            let id = unistore::backends::detect(&sysroot)?.mount(
                 &sysroot,
                 deployment.as_deref(),
                 &mountpoint,
@@ -260,8 +260,8 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
 }
 
 /// Registry settings from the environment, as podman reads them.
-pub(crate) fn fetch_config() -> unistore::composefs_store::FetchConfig {
-    unistore::composefs_store::FetchConfig {
+pub(crate) fn fetch_config() -> unistore::stores::composefs_repo::FetchConfig {
+    unistore::stores::composefs_repo::FetchConfig {
         registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
     }
 }
@@ -289,11 +289,11 @@ async fn install(a: InstallArgs) -> Result<()> {
         },
         stateroot: a.stateroot.clone(),
     };
-    if a.stateroot.is_some() && a.backend != unistore::backend::BackendKind::Ostree {
+    if a.stateroot.is_some() && a.backend != unistore::backends::BackendKind::Ostree {
         bail!("--stateroot applies to --backend ostree only");
     }
     let progress = progress::reporter();
-    let r = unistore::backend::for_kind(a.backend)
+    let r = unistore::backends::for_kind(a.backend)
         .install(&a.root, &opts, progress.clone())
         .await
         .with_context(|| format!("installing to {}", a.root.display()))?;
@@ -314,7 +314,7 @@ async fn install(a: InstallArgs) -> Result<()> {
 }
 
 fn status(sysroot: &Sysroot, a: StatusArgs) -> Result<()> {
-    let backend = unistore::backend::detect(sysroot)?;
+    let backend = unistore::backends::detect(sysroot)?;
     let mut host = backend.status(sysroot)?;
     if a.booted {
         host.status.staged = None;

@@ -601,7 +601,7 @@ fn set_unified_survives_kills_at_each_stage() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    unistore::cstorage::set_runtime_dir("/run/unistore-test");
+    unistore::stores::containers_storage::set_runtime_dir("/run/unistore-test");
     let sysroot = unistore::Sysroot::open(root).unwrap();
     let live = vec![img1.manifest_digest.clone(), img2.manifest_digest.clone()];
     let r = unistore::unified::prune_store(&sysroot, &live).unwrap();

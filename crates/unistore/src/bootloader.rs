@@ -11,8 +11,8 @@ use cap_std_ext::cap_std::fs::Dir;
 use composefs::tree::RegularFile;
 use sha2::{Digest, Sha256};
 
-use crate::composefs_store::{ObjectId, Repo};
 use crate::reflink::Tally;
+use crate::stores::composefs_repo::{ObjectId, Repo};
 use crate::sysroot::{KERNEL_DIR_PREFIX, Sysroot};
 use crate::util;
 
@@ -247,7 +247,7 @@ pub fn find_kernel(fs: &composefs::tree::FileSystem<ObjectId>) -> Result<KernelP
 pub fn boot_digest(pair: &KernelPair, repo: &Repo) -> Result<String> {
     let mut h = Sha256::new();
     for f in [&pair.vmlinuz, &pair.initrd] {
-        let mut r = crate::composefs_store::open_file_content(f, repo)?;
+        let mut r = crate::stores::composefs_repo::open_file_content(f, repo)?;
         std::io::copy(&mut r, &mut HashWriter(&mut h))?;
     }
     Ok(hex::encode(h.finalize()))
@@ -287,7 +287,7 @@ pub fn write_kernel_dir(
     boot.create_dir_all(&tmp)?;
     for (name, f) in [("vmlinuz", &pair.vmlinuz), ("initrd", &pair.initrd)] {
         let out = boot.create(format!("{tmp}/{name}"))?.into_std();
-        crate::composefs_store::write_file_content(f, repo, &out, tally)
+        crate::stores::composefs_repo::write_file_content(f, repo, &out, tally)
             .with_context(|| format!("writing {name}"))?;
         out.sync_all()?;
     }

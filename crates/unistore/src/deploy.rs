@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 use composefs_boot::os_release::OsReleaseInfo;
 
 use crate::bootloader::{self, BlsEntry};
-use crate::composefs_store::{self, Repo};
 use crate::deployment::{self, NewDeployment};
 use crate::imgref::ImageRef;
 use crate::install_config;
 use crate::origin::Origin;
 use crate::reflink::Tally;
+use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{BOOT_DIR, Sysroot};
 
 /// What to deploy.
@@ -52,7 +52,7 @@ pub struct Deployed {
 
 /// The kernel arguments the image `manifest_digest` asks for.
 pub fn image_kargs(repo: &Repo, manifest_digest: &str) -> Result<Vec<String>> {
-    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let img = composefs_repo::open_image(repo, manifest_digest)?;
     let fs = img
         .read_filesystem(repo, false)
         .context("reading the image's filesystem")?;
@@ -69,12 +69,12 @@ pub fn deploy_image(
     track: &mut dyn FnMut(&str) -> Result<()>,
 ) -> Result<Deployed> {
     let id = req.id;
-    let img = composefs_store::open_image(repo, req.manifest_digest)?;
+    let img = composefs_repo::open_image(repo, req.manifest_digest)?;
     let fs = img
         .read_filesystem(repo, false)
         .context("reading the image's filesystem")?;
     let kernel = bootloader::find_kernel(&fs)?;
-    let os_release = composefs_store::read_image_file(&fs, repo, "/usr/lib/os-release")?
+    let os_release = composefs_repo::read_image_file(&fs, repo, "/usr/lib/os-release")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let osr = OsReleaseInfo::parse(&os_release);

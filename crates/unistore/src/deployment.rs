@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::composefs_store::{self, Repo};
 use crate::origin::{ImgInfoRef, Origin, parse_imginfo};
 use crate::reflink::Tally;
+use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{SHARED_VAR_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
 
@@ -64,7 +64,7 @@ pub fn manifest_digest(
     })?;
     match parse_imginfo(&text).with_context(|| format!("parsing {path}"))? {
         ImgInfoRef::Manifest(d) => Ok(d),
-        ImgInfoRef::Config(c) => composefs_store::manifest_for_config(repo, &c)?
+        ImgInfoRef::Config(c) => composefs_repo::manifest_for_config(repo, &c)?
             .ok_or_else(|| anyhow!("no image in the repository has config {c} (from {path})")),
     }
 }
@@ -76,7 +76,7 @@ pub struct NewDeployment<'a> {
     /// Its origin.
     pub origin: &'a Origin,
     /// The image tree, for `/etc` and the first `/var`.
-    pub fs: &'a composefs::tree::FileSystem<composefs_store::ObjectId>,
+    pub fs: &'a composefs::tree::FileSystem<composefs_repo::ObjectId>,
     /// The repository holding the tree's objects.
     pub repo: &'a Repo,
 }

@@ -40,7 +40,7 @@
 //! A deployment writes real files outside the repository: the kernel and
 //! initrd under `boot/<kernel dir>/`, and `/etc` (and the first `/var`)
 //! under `state/`. Each one that a composefs object holds is written by
-//! `FICLONE` from that object ([`crate::composefs_store::write_file_content`]
+//! `FICLONE` from that object ([`crate::stores::composefs_repo::write_file_content`]
 //! over [`crate::reflink::clone_or_copy`]): on a filesystem with reflinks it
 //! costs no data blocks, and copy-on-write keeps it an independent file (an
 //! edited `/etc` file gets its own blocks; the object is never touched).
@@ -158,7 +158,7 @@
 //! this order: composefs objects from store files (the store file's
 //! fs-verity digest must equal the object id before it is cloned in and
 //! renamed over the damaged one), then the store from composefs. The store is
-//! rebuilt by unistore's own writer ([`crate::cstor_writer`]) rather than by
+//! rebuilt by unistore's own writer ([`crate::stores::containers_storage::writer`]) rather than by
 //! an OCI export and `skopeo copy`: the layer splitstream already holds the
 //! tar headers and the object ids of file contents, so one pass over it
 //! creates `diff/` (contents by `FICLONE` from the objects: no data written
@@ -201,12 +201,12 @@
 //!
 //! # ostree hosts
 //!
-//! An ostree host ([`crate::ostree_host`]) is what bootc installs by
+//! An ostree host ([`crate::backends::ostree_host`]) is what bootc installs by
 //! default, and libostree (2022.7 on Debian 12, through the `ostree` crate)
 //! owns everything that makes it bootable: deployment checkouts, the `/etc`
 //! three-way merge, BLS entries, kernels under `boot/ostree/`, the atomic
 //! boot-version swap, cleanup and prune. unistore only turns an image into a
-//! commit ([`crate::ostree_store::commit`]).
+//! commit ([`crate::stores::ostree_repo::commit`]).
 //!
 //! Images arrive through a *staging* composefs repository
 //! (`ostree/unistore-staging/`) rather than a second OCI importer: the pull
@@ -218,7 +218,7 @@
 //! composefs the same path will keep the repository (`composefs/`) instead.
 //!
 //! Content objects are written by unistore's own writer
-//! ([`crate::ostree_store::objects`]): libostree's `write_content` would
+//! ([`crate::stores::ostree_repo::objects`]): libostree's `write_content` would
 //! copy the bytes, and only a writer of ours can reflink them. The checksum
 //! is libostree's (`checksum_file_from_input` over the object and a file
 //! header built from the tree's owner, mode and xattrs, names

@@ -16,8 +16,8 @@ use composefs::generic_tree::{Directory, Inode, LeafContent, LeafId, Stat};
 use composefs::tree::{FileSystem, RegularFile};
 use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
 
-use crate::composefs_store::{ObjectId, Repo, write_file_content};
 use crate::reflink::Tally;
+use crate::stores::composefs_repo::{ObjectId, Repo, write_file_content};
 
 /// What [`materialize`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

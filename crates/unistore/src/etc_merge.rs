@@ -16,7 +16,7 @@ use composefs::generic_tree::{Directory, Inode, LeafContent};
 use composefs::tree::{FileSystem, RegularFile};
 use sha2::{Digest, Sha256};
 
-use crate::composefs_store::{ObjectId, Repo, open_file_content};
+use crate::stores::composefs_repo::{ObjectId, Repo, open_file_content};
 
 /// One path's state, compared across the three trees.
 #[derive(Debug, Clone, PartialEq, Eq)]

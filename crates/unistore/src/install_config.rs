@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use composefs::generic_tree::{Inode, LeafContent};
 use serde::{Deserialize, Serialize};
 
-use crate::composefs_store::{ObjectId, Repo};
+use crate::stores::composefs_repo::{ObjectId, Repo};
 
 /// Where install config files live, in merge order.
 pub const CONFIG_DIRS: [&str; 4] = [

@@ -8,13 +8,9 @@
 //!
 //! See [`design`] for the decisions behind the on-disk layout.
 
-pub mod backend;
+pub mod backends;
 pub mod bootloader;
-pub mod composefs_store;
 pub mod crashpoint;
-pub mod cstor_format;
-pub mod cstor_writer;
-pub mod cstorage;
 pub mod deploy;
 pub mod deployment;
 pub mod design;
@@ -30,12 +26,11 @@ pub mod migrate;
 pub mod oci_layout;
 pub mod ops;
 pub mod origin;
-pub mod ostree_host;
-pub mod ostree_store;
 pub mod progress;
 pub mod reflink;
 pub mod staged;
 pub mod status;
+pub mod stores;
 pub mod sysroot;
 pub mod tar_walk;
 pub mod unified;

@@ -4,9 +4,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::bootloader::BlsEntry;
-use crate::composefs_store::{self, Repo};
 use crate::deployment;
 use crate::imgref::ImageRef;
+use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// `{apiVersion, kind, metadata, spec, status}`.
@@ -131,7 +131,7 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
     let mut image = None;
     if let (Some(origin), Some(repo)) = (&origin, repo) {
         match deployment::manifest_digest(sysroot, repo, &id, origin)
-            .and_then(|d| Ok((composefs_store::open_image(repo, &d)?, d)))
+            .and_then(|d| Ok((composefs_repo::open_image(repo, &d)?, d)))
         {
             Ok((img, digest)) => {
                 let version = img
@@ -185,7 +185,7 @@ pub fn storage_status(sysroot: &Sysroot) -> Result<Option<StorageStatus>> {
 
 /// The status of a native composefs host.
 pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
-    let repo = composefs_store::open(sysroot).ok();
+    let repo = composefs_repo::open(sysroot).ok();
     let host = crate::host::HostState::read(sysroot)?;
     let entries = &host.entries;
     let booted_idx = host.booted;

@@ -24,7 +24,7 @@ use tar_core::{EntryType, HEADER_SIZE, PaxExtensions};
 
 use composefs::fsverity::FsVerityHashValue;
 
-use crate::composefs_store::{ObjectId, Repo};
+use crate::stores::composefs_repo::{ObjectId, Repo};
 
 /// The kind of a tar entry, as it matters for unpacking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

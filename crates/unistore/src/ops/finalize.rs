@@ -13,10 +13,10 @@
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::composefs_store;
 use crate::deployment;
 use crate::etc_merge;
 use crate::host::HostState;
+use crate::stores::composefs_repo;
 use crate::sysroot::{ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
 use crate::{bootloader, crashpoint, lock, migrate, staged, util};
 
@@ -94,10 +94,10 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
 /// Merges the booted deployment's `/etc` into the staged one's. Returns the
 /// number of local changes carried over.
 fn merge_etc(sysroot: &Sysroot, booted_id: &str, new_id: &str) -> Result<usize> {
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let origin = deployment::read_origin(sysroot, booted_id)?;
     let digest = deployment::manifest_digest(sysroot, &repo, booted_id, &origin)?;
-    let img = composefs_store::open_image(&repo, &digest)?;
+    let img = composefs_repo::open_image(&repo, &digest)?;
     let fs = img.read_filesystem(&repo, false)?;
     let old = etc_merge::scan_image(&fs, &repo, "/etc")?;
     let cur_path = sysroot.join(format!("{}/etc", deployment::state_dir(booted_id)));

@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::composefs_store;
 use crate::deployment;
 use crate::host::HostState;
+use crate::stores::composefs_repo;
 use crate::sysroot::{BOOT_DIR, BOOTC_TAG_PREFIX, KERNEL_DIR_PREFIX, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
 
@@ -152,7 +152,7 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     }
 
     // 3. Tags.
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let mut live_digests = BTreeSet::new();
     for id in &live_ids {
         let origin = deployment::read_origin(sysroot, id)
@@ -164,7 +164,7 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     let tags = composefs_oci::oci_image::list_refs(repo.as_ref())?;
     let tagged: BTreeSet<String> = tags.iter().map(|(n, _)| n.clone()).collect();
     for d in &live_digests {
-        let tag = composefs_store::bootc_tag(d);
+        let tag = composefs_repo::bootc_tag(d);
         if !tagged.contains(&tag) {
             if !opts.dry_run {
                 composefs_oci::oci_image::tag_image(repo.as_ref(), &d.parse()?, &tag)?;

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::composefs_store;
 use crate::ops::set_unified::live_images_lenient;
+use crate::stores::composefs_repo;
 use crate::sysroot::{BOOTC_TAG_PREFIX, Sysroot};
 use crate::unified::{self, UnifiedMode};
 
@@ -58,7 +58,7 @@ pub struct ImageList {
 
 /// Lists the host's images. Reads only.
 pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let mut by_digest: BTreeMap<String, HostImage> = BTreeMap::new();
     let mut order: Vec<String> = vec![];
     let blank = |d: &str| HostImage {
@@ -100,7 +100,7 @@ pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
     let mut images = vec![];
     for d in order {
         let mut h = by_digest.remove(&d).expect("inserted");
-        if let Ok(img) = composefs_store::open_image(&repo, &d) {
+        if let Ok(img) = composefs_repo::open_image(&repo, &d) {
             h.in_composefs = true;
             let c = img.config_digest().to_string();
             h.version = img

@@ -23,13 +23,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::composefs_store::{self, FetchConfig, Pulled, Repo};
 use crate::deploy::{self, DeployRequest};
 use crate::deployment;
 use crate::imgref::ImageRef;
 use crate::install_config::{InstallConfig, UnifiedMode};
 use crate::progress::{self, Progress};
 use crate::reflink;
+use crate::stores::composefs_repo::{self, FetchConfig, Pulled, Repo};
 use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::unified;
 use crate::util;
@@ -44,7 +44,7 @@ pub struct InstallOpts {
     /// Extra kernel arguments, after those of the image's install config.
     pub kargs: Vec<String>,
     /// How to reach registries.
-    pub fetch: composefs_store::FetchConfig,
+    pub fetch: composefs_repo::FetchConfig,
     /// `--unified`: wins over every install config file.
     pub unified: Option<UnifiedMode>,
     /// The host's own install config files (`/etc/bootc/install/*.toml`,
@@ -209,7 +209,7 @@ pub async fn fetch(
         Some(m @ (UnifiedMode::Enabled | UnifiedMode::EnabledWithCopy)) => {
             unified::fetch_unified(sysroot, repo, source, fetch, m, progress).await
         }
-        _ => composefs_store::pull(repo, source, fetch, progress).await,
+        _ => composefs_repo::pull(repo, source, fetch, progress).await,
     }
 }
 
@@ -219,7 +219,7 @@ fn effective_config(
     manifest_digest: &str,
     host: &InstallConfig,
 ) -> Result<InstallConfig> {
-    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let img = composefs_repo::open_image(repo, manifest_digest)?;
     let fs = img
         .read_filesystem(repo, false)
         .context("reading the image's filesystem")?;
@@ -239,7 +239,7 @@ async fn install_inner(
     created: &mut Created<'_>,
 ) -> Result<InstallResult> {
     progress::step(&progress, format!("Pulling {}", opts.source));
-    let (repo, _) = composefs_store::init(sysroot)?;
+    let (repo, _) = composefs_repo::init(sysroot)?;
     let Pulled {
         manifest_digest,
         boot_image_id: id,

@@ -9,9 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use composefs::mount::MountOptions;
 
-use crate::composefs_store;
 use crate::deployment;
 use crate::status;
+use crate::stores::composefs_repo;
 use crate::sysroot::Sysroot;
 
 /// Mounts deployment `id` (default: the booted one) at `mountpoint`.
@@ -31,7 +31,7 @@ pub fn mount_deployment(sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) 
             "deployment {id} does not exist ({state} is missing)"
         ));
     }
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     repo.mount_at(&id, mountpoint, &MountOptions::default())
         .with_context(|| format!("mounting deployment {id}"))?;
     let etc_src = sysroot.join(format!("{state}/etc"));

@@ -15,12 +15,12 @@
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::composefs_store;
-use crate::cstorage;
 use crate::deployment;
 use crate::host::HostState;
 use crate::imgref::ImageRef;
 use crate::progress::{self, Progress};
+use crate::stores::composefs_repo;
+use crate::stores::containers_storage;
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 use crate::unified::{self, ImportReport, UnifiedMode};
 use crate::{crashpoint, lock};
@@ -98,7 +98,7 @@ pub fn live_images_lenient(sysroot: &Sysroot) -> Result<(LiveImages, Vec<String>
 
 fn collect_live_images(sysroot: &Sysroot, strict: bool) -> Result<(LiveImages, Vec<String>)> {
     let host = HostState::read(sysroot)?;
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let staged = host.staged_entry().and_then(|e| e.deployment_id());
     let mut order: Vec<(&crate::bootloader::BlsEntry, &str)> = vec![];
     if let Some(b) = host.booted_entry() {
@@ -161,7 +161,7 @@ pub async fn set_unified(
     opts: &SetUnifiedOpts,
     progress: Progress,
 ) -> Result<SetUnifiedOutcome> {
-    if crate::ostree_host::is_ostree_root(sysroot)? {
+    if crate::backends::ostree_host::is_ostree_root(sysroot)? {
         anyhow::bail!(
             "{} is an ostree host: set-unified (binding it to composefs, or sharing its files with containers-storage) is not available for ostree hosts yet; nothing was changed",
             sysroot.path().display()
@@ -194,10 +194,10 @@ pub async fn set_unified(
     if live.is_empty() {
         bail!("no boot entry names a deployment: nothing to unify");
     }
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let mut missing = vec![];
     for (l, _) in &live {
-        let img = composefs_store::open_image(&repo, &l.manifest_digest)?;
+        let img = composefs_repo::open_image(&repo, &l.manifest_digest)?;
         if !unified::image_in_store(sysroot, img.config_digest().as_ref())? {
             missing.push(l.manifest_digest.clone());
         }
@@ -238,7 +238,7 @@ pub async fn set_unified(
     }
     // Every image must be there before the flag says so.
     for (l, _) in &live {
-        let img = composefs_store::open_image(&repo, &l.manifest_digest)?;
+        let img = composefs_repo::open_image(&repo, &l.manifest_digest)?;
         if !unified::image_in_store(sysroot, img.config_digest().as_ref())? {
             bail!(
                 "{} is still missing from containers-storage",
@@ -260,12 +260,12 @@ pub async fn set_unified(
 
 /// Whether the store has every live image (for checks and tests).
 pub fn all_live_in_store(sysroot: &Sysroot) -> Result<bool> {
-    if !cstorage::store_exists(sysroot)? {
+    if !containers_storage::store_exists(sysroot)? {
         return Ok(false);
     }
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     for (l, _) in live_images(sysroot)? {
-        let img = composefs_store::open_image(&repo, &l.manifest_digest)?;
+        let img = composefs_repo::open_image(&repo, &l.manifest_digest)?;
         if !unified::image_in_store(sysroot, img.config_digest().as_ref())? {
             return Ok(false);
         }

@@ -13,7 +13,6 @@
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 
-use crate::composefs_store::{self, FetchConfig, RemoteImage};
 use crate::deploy::{self, DeployRequest};
 use crate::deployment;
 use crate::host::HostState;
@@ -21,6 +20,7 @@ use crate::imgref::ImageRef;
 use crate::ops::gc::{self, GcOpts, GcReport};
 use crate::progress::{self, Progress};
 use crate::staged::{self, StagedMarker};
+use crate::stores::composefs_repo::{self, FetchConfig, RemoteImage};
 use crate::sysroot::{STAGED_ENTRIES_DIR, Sysroot};
 use crate::{bootloader, crashpoint, lock, migrate};
 
@@ -101,7 +101,7 @@ pub async fn upgrade(
         .ok_or_else(|| anyhow!("no booted deployment: install a host first"))?;
     let booted_id = booted.deployment_id().unwrap_or_default().to_string();
     let booted_origin = deployment::read_origin(sysroot, &booted_id)?;
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let booted_digest =
         deployment::manifest_digest(sysroot, &repo, &booted_id, &booted_origin).ok();
     let imgref = opts
@@ -110,7 +110,7 @@ pub async fn upgrade(
         .unwrap_or_else(|| booted_origin.image.clone());
 
     progress::step(&progress, format!("Checking {imgref}"));
-    let remote = composefs_store::inspect_remote(&imgref, &opts.fetch).await?;
+    let remote = composefs_repo::inspect_remote(&imgref, &opts.fetch).await?;
     let staged_digest = match host.marker.as_ref() {
         Some(m) => deployment::read_origin(sysroot, &m.depl_id)
             .ok()
@@ -244,9 +244,9 @@ pub async fn upgrade(
     drop(repo);
     progress::step(&progress, "Collecting garbage");
     let gc_report = gc::gc(sysroot, GcOpts::default())?;
-    let version = composefs_store::open(sysroot)
+    let version = composefs_repo::open(sysroot)
         .ok()
-        .and_then(|r| composefs_store::open_image(&r, &pulled.manifest_digest).ok())
+        .and_then(|r| composefs_repo::open_image(&r, &pulled.manifest_digest).ok())
         .and_then(|i| {
             i.label("org.opencontainers.image.version")
                 .map(str::to_string)

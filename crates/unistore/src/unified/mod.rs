@@ -1,12 +1,12 @@
 //! Unified storage: one physical copy of each image file, shared by the
 //! composefs repository and the host containers-storage (see
-//! [`crate::cstorage`]) through reflinks.
+//! [`crate::stores::containers_storage`]) through reflinks.
 //!
 //! Two orders, by what the filesystem can do (the why is in
 //! [`crate::design`]):
 //!
 //! * with reflinks, composefs first: the plain pull, then
-//!   [`import_into_store`], whose native writer ([`crate::cstor_writer`])
+//!   [`import_into_store`], whose native writer ([`crate::stores::containers_storage::writer`])
 //!   writes the store's layers with every file a reflink of its composefs
 //!   object. `set-unified full` and an install whose image asks for unified
 //!   storage use [`import_into_store`] alone;
@@ -48,13 +48,13 @@ use cap_std_ext::cap_std::{self, fs::Dir};
 use composefs_oci::{LocalFetchOpt, OciDigest, PullOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::composefs_store::{self, FetchConfig, Pulled, Repo};
 use crate::crashpoint;
-use crate::cstor_writer;
-use crate::cstorage::{self, Session};
 use crate::imgref::{ImageRef, Transport};
 use crate::progress::{self, Progress};
 use crate::reflink::{self, Method, Policy, ReflinkProbe};
+use crate::stores::composefs_repo::{self, FetchConfig, Pulled, Repo};
+use crate::stores::containers_storage::writer;
+use crate::stores::containers_storage::{self, Session};
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot, UNIFIED_FLAG};
 use crate::util;
 
@@ -114,18 +114,25 @@ pub fn probe_reflinks(sysroot: &Sysroot) -> Result<ReflinkProbe> {
 /// Whether the store holds the image (by its config digest) with all its
 /// layers. Reads only.
 pub fn image_in_store(sysroot: &Sysroot, config_digest: &str) -> Result<bool> {
-    if !cstorage::store_exists(sysroot)? {
+    if !containers_storage::store_exists(sysroot)? {
         return Ok(false);
     }
-    Ok(cstorage::find_complete_image(&cstorage::store_path(sysroot), config_digest)?.is_some())
+    Ok(containers_storage::find_complete_image(
+        &containers_storage::store_path(sysroot),
+        config_digest,
+    )?
+    .is_some())
 }
 
 /// The image in the store with id `config_digest`, if complete. Reads only.
-pub fn store_image(sysroot: &Sysroot, config_digest: &str) -> Result<Option<cstorage::StoreImage>> {
-    if !cstorage::store_exists(sysroot)? {
+pub fn store_image(
+    sysroot: &Sysroot,
+    config_digest: &str,
+) -> Result<Option<containers_storage::StoreImage>> {
+    if !containers_storage::store_exists(sysroot)? {
         return Ok(None);
     }
-    cstorage::find_complete_image(&cstorage::store_path(sysroot), config_digest)
+    containers_storage::find_complete_image(&containers_storage::store_path(sysroot), config_digest)
 }
 
 /// A registry name as containers/image normalizes it (`:latest` when it
@@ -193,7 +200,7 @@ fn human_bytes(n: u64) -> String {
 ///   composefs from the store by hardlinks where possible (for podman, each
 ///   layer as soon as podman has committed it), so there is still one copy.
 ///
-/// `mode` must not be `disabled` (that is [`composefs_store::pull`]).
+/// `mode` must not be `disabled` (that is [`composefs_repo::pull`]).
 /// `enabled` fails before writing anything when the filesystem has no
 /// reflinks; `enabled-with-copy` then falls back and says so through
 /// `progress`. The returned manifest digest is the registry's.
@@ -212,7 +219,7 @@ pub async fn fetch_unified(
     mode.require_reflinks(&probe, sysroot.path())?;
     if probe.supported {
         // composefs first, then the store by reflinks from its objects.
-        let pulled = composefs_store::pull(repo, imgref, fetch, progress.clone()).await?;
+        let pulled = composefs_repo::pull(repo, imgref, fetch, progress.clone()).await?;
         crashpoint::hit("unified:after-composefs-pull");
         let r = import_into_store(
             sysroot,
@@ -260,7 +267,7 @@ pub enum NameRule {
 
 /// Puts an image of the composefs repository into the store without the
 /// network and without copying file data: the native writer
-/// ([`crate::cstor_writer`]) replays its layers into the store, each
+/// ([`crate::stores::containers_storage::writer`]) replays its layers into the store, each
 /// regular file a reflink of its composefs object (a copy only under
 /// `ReflinkOrCopy` on a filesystem without reflinks). An image already in
 /// the store is not written again, only named, and its files are made to
@@ -282,23 +289,23 @@ pub async fn import_into_store(
     probe: &ReflinkProbe,
     progress: &Progress,
 ) -> Result<ImportReport> {
-    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let img = composefs_repo::open_image(repo, manifest_digest)?;
     let image_id = img
         .config_digest()
         .to_string()
         .trim_start_matches("sha256:")
         .to_string();
     drop(img);
-    cstorage::ensure_store(sysroot)?;
-    let store = cstorage::store_path(sysroot);
-    let images = cstorage::read_images(&store)?;
+    containers_storage::ensure_store(sysroot)?;
+    let store = containers_storage::store_path(sysroot);
+    let images = containers_storage::read_images(&store)?;
     let mut wanted = vec![store_name(manifest_digest)];
     if let Some(n) = origin.and_then(normalized_registry_name)
         && (rule == NameRule::Take || !images.iter().any(|i| i.names.contains(&n)))
     {
         wanted.push(n);
     }
-    let present = cstorage::find_complete_image(&store, &image_id)?;
+    let present = containers_storage::find_complete_image(&store, &image_id)?;
     let had: &[String] = present.as_ref().map_or(&[], |p| &p.names);
     let add: Vec<String> = wanted
         .iter()
@@ -320,7 +327,7 @@ pub async fn import_into_store(
     let copied = present.is_none();
     let written = if present.is_some() {
         if !add.is_empty() {
-            cstor_writer::add_names(&store, &image_id, &add)?;
+            writer::add_names(&store, &image_id, &add)?;
         }
         None
     } else {
@@ -328,13 +335,13 @@ pub async fn import_into_store(
             progress,
             format!("Writing {manifest_digest} into containers-storage from composefs"),
         );
-        let opts = cstor_writer::WriteOptions {
+        let opts = writer::WriteOptions {
             names: wanted.clone(),
             allow_copy: policy == Policy::ReflinkOrCopy,
             verify_reused: false,
         };
         let (r, m, st) = (repo.clone(), manifest_digest.to_string(), store.clone());
-        let w = tokio::task::spawn_blocking(move || cstor_writer::write_image(&r, &m, &st, &opts))
+        let w = tokio::task::spawn_blocking(move || writer::write_image(&r, &m, &st, &opts))
             .await?
             .with_context(|| format!("writing {manifest_digest} into containers-storage"))?;
         crashpoint::hit("unified:after-store-write");
@@ -345,8 +352,8 @@ pub async fn import_into_store(
     // written and those recorded as shared before (an upgrade reuses most).
     // One read of the store's JSON for what follows (the share pass does
     // not change it).
-    let layers = cstorage::read_layers(&store)?;
-    let stored = cstorage::find_complete_image(&store, &image_id)?;
+    let layers = containers_storage::read_layers(&store)?;
+    let stored = containers_storage::find_complete_image(&store, &image_id)?;
     let share = if probe.supported {
         let mut share = ShareStats::default();
         if let Some(w) = &written {
@@ -366,7 +373,7 @@ pub async fn import_into_store(
         skip.extend(share.shared_layers.iter().cloned());
         let in_chain = stored
             .as_ref()
-            .map(|i| cstorage::layer_chain(i, &layers))
+            .map(|i| containers_storage::layer_chain(i, &layers))
             .transpose()?
             .unwrap_or_default();
         if in_chain.iter().any(|l| !known_shared(&skip, l)) {
@@ -434,7 +441,7 @@ mod tests {
 
     #[test]
     fn shared_layers_match_by_id_and_creation_instant() {
-        let layer = |id: &str, created: Option<&str>| cstorage::StoreLayer {
+        let layer = |id: &str, created: Option<&str>| containers_storage::StoreLayer {
             id: id.into(),
             parent: None,
             diff_digest: None,

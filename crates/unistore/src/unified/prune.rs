@@ -48,7 +48,7 @@ pub(super) enum PruneStep<'a> {
 /// alike.
 pub(super) fn plan_prune<'a>(
     record: &'a Record,
-    images: &'a [cstorage::StoreImage],
+    images: &'a [containers_storage::StoreImage],
     live: &BTreeSet<&str>,
 ) -> Vec<PruneStep<'a>> {
     let live_ids: BTreeSet<&str> = record
@@ -84,11 +84,11 @@ pub(super) fn plan_prune<'a>(
 
 /// The layers only the images `removed` use, and their uncompressed size.
 pub(super) fn freed_layers(
-    images: &[cstorage::StoreImage],
-    layers: &[cstorage::StoreLayer],
+    images: &[containers_storage::StoreImage],
+    layers: &[containers_storage::StoreLayer],
     removed: &[String],
 ) -> (Vec<String>, u64) {
-    let chain = |i: &cstorage::StoreImage| -> BTreeSet<String> {
+    let chain = |i: &containers_storage::StoreImage| -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         let mut next = i.layer.clone();
         while let Some(id) = next {
@@ -129,12 +129,12 @@ pub fn preview_prune_store(
 ) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     let record = read_record(sysroot)?;
-    if record.images.is_empty() || !cstorage::store_exists(sysroot)? {
+    if record.images.is_empty() || !containers_storage::store_exists(sysroot)? {
         return Ok(report);
     }
     let live: BTreeSet<&str> = live_manifest_digests.iter().map(String::as_str).collect();
-    let store = cstorage::store_path(sysroot);
-    let images = cstorage::read_images(&store)?;
+    let store = containers_storage::store_path(sysroot);
+    let images = containers_storage::read_images(&store)?;
     for step in plan_prune(&record, &images, &live) {
         match step {
             PruneStep::Remove { entry, .. } => report.removed.push(entry.image_id.clone()),
@@ -144,7 +144,7 @@ pub fn preview_prune_store(
         }
     }
     if !report.removed.is_empty() {
-        let layers = cstorage::read_layers(&store)?;
+        let layers = containers_storage::read_layers(&store)?;
         (report.layers_removed, report.layer_bytes) =
             freed_layers(&images, &layers, &report.removed);
     }
@@ -158,7 +158,7 @@ pub fn preview_prune_store(
 pub fn prune_store(sysroot: &Sysroot, live_manifest_digests: &[String]) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     let record = read_record(sysroot)?;
-    if record.images.is_empty() || !cstorage::store_exists(sysroot)? {
+    if record.images.is_empty() || !containers_storage::store_exists(sysroot)? {
         return Ok(report);
     }
     let live: BTreeSet<&str> = live_manifest_digests.iter().map(String::as_str).collect();
@@ -170,8 +170,8 @@ pub fn prune_store(sysroot: &Sysroot, live_manifest_digests: &[String]) -> Resul
         return Ok(report);
     }
     let session = Session::new(sysroot, None)?;
-    let images = cstorage::read_images(session.store())?;
-    let layers = cstorage::read_layers(session.store())?;
+    let images = containers_storage::read_images(session.store())?;
+    let layers = containers_storage::read_layers(session.store())?;
     let mut keep = vec![];
     for step in plan_prune(&record, &images, &live) {
         match step {

@@ -85,7 +85,7 @@ pub(super) fn record_remove(sysroot: &Sysroot, manifest_digest: &str) -> Result<
 /// extents: same id and same creation time. The times are compared as
 /// instants, not strings: podman rewrites `layers.json` with Go's format,
 /// which trims trailing zeros of the fraction the writer put there.
-pub(super) fn known_shared(known: &SharedLayers, l: &cstorage::StoreLayer) -> bool {
+pub(super) fn known_shared(known: &SharedLayers, l: &containers_storage::StoreLayer) -> bool {
     match (known.get(&l.id), &l.created) {
         (Some(Some(a)), Some(b)) => {
             match (
@@ -108,14 +108,14 @@ pub(super) fn record_shared_layers(
     store: &Path,
     layers: &[(String, Option<String>)],
 ) -> Result<()> {
-    let present = layer_ids(&cstorage::read_layers(store)?);
+    let present = layer_ids(&containers_storage::read_layers(store)?);
     let mut r = read_record(sysroot)?;
     merge_shared(&mut r, Some(&present), layers);
     write_record(sysroot, &r)
 }
 
 /// The ids of `layers`.
-pub(super) fn layer_ids(layers: &[cstorage::StoreLayer]) -> BTreeSet<String> {
+pub(super) fn layer_ids(layers: &[containers_storage::StoreLayer]) -> BTreeSet<String> {
     layers.iter().map(|l| l.id.clone()).collect()
 }
 

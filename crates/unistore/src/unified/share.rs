@@ -45,7 +45,7 @@ pub(crate) struct ObjectFile {
     /// The path relative to the layer root (the store layer's `diff/`).
     pub(crate) rel: std::path::PathBuf,
     /// The object holding its content.
-    pub(crate) object: composefs_store::ObjectId,
+    pub(crate) object: composefs_repo::ObjectId,
     /// Its size.
     pub(crate) size: u64,
 }
@@ -57,7 +57,7 @@ pub(crate) struct ObjectFile {
 pub(crate) fn for_each_object_file(
     repo: &Repo,
     diff_id: &str,
-    verity: &composefs_store::ObjectId,
+    verity: &composefs_repo::ObjectId,
     mut each: impl FnMut(ObjectFile) -> Result<()>,
 ) -> Result<()> {
     use composefs::tree::{LeafContent, RegularFile};
@@ -94,12 +94,12 @@ pub(crate) fn share_pass(
     manifest_digest: &str,
     image_id: &str,
     policy: Policy,
-    want: &dyn Fn(&cstorage::StoreLayer) -> bool,
+    want: &dyn Fn(&containers_storage::StoreLayer) -> bool,
 ) -> Result<ShareStats> {
-    let img = composefs_store::open_image(repo, manifest_digest)?;
-    let simg = cstorage::find_complete_image(store, image_id)?
+    let img = composefs_repo::open_image(repo, manifest_digest)?;
+    let simg = containers_storage::find_complete_image(store, image_id)?
         .ok_or_else(|| anyhow!("image {image_id} is not complete in the store"))?;
-    let chain = cstorage::layer_chain(&simg, &cstorage::read_layers(store)?)?;
+    let chain = containers_storage::layer_chain(&simg, &containers_storage::read_layers(store)?)?;
     let diff_ids = img.layer_diff_ids();
     ensure!(
         chain.len() == diff_ids.len(),
@@ -182,7 +182,7 @@ pub(crate) fn reshare_layers(
     policy: Policy,
     layers: &BTreeSet<String>,
 ) -> Result<ShareStats> {
-    let store = cstorage::store_path(sysroot);
+    let store = containers_storage::store_path(sysroot);
     let stats = share_pass(repo, &store, manifest_digest, image_id, policy, &|l| {
         layers.contains(&l.id)
     })?;

@@ -85,9 +85,9 @@ pub(super) fn import_store_layers(
     progress: &Progress,
     out: &mut StoreImport,
 ) -> Result<Vec<String>> {
-    let simg = cstorage::find_complete_image(store, image_id)?
+    let simg = containers_storage::find_complete_image(store, image_id)?
         .ok_or_else(|| anyhow!("image {image_id} is not complete in the store"))?;
-    let chain = cstorage::layer_chain(&simg, &cstorage::read_layers(store)?)?;
+    let chain = containers_storage::layer_chain(&simg, &containers_storage::read_layers(store)?)?;
     let mut diff_ids = vec![];
     for layer in &chain {
         let Some(diff) = &layer.diff_digest else {
@@ -142,7 +142,7 @@ impl EarlyImport {
         opts: store_import::ImportOpts,
         announced: Arc<Announced>,
     ) -> Result<Self> {
-        let before: BTreeSet<String> = cstorage::read_layers(store)?
+        let before: BTreeSet<String> = containers_storage::read_layers(store)?
             .into_iter()
             .map(|l| l.id)
             .collect();
@@ -154,19 +154,20 @@ impl EarlyImport {
             let mut tried = BTreeSet::new();
             while !stop2.load(Ordering::Relaxed) {
                 let ids = announced.ids.lock().map(|i| i.clone()).unwrap_or_default();
-                let ready: Vec<cstorage::StoreLayer> = cstorage::read_layers(&store)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|l| {
-                        !before.contains(&l.id)
-                            && !tried.contains(&l.id)
-                            && !l.incomplete()
-                            && l.diff_digest.is_some()
-                            && l.compressed_digest
-                                .as_ref()
-                                .is_some_and(|c| ids.iter().any(|i| c.starts_with(i.as_str())))
-                    })
-                    .collect();
+                let ready: Vec<containers_storage::StoreLayer> =
+                    containers_storage::read_layers(&store)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|l| {
+                            !before.contains(&l.id)
+                                && !tried.contains(&l.id)
+                                && !l.incomplete()
+                                && l.diff_digest.is_some()
+                                && l.compressed_digest
+                                    .as_ref()
+                                    .is_some_and(|c| ids.iter().any(|i| c.starts_with(i.as_str())))
+                        })
+                        .collect();
                 for l in ready {
                     if stop2.load(Ordering::Relaxed) {
                         break;
@@ -217,7 +218,7 @@ pub(super) async fn fetch_store_first(
     }
     let session = Session::new(sysroot, fetch.registries_conf.as_deref())?;
     let store = session.store().to_path_buf();
-    let before = cstorage::read_images(&store)?;
+    let before = containers_storage::read_images(&store)?;
 
     let opts = store_import::ImportOpts {
         zerocopy: false,
@@ -248,7 +249,7 @@ pub(super) async fn fetch_store_first(
             session
                 .skopeo_copy_in(&imgref.to_string(), &tmp, false, &progress)
                 .await?;
-            let id = cstorage::read_images(&store)?
+            let id = containers_storage::read_images(&store)?
                 .into_iter()
                 .find(|i| i.names.contains(&tmp))
                 .map(|i| i.id)
@@ -259,14 +260,14 @@ pub(super) async fn fetch_store_first(
     // Recorded as soon as the store has it (under the digest podman stored),
     // so that a crash before the end leaves an image the store GC knows.
     let prior = before.iter().find(|i| i.id == image_id);
-    let new_names = |img: &cstorage::StoreImage| -> Vec<String> {
+    let new_names = |img: &containers_storage::StoreImage| -> Vec<String> {
         img.names
             .iter()
             .filter(|n| prior.is_none_or(|p| !p.names.contains(n)))
             .cloned()
             .collect()
     };
-    let store_digest = match cstorage::find_complete_image(&store, &image_id)? {
+    let store_digest = match containers_storage::find_complete_image(&store, &image_id)? {
         Some(img) if img.digest.is_some() => {
             record_upsert(
                 sysroot,
@@ -327,14 +328,14 @@ pub(super) async fn fetch_store_first(
     )
     .await
     .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
-    let mut pulled = composefs_store::finish_pull(repo, result)?;
+    let mut pulled = composefs_repo::finish_pull(repo, result)?;
     // composefs-oci counted the layers imported above as already present.
     let n = done.len() as u64;
     pulled.stats.layers_already_present = pulled.stats.layers_already_present.saturating_sub(n);
     pulled.stats.layers = pulled.stats.layers.saturating_sub(n);
     pulled.stats.merge(&pre_stats);
     tracing::debug!("imported into composefs in {:?}", t.elapsed());
-    let stored = cstorage::find_complete_image(&store, &image_id)?
+    let stored = containers_storage::find_complete_image(&store, &image_id)?
         .ok_or_else(|| anyhow!("image {image_id} vanished from containers-storage"))?;
     if let Some(d) = &stored.digest
         && *d != pulled.manifest_digest
@@ -352,7 +353,7 @@ pub(super) async fn fetch_store_first(
     if let Some(t) = &temp_name {
         session.untag(&image_id, t)?;
     }
-    let after = cstorage::find_complete_image(&store, &image_id)?.unwrap_or(stored);
+    let after = containers_storage::find_complete_image(&store, &image_id)?.unwrap_or(stored);
     let names = new_names(&after);
     if let Some(d) = store_digest.filter(|d| *d != pulled.manifest_digest) {
         // The entry is keyed by the digest composefs imported.

@@ -35,8 +35,8 @@ use composefs_oci::{ImportStats, OciDigest};
 use composefs_storage::{Layer, Storage, TarSplitFdStream, TarSplitItem};
 
 use super::ShareStats;
-use crate::composefs_store::{ObjectId, Repo};
 use crate::reflink::{self, Method, Policy};
+use crate::stores::composefs_repo::{ObjectId, Repo};
 
 /// How to store a layer's files.
 #[derive(Debug, Clone, Copy)]

@@ -9,10 +9,10 @@ use composefs::fsverity::FsVerityHashValue;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::composefs_store::{self, Repo};
-use crate::cstor_writer::{self, WriteOptions};
 use crate::deployment;
 use crate::host::HostState;
+use crate::stores::composefs_repo::{self, Repo};
+use crate::stores::containers_storage::writer::{self, WriteOptions};
 use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, HOST_STORAGE_DIR, Sysroot, UNIFIED_FLAG};
 use crate::unified::{self, UnifiedMode};
 
@@ -203,7 +203,7 @@ fn write_into_store(
     config_digest: &str,
     store: Option<&StoreView>,
     wo: &WriteOptions,
-) -> Result<cstor_writer::WriteStats> {
+) -> Result<writer::WriteStats> {
     let image_id = config_digest.trim_start_matches("sha256:");
     let prior: Option<Vec<&str>> = store
         .and_then(|s| s.images.iter().find(|i| id_of(i) == image_id))
@@ -226,12 +226,12 @@ fn write_into_store(
         created: prior.is_none(),
         pending,
     };
-    crate::cstorage::ensure_store(sysroot)?;
+    crate::stores::containers_storage::ensure_store(sysroot)?;
     unified::record_upsert(sysroot, entry(true))?;
-    let stats = cstor_writer::write_image(
+    let stats = writer::write_image(
         repo,
         &img.manifest_digest,
-        &crate::cstorage::store_path(sysroot),
+        &crate::stores::containers_storage::store_path(sysroot),
         wo,
     )?;
     unified::record_upsert(sysroot, entry(false))?;
@@ -272,7 +272,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         ));
         return Ok(report);
     }
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let objects = sysroot.join(COMPOSEFS_DIR).join("objects");
     let (images, issues) = host_images(sysroot, &repo)?;
     report.issues = issues;
@@ -353,7 +353,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             }
             // The GC root of a live image.
             if r.is_live && img.tags.is_empty() {
-                let tag = composefs_store::bootc_tag(&img.manifest_digest);
+                let tag = composefs_repo::bootc_tag(&img.manifest_digest);
                 match img
                     .manifest_digest
                     .parse()
@@ -445,7 +445,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         if r.is_live && r.tags.is_empty() {
             r.issues.push(format!(
                 "it is live but not tagged {} (no GC root: the repository GC would remove it)",
-                composefs_store::bootc_tag(&img.manifest_digest)
+                composefs_repo::bootc_tag(&img.manifest_digest)
             ));
         }
         if !r.is_live {

@@ -31,7 +31,7 @@
 //! (fs-verity digest recomputed before it is put in place), a live image's
 //! missing tag is added back, and an image missing or damaged in the store
 //! of a unified host is rewritten from the repository by the native writer
-//! ([`crate::cstor_writer`]) and recorded as unistore's in
+//! ([`crate::stores::containers_storage::writer`]) and recorded as unistore's in
 //! [`crate::unified::RECORD_FILE`] like a unified pull (so the store GC
 //! prunes it once no deployment uses it); store files that hold their own
 //! copy are made to share the objects' extents (the unified share pass,
@@ -48,9 +48,9 @@ pub use store::reflinks_supported;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::composefs_store;
 use crate::deployment;
 use crate::host::HostState;
+use crate::stores::composefs_repo;
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 
 /// Options of a check.
@@ -174,7 +174,7 @@ async fn check_repository(sysroot: &Sysroot, verify: bool) -> Result<RepoReport>
         ));
         return Ok(r);
     }
-    let repo = composefs_store::open(sysroot)?;
+    let repo = composefs_repo::open(sysroot)?;
     let f = if verify {
         repo.fsck().await?
     } else {
@@ -258,7 +258,7 @@ fn check_entries(sysroot: &Sysroot, host: &HostState) -> Result<Vec<EntryReport>
 
 fn check_deployments(sysroot: &Sysroot, host: &HostState) -> Result<Vec<DeploymentReport>> {
     let live = host.live_ids();
-    let repo = composefs_store::open(sysroot).ok();
+    let repo = composefs_repo::open(sysroot).ok();
     let mut out = vec![];
     for name in crate::util::list_names(sysroot.dir(), crate::sysroot::STATE_DEPLOY_DIR)? {
         if let Some(id) = name.strip_prefix(".tmp-") {

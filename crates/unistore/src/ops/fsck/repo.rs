@@ -11,9 +11,9 @@ use anyhow::{Context, Result, bail};
 use composefs::fsverity::{FsVerityHashValue, FsVerityHasher};
 use sha2::{Digest, Sha256};
 
-use crate::composefs_store::{self, ObjectId, Repo};
-use crate::cstor_format as cfmt;
-use crate::cstor_writer;
+use crate::stores::composefs_repo::{self, ObjectId, Repo};
+use crate::stores::containers_storage::format as cfmt;
+use crate::stores::containers_storage::writer;
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 use crate::tar_walk::{self, Body, Entry, LayerVisitor};
 
@@ -147,7 +147,7 @@ pub(super) fn check_composefs(
     verify: bool,
 ) -> CfsCheck {
     let mut c = CfsCheck::default();
-    let img = match composefs_store::open_image(repo, manifest_digest) {
+    let img = match composefs_repo::open_image(repo, manifest_digest) {
         Ok(i) => i,
         Err(e) => {
             c.problems.push(format!(
@@ -286,7 +286,7 @@ pub(super) fn restore_object(
             .with_context(|| format!("creating {}", tmp.display()))?;
         let reflinked = match rustix::fs::ioctl_ficlone(&d, &s) {
             Ok(()) => true,
-            Err(e) if cstor_writer::reflink_unsupported(e) => {
+            Err(e) if writer::reflink_unsupported(e) => {
                 std::io::copy(&mut &s, &mut d)?;
                 false
             }

@@ -14,9 +14,9 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use composefs::fsverity::FsVerityHashValue;
 
-use crate::composefs_store::{self, Repo};
-use crate::cstor_format as cfmt;
 use crate::extents;
+use crate::stores::composefs_repo::{self, Repo};
+use crate::stores::containers_storage::format as cfmt;
 use crate::unified;
 
 /// What the check found for one image.
@@ -46,7 +46,7 @@ pub(super) fn check_sharing(
     store: &Path,
     manifest_digest: &str,
 ) -> Result<SharingCheck> {
-    let img = composefs_store::open_image(repo, manifest_digest)?;
+    let img = composefs_repo::open_image(repo, manifest_digest)?;
     let diff_ids: Vec<String> = img.layer_diff_ids().iter().map(|d| d.to_string()).collect();
     let layer_ids = cfmt::chain_ids(&diff_ids)?;
     let mut c = SharingCheck::default();

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::cstor_format::{self as cfmt, IMAGES_JSON, IMAGES_LOCK, LAYERS_JSON, LAYERS_LOCK};
-use crate::cstor_writer;
+use crate::stores::containers_storage::format::{
+    self as cfmt, IMAGES_JSON, IMAGES_LOCK, LAYERS_JSON, LAYERS_LOCK,
+};
+use crate::stores::containers_storage::writer;
 use crate::tar_walk;
 
 use super::repo::{BadObject, verity_of};
@@ -78,11 +80,9 @@ pub(super) fn check_store_image(
                 short(diff_id)
             )),
             Some(l) => {
-                if let Some(p) = cstor_writer::layer_problem(&store.path, l, diff_id) {
+                if let Some(p) = writer::layer_problem(&store.path, l, diff_id) {
                     problems.push(p);
-                } else if verify
-                    && let Err(e) = cstor_writer::verify_layer(&store.path, id, diff_id)
-                {
+                } else if verify && let Err(e) = writer::verify_layer(&store.path, id, diff_id) {
                     problems.push(format!("{e:#}"));
                 }
             }

@@ -6,7 +6,7 @@
 //! and the BLS entries and kernels libostree writes under `boot/`. Images
 //! reach the repository through a staging composefs repository
 //! ([`staging`]): pulled there, written as one commit
-//! ([`crate::ostree_store::commit`]), then the staging repository is
+//! ([`crate::stores::ostree_repo::commit`]), then the staging repository is
 //! removed. libostree deploys (the `/etc` three-way merge, boot entries,
 //! the boot-version swap) and cleans up; nothing of that is redone here.
 //!
@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{Result, anyhow, bail};
 use ostree::{gio, glib};
 
-use crate::backend::{BoxFuture, HostBackend};
+use crate::backends::{BoxFuture, HostBackend};
 use crate::imgref::ImageRef;
 use crate::ops::finalize::FinalizeOutcome;
 use crate::ops::fsck::{FsckOpts, FullReport, ImagesReport};
@@ -142,7 +142,10 @@ pub fn load(sysroot: &Sysroot) -> Result<ostree::Sysroot> {
             sysroot.path().display()
         )
     })?;
-    crate::ostree_store::check_mode(&os.repo(), &sysroot.join(crate::ostree_store::REPO_DIR))?;
+    crate::stores::ostree_repo::check_mode(
+        &os.repo(),
+        &sysroot.join(crate::stores::ostree_repo::REPO_DIR),
+    )?;
     Ok(os)
 }
 
@@ -192,7 +195,9 @@ fn booted_index(sysroot: &Sysroot, deps: &[ostree::Deployment], karg: &str) -> O
 
 /// Whether `root` looks like an ostree host.
 pub fn is_ostree_root(sysroot: &Sysroot) -> Result<bool> {
-    Ok(sysroot.dir().try_exists(crate::ostree_store::REPO_DIR)?
+    Ok(sysroot
+        .dir()
+        .try_exists(crate::stores::ostree_repo::REPO_DIR)?
         && sysroot.dir().try_exists("ostree/deploy")?)
 }
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use composefs::tree::FileSystem;
 
-use crate::composefs_store::{self, FetchConfig, ObjectId, Repo};
 use crate::imgref::ImageRef;
-use crate::ostree_store::{self, commit::ImageCommit, commit::Imported};
 use crate::progress::Progress;
+use crate::stores::composefs_repo::{self, FetchConfig, ObjectId, Repo};
+use crate::stores::ostree_repo::{self, commit::ImageCommit, commit::Imported};
 use crate::sysroot::Sysroot;
 use crate::util;
 
@@ -49,9 +49,9 @@ pub async fn pull(
 ) -> Result<Staged> {
     remove(sysroot)?;
     sysroot.dir().create_dir_all("ostree")?;
-    let (repo, _) = composefs_store::init_at(sysroot, STAGING_DIR)?;
-    let pulled = composefs_store::pull(&repo, image, fetch, progress).await?;
-    let img = composefs_store::open_image(&repo, &pulled.manifest_digest)?;
+    let (repo, _) = composefs_repo::init_at(sysroot, STAGING_DIR)?;
+    let pulled = composefs_repo::pull(&repo, image, fetch, progress).await?;
+    let img = composefs_repo::open_image(&repo, &pulled.manifest_digest)?;
     let fs = composefs_oci::image::create_filesystem(
         &repo,
         img.config_digest(),
@@ -91,9 +91,9 @@ impl Staged {
         progress: &Progress,
     ) -> Result<Imported> {
         crate::progress::step(progress, "Writing the ostree commit".to_string());
-        let repo_dir = sysroot.dir().open_dir(ostree_store::REPO_DIR)?;
-        let ref_name = ostree_store::image_ref(image);
-        let imported = ostree_store::commit::import(
+        let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
+        let ref_name = ostree_repo::image_ref(image);
+        let imported = ostree_repo::commit::import(
             ostree,
             &repo_dir,
             &self.repo,

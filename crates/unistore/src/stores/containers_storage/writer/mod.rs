@@ -17,7 +17,7 @@
 //!   (mode 0, the whiteout's owner), opaque markers `.wh..wh..opq` the xattr
 //!   `trusted.overlay.opaque=y` on their directory;
 //! * the raw tar headers and padding go to `overlay-layers/<id>.tar-split.gz`
-//!   ([`crate::cstor_format::TarSplitWriter`]), so that exporting the layer
+//!   ([`crate::stores::containers_storage::format::TarSplitWriter`]), so that exporting the layer
 //!   gives back the original tar byte for byte; its sha256 is checked
 //!   against the diff-id before anything is published.
 //!
@@ -40,8 +40,8 @@ use anyhow::{Context, Result, anyhow, ensure};
 use rustix::io::Errno;
 use serde_json::{Value, json};
 
-use crate::composefs_store::{ObjectId, Repo};
-use crate::cstor_format::{
+use crate::stores::composefs_repo::{ObjectId, Repo};
+use crate::stores::containers_storage::format::{
     self as fmt, IMAGES_DIR, IMAGES_JSON, IMAGES_LOCK, LAYERS_DIR, LAYERS_JSON, LAYERS_LOCK,
     LINK_DIR, OVERLAY_DIR, StoreLock,
 };
@@ -108,7 +108,7 @@ struct SourceLayer {
 }
 
 fn load_source(repo: &Repo, manifest_digest: &str) -> Result<Source> {
-    let img = crate::composefs_store::open_image(repo, manifest_digest)?;
+    let img = crate::stores::composefs_repo::open_image(repo, manifest_digest)?;
     let manifest_json = img.read_manifest_json(repo)?;
     let config_json = img.read_config_json(repo)?;
     let config_digest = img.config_digest().to_string();

@@ -1,6 +1,6 @@
 //! Building one layer of the store: its `diff` directory replayed from the
 //! layer's splitstream (see the module documentation of
-//! [`crate::cstor_writer`]), its tar-split, link and `lower`, published in
+//! [`crate::stores::containers_storage::writer`]), its tar-split, link and `lower`, published in
 //! that order.
 
 use std::collections::BTreeSet;
@@ -18,8 +18,10 @@ use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use serde_json::{Value, json};
 
-use crate::composefs_store::{ObjectId, Repo};
-use crate::cstor_format::{self as fmt, LAYERS_DIR, LINK_DIR, OVERLAY_DIR, TarSplitWriter};
+use crate::stores::composefs_repo::{ObjectId, Repo};
+use crate::stores::containers_storage::format::{
+    self as fmt, LAYERS_DIR, LINK_DIR, OVERLAY_DIR, TarSplitWriter,
+};
 use crate::tar_walk::{self, Body, Entry, Kind, LayerVisitor};
 
 use super::{
@@ -423,7 +425,8 @@ impl DiffWriter<'_> {
                 let reflinked = match rustix::fs::ioctl_ficlone(file, &src) {
                     Ok(()) => true,
                     Err(err)
-                        if crate::cstor_writer::reflink_unsupported(err) && self.allow_copy =>
+                        if crate::stores::containers_storage::writer::reflink_unsupported(err)
+                            && self.allow_copy =>
                     {
                         false
                     }

@@ -14,14 +14,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use ostree::gio;
 
 use super::{deployment_image, lock, name, origin_keyfile, staging};
-use crate::composefs_store;
 use crate::crashpoint;
 use crate::ops::finalize::FinalizeOutcome;
 use crate::ops::gc::GcOpts;
 use crate::ops::rollback::RollbackReport;
 use crate::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
-use crate::ostree_store;
 use crate::progress::{self, Progress};
+use crate::stores::composefs_repo;
+use crate::stores::ostree_repo;
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// The kernel arguments of a deployment, without the `ostree=` libostree
@@ -54,10 +54,10 @@ pub async fn upgrade(
     let current = deployment_image(&booted).context("the booted deployment's origin")?;
     let target = opts.target.clone().unwrap_or_else(|| current.clone());
     let repo = os.repo();
-    let booted_digest = ostree_store::commit_info(&repo, &booted.csum())?.manifest_digest;
+    let booted_digest = ostree_repo::commit_info(&repo, &booted.csum())?.manifest_digest;
 
     progress::step(&progress, format!("Checking {target}"));
-    let remote = composefs_store::inspect_remote(&target, &opts.fetch).await?;
+    let remote = composefs_repo::inspect_remote(&target, &opts.fetch).await?;
     if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) {
         if target == current || opts.check {
             return Ok(UpgradeOutcome::NoChange {
@@ -106,7 +106,7 @@ pub async fn upgrade(
     };
     let origin = origin_keyfile(&target);
     let none = gio::Cancellable::NONE;
-    let version = ostree_store::commit_info(&repo, &imported.checksum)?.version();
+    let version = ostree_repo::commit_info(&repo, &imported.checksum)?.version();
     progress::step(&progress, format!("Deploying {}", &imported.checksum[..12]));
     let running = matches!(sysroot.booted_mode(), BootedMode::Running { .. });
     let new = if running {

@@ -25,8 +25,9 @@ use super::{DEFAULT_STATEROOT, staging};
 use crate::install_config::{self, UnifiedMode};
 use crate::ops::install::{Created, InstallOpts, InstallResult, check_empty, read_host_config};
 use crate::progress::{self, Progress};
+use crate::stores::ostree_repo;
 use crate::sysroot::{BOOT_DIR, Sysroot};
-use crate::{bootloader, crashpoint, ostree_store, util};
+use crate::{bootloader, crashpoint, util};
 
 /// Checks a stateroot name as libostree would take it as a directory name.
 fn check_stateroot(name: &str) -> Result<()> {
@@ -47,10 +48,10 @@ pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Res
     let stateroot = opts.stateroot.as_deref().unwrap_or(DEFAULT_STATEROOT);
     check_stateroot(stateroot)?;
     check_empty(&sysroot)?;
-    if sysroot.dir().try_exists(ostree_store::REPO_DIR)? {
+    if sysroot.dir().try_exists(ostree_repo::REPO_DIR)? {
         // Opening reads only; a repository in another mode is refused here,
         // before anything is written.
-        ostree_store::open(&sysroot)?;
+        ostree_repo::open(&sysroot)?;
     }
     if sysroot.dir().try_exists("ostree/deploy")? {
         // What an install killed before its boot entries leaves is taken
@@ -122,7 +123,7 @@ async fn install_inner(
             .map_err(|e| anyhow!("creating the stateroot {stateroot}: {e}"))?;
     }
     let repo = os.repo();
-    ostree_store::check_mode(&repo, &sysroot.join(ostree_store::REPO_DIR))?;
+    ostree_repo::check_mode(&repo, &sysroot.join(ostree_repo::REPO_DIR))?;
 
     let origin_image = opts.target.clone().unwrap_or_else(|| opts.source.clone());
     let imported = staged.commit(sysroot, &repo, &origin_image, &progress)?;

@@ -23,8 +23,8 @@ use ostree::glib::prelude::Cast;
 use ostree::{gio, glib};
 
 use super::objects::{ContentWriter, FileMeta, file_info, xattrs_variant};
-use crate::composefs_store::{ObjectId, Repo};
 use crate::reflink::Tally;
+use crate::stores::composefs_repo::{ObjectId, Repo};
 
 /// Top-level directories kept empty in the commit.
 const EMPTIED: [&str; 5] = ["run", "tmp", "proc", "sys", "dev"];

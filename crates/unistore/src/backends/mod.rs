@@ -2,7 +2,7 @@
 //!
 //! A native composefs host keeps its deployments in the composefs
 //! repository ([`ComposefsBackend`]); an ostree host in `ostree/repo`, its
-//! deployments made by libostree ([`crate::ostree_host::OstreeBackend`]).
+//! deployments made by libostree ([`OstreeBackend`]).
 //! Commands ask the backend, never `match` on the kind themselves: install
 //! gets one from [`for_kind`], every later command from [`detect`].
 
@@ -12,14 +12,20 @@ use std::pin::Pin;
 
 use anyhow::{Result, bail};
 
-use crate::ops::finalize::{self, FinalizeOutcome};
-use crate::ops::fsck::{self, FsckOpts, FullReport, ImagesReport};
-use crate::ops::gc::{self, GcOpts, GcReport};
+pub mod composefs_host;
+pub mod ostree_host;
+
+pub use composefs_host::ComposefsBackend;
+pub use ostree_host::OstreeBackend;
+
+use crate::ops::finalize::FinalizeOutcome;
+use crate::ops::fsck::{FsckOpts, FullReport, ImagesReport};
+use crate::ops::gc::{GcOpts, GcReport};
 use crate::ops::install::{InstallOpts, InstallResult};
-use crate::ops::rollback::{self, RollbackReport};
-use crate::ops::upgrade::{self, UpgradeOpts, UpgradeOutcome};
+use crate::ops::rollback::RollbackReport;
+use crate::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
 use crate::progress::Progress;
-use crate::status::{self, Host};
+use crate::status::Host;
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 
 /// A boxed future, so the trait stays object-safe.
@@ -65,62 +71,6 @@ pub trait HostBackend {
     fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList>;
 }
 
-/// A native composefs host.
-#[derive(Debug, Default)]
-pub struct ComposefsBackend;
-
-impl HostBackend for ComposefsBackend {
-    fn name(&self) -> &'static str {
-        "composefs"
-    }
-    fn install<'a>(
-        &'a self,
-        root: &'a Path,
-        opts: &'a InstallOpts,
-        progress: Progress,
-    ) -> BoxFuture<'a, Result<InstallResult>> {
-        Box::pin(crate::ops::install::install_to_filesystem(
-            root, opts, progress,
-        ))
-    }
-    fn status(&self, sysroot: &Sysroot) -> Result<Host> {
-        status::composefs_status(sysroot)
-    }
-    fn upgrade<'a>(
-        &'a self,
-        sysroot: &'a Sysroot,
-        opts: &'a UpgradeOpts,
-        progress: Progress,
-    ) -> BoxFuture<'a, Result<UpgradeOutcome>> {
-        Box::pin(upgrade::upgrade(sysroot, opts, progress))
-    }
-    fn finalize(&self, sysroot: &Sysroot) -> Result<FinalizeOutcome> {
-        finalize::finalize(sysroot)
-    }
-    fn rollback(&self, sysroot: &Sysroot) -> Result<RollbackReport> {
-        rollback::rollback(sysroot)
-    }
-    fn gc(&self, sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
-        gc::run(sysroot, opts)
-    }
-    fn mount(&self, sysroot: &Sysroot, id: Option<&str>, mountpoint: &Path) -> Result<String> {
-        crate::ops::mount::mount_deployment(sysroot, id, mountpoint)
-    }
-    fn fsck<'a>(
-        &'a self,
-        sysroot: &'a Sysroot,
-        opts: FsckOpts,
-    ) -> BoxFuture<'a, Result<FullReport>> {
-        Box::pin(fsck::fsck_all(sysroot, opts))
-    }
-    fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
-        fsck::fsck_images(sysroot, opts)
-    }
-    fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
-        crate::ops::image_list::list_images(sysroot)
-    }
-}
-
 /// The kinds of host `install --backend` can make.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum BackendKind {
@@ -146,14 +96,14 @@ impl std::str::FromStr for BackendKind {
 pub fn for_kind(kind: BackendKind) -> Box<dyn HostBackend> {
     match kind {
         BackendKind::Composefs => Box::new(ComposefsBackend),
-        BackendKind::Ostree => Box::new(crate::ostree_host::OstreeBackend),
+        BackendKind::Ostree => Box::new(OstreeBackend),
     }
 }
 
 /// Finds the backend of an installed root.
 pub fn detect(sysroot: &Sysroot) -> Result<Box<dyn HostBackend>> {
-    if crate::ostree_host::is_ostree_root(sysroot)? {
-        return Ok(Box::new(crate::ostree_host::OstreeBackend));
+    if crate::backends::ostree_host::is_ostree_root(sysroot)? {
+        return Ok(Box::new(OstreeBackend));
     }
     if sysroot
         .dir()

@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 
-use crate::ostree_store;
 use crate::status::{BootEntry, Host, HostStatus, ImageStatus, StorageStatus};
+use crate::stores::ostree_repo;
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// Describes one deployment.
@@ -23,7 +23,7 @@ pub fn describe(
             None
         }
     };
-    let info = match ostree_store::commit_info(&repo, &d.csum()) {
+    let info = match ostree_repo::commit_info(&repo, &d.csum()) {
         Ok(i) => Some(i),
         Err(e) => {
             errors.push(format!("{e:#}"));
@@ -172,8 +172,8 @@ pub fn image_list(sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList
             });
         }
     }
-    for (r, c) in ostree_store::image_refs(&repo)? {
-        let Ok(info) = ostree_store::commit_info(&repo, &c) else {
+    for (r, c) in ostree_repo::image_refs(&repo)? {
+        let Ok(info) = ostree_repo::commit_info(&repo, &c) else {
             errors.push(format!("ref {r}: commit {c} cannot be read"));
             continue;
         };

@@ -10,7 +10,7 @@ use ostree::gio;
 
 use super::{lock, name, staging};
 use crate::ops::gc::{GcOpts, GcReport};
-use crate::ostree_store;
+use crate::stores::ostree_repo;
 use crate::sysroot::Sysroot;
 use crate::util;
 
@@ -58,7 +58,7 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let dead_refs: Vec<String> = ostree_store::image_refs(&repo)?
+    let dead_refs: Vec<String> = ostree_repo::image_refs(&repo)?
         .into_iter()
         .filter(|(_, c)| !live_commits.contains(c))
         .map(|(r, _)| r)

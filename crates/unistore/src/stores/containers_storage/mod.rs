@@ -30,8 +30,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use crate::progress::{ComponentId, Progress, ProgressEvent};
 use crate::sysroot::{HOST_STORAGE_DIR, OSTREE_BOOTC_LINK, Sysroot};
 
+pub mod format;
 mod service;
 mod session;
+pub mod writer;
 
 use service::*;
 pub use session::*;

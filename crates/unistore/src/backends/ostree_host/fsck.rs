@@ -13,7 +13,7 @@ use crate::ops::fsck::{
     Binding, DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport,
     RepoReport, Verdict, all_ok,
 };
-use crate::ostree_store;
+use crate::stores::ostree_repo;
 use crate::sysroot::{ENTRIES_DIR, Sysroot};
 use crate::util;
 
@@ -130,7 +130,7 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
         if let Err(e) = super::deployment_image(d) {
             r.issues.push(format!("{e:#}"));
         }
-        match ostree_store::commit_info(&repo, &d.csum()) {
+        match ostree_repo::commit_info(&repo, &d.csum()) {
             Ok(i) => r.manifest_digest = i.manifest_digest,
             Err(e) => r.issues.push(format!("{e:#}")),
         }
@@ -160,7 +160,7 @@ fn checked_commits(os: &ostree::Sysroot) -> Result<BTreeSet<String>> {
         .map(|d| d.csum().to_string())
         .collect();
     commits.extend(
-        ostree_store::image_refs(&os.repo())?
+        ostree_repo::image_refs(&os.repo())?
             .into_iter()
             .map(|(_, c)| c),
     );
@@ -183,7 +183,7 @@ fn images_report(os: &ostree::Sysroot, whole: &BTreeSet<String>) -> Result<Image
     let issues: Vec<String> = vec![];
     // commit -> (refs, deployments)
     let mut by_commit: BTreeMap<String, CommitUse> = BTreeMap::new();
-    for (r, c) in ostree_store::image_refs(&repo)? {
+    for (r, c) in ostree_repo::image_refs(&repo)? {
         by_commit.entry(c).or_default().0.push(r);
     }
     for d in os.deployments() {
@@ -195,7 +195,7 @@ fn images_report(os: &ostree::Sysroot, whole: &BTreeSet<String>) -> Result<Image
     }
     let mut images = vec![];
     for (commit, (refs, deps, reference)) in by_commit {
-        let info = ostree_store::commit_info(&repo, &commit);
+        let info = ostree_repo::commit_info(&repo, &commit);
         let mut r = ImageReport {
             name: reference
                 .clone()
