@@ -81,8 +81,32 @@ fn entry_lines(
         writeln!(w, "{:>16}: {}", "Verity", c.verity)?;
         writeln!(w, "{:>16}: {} ({})", "Boot", c.boot_type, e.entry_file)?;
     }
+    if let Some(o) = &e.ostree {
+        let field = |k: &str| {
+            o.get(k)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+        };
+        writeln!(
+            w,
+            "{:>16}: {}.{}",
+            "Commit",
+            field("checksum").unwrap_or_default(),
+            field("deploySerial").unwrap_or_default()
+        )?;
+        writeln!(
+            w,
+            "{:>16}: {}",
+            "Stateroot",
+            field("stateroot").unwrap_or_default()
+        )?;
+        writeln!(w, "{:>16}: bls ({})", "Boot", e.entry_file)?;
+    }
     if show_storage && let Some(st) = &host.status.storage {
-        writeln!(w, "{:>16}: unified ({})", "Storage", st.unified)?;
+        if st.ostree_composefs_bound && st.unified == "disabled" {
+            writeln!(w, "{:>16}: ostree-composefs-bound", "Storage")?;
+        } else {
+            writeln!(w, "{:>16}: unified ({})", "Storage", st.unified)?;
+        }
     }
     for err in &e.errors {
         writeln!(w, "{:>16}: {err}", "Error")?;

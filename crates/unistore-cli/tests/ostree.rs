@@ -227,6 +227,15 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     let c1 = check_host(root, &v1, &format!("{}:os", oci.display()), "oci");
     assert_eq!(r["deployment_id"], format!("{c1}.0"));
 
+    // The human status names the commit, the stateroot and the entry.
+    let human = run_ok(cmd(root, None).arg("status"));
+    assert!(human.contains(&format!("Commit: {c1}.0")), "{human}");
+    assert!(human.contains("Stateroot: default"), "{human}");
+    assert!(
+        human.contains("Boot: bls (ostree-1-default.conf)"),
+        "{human}"
+    );
+
     // Reads never write.
     let before = snapshot(root);
     status(root);
@@ -354,6 +363,44 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
         gc["objects_removed"], 0,
         "a second gc has nothing to do: {gc}"
     );
+
+    // v2 leaves the boot menu through the real `ostree admin undeploy`: its
+    // image ref still holds its commit, so its objects are garbage only our
+    // gc removes; df shows the space come back (XFS frees in the background).
+    let st = status(root);
+    let c2 = checksum(&st, "rollback");
+    assert!(
+        Command::new("ostree")
+            .args(["admin", "undeploy"])
+            .arg(format!("--sysroot={}", root.display()))
+            .arg("1")
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(!admin_status(root).contains(&c2));
+    fs.sync();
+    let free_before = fs.free_bytes();
+    let gc: Value =
+        serde_json::from_str(&run_ok(cmd(root, None).args(["internals", "gc", "--json"]))).unwrap();
+    assert_eq!(gc["tags_removed"].as_array().unwrap().len(), 1, "{gc}");
+    let freed = gc["object_bytes"].as_u64().unwrap();
+    assert!(freed > 0, "{gc}");
+    let mut free_after = fs.free_bytes();
+    for _ in 0..100 {
+        if free_after >= free_before + freed / 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        fs.sync();
+        free_after = fs.free_bytes();
+    }
+    assert!(
+        free_after >= free_before + freed / 2,
+        "df: {free_before} -> {free_after}, report says {freed} freed"
+    );
+    ostree_fsck(root);
+    check_host(root, &v3, &format!("{}:os3", oci.display()), "oci");
     run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
 }
 

@@ -27,14 +27,21 @@ fn free_port() -> Result<u16> {
 /// The status code of `GET /v2/` at `addr`, if something answers HTTP there.
 fn v2_status(addr: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
         "GET /v2/ HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
+    // The status line may arrive in more than one read.
     let mut head = [0u8; 32];
-    let n = s.read(&mut head).ok()?;
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut head[n..]).ok()? {
+            0 => break,
+            k => n += k,
+        }
+    }
     let line = std::str::from_utf8(&head[..n]).ok()?;
     line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
 }

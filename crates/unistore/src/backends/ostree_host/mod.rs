@@ -205,6 +205,40 @@ pub fn is_ostree_root(sysroot: &Sysroot) -> Result<bool> {
 mod tests {
     use super::*;
 
+    /// On the running system the booted deployment is where the `ostree=`
+    /// karg leads: `ostree/boot.N -> boot.N.M`, then
+    /// `<stateroot>/<bootcsum>/<serial> -> deploy/<commit>.<serial>`.
+    #[test]
+    fn the_ostree_karg_leads_to_the_booted_deployment() {
+        let td = tempfile::tempdir().unwrap();
+        let root = td.path();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        for c in [&a, &b] {
+            std::fs::create_dir_all(root.join(format!("ostree/deploy/default/deploy/{c}.0")))
+                .unwrap();
+        }
+        std::fs::create_dir_all(root.join("ostree/boot.1.1/default/cafe")).unwrap();
+        std::os::unix::fs::symlink("boot.1.1", root.join("ostree/boot.1")).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../../deploy/default/deploy/{b}.0"),
+            root.join("ostree/boot.1.1/default/cafe/0"),
+        )
+        .unwrap();
+        let deps = [
+            ostree::Deployment::new(0, "default", &a, 0, None, -1),
+            ostree::Deployment::new(1, "default", &b, 0, None, -1),
+        ];
+        let sysroot = Sysroot::open(root).unwrap();
+        assert_eq!(
+            booted_index(&sysroot, &deps, "/ostree/boot.1/default/cafe/0"),
+            Some(1)
+        );
+        assert_eq!(
+            booted_index(&sysroot, &deps, "/ostree/boot.1/default/nowhere/0"),
+            None
+        );
+    }
+
     #[test]
     fn origins_follow_bootc() {
         let r = ImageRef::parse("docker://127.0.0.1:5000/os:v1").unwrap();
