@@ -80,6 +80,8 @@ struct Walker<'a> {
     fs: &'a FileSystem<ObjectId>,
     writer: ContentWriter<'a>,
     leaves: HashMap<usize, String>,
+    /// Checksums of content leaves computed ahead ([`precompute_checksums`]).
+    precomputed: HashMap<usize, String>,
     dirmetas: HashMap<String, String>,
     libostree_written: u64,
 }
@@ -178,7 +180,7 @@ impl Walker<'_> {
                         .with_context(|| format!("{path}: opening its composefs object"))?,
                 );
                 self.writer
-                    .write_from_object(&meta, &f, *size)
+                    .write_from_object(&meta, &f, *size, self.precomputed.remove(&id))
                     .with_context(|| format!("{path}: writing its ostree object"))?
             }
             LeafContent::Regular(RegularFile::Sparse(size)) => {
@@ -209,6 +211,65 @@ impl Walker<'_> {
         self.leaves.insert(id, c.clone());
         Ok(c)
     }
+}
+
+/// The ostree checksums of every leaf whose content is a composefs object,
+/// computed on all CPUs: reading and hashing the content is most of a
+/// commit's time, and each checksum is independent (libostree's
+/// `checksum_file_from_input`, one stream per file and thread).
+fn precompute_checksums(cfs: &Repo, fs: &FileSystem<ObjectId>) -> Result<HashMap<usize, String>> {
+    let work: Vec<(usize, &ObjectId, u64)> = fs
+        .leaves
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match &l.content {
+            LeafContent::Regular(
+                RegularFile::External(o, size) | RegularFile::ExternalNoVerity(o, size),
+            ) => Some((i, o, *size)),
+            _ => None,
+        })
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, String)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = vec![];
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(i, obj, size)) = work.get(k) else {
+                            break;
+                        };
+                        let st = &fs.leaves[i].stat;
+                        let meta = FileMeta {
+                            uid: st.st_uid,
+                            gid: st.st_gid,
+                            mode: (st.st_mode & 0o7777) | libc::S_IFREG,
+                            xattrs: &st.xattrs,
+                        };
+                        let f = std::fs::File::from(cfs.open_object(obj)?);
+                        out.push((i, ContentWriter::checksum(&meta, &f, size)?));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a checksum thread panicked")))
+            })
+            .collect()
+    });
+    let mut map = HashMap::with_capacity(work.len());
+    for r in results {
+        map.extend(r?);
+    }
+    Ok(map)
 }
 
 /// Counts the entries below `d` (recursively).
@@ -265,6 +326,7 @@ fn write_tree(
         fs,
         writer: ContentWriter::new(repo_dir),
         leaves: HashMap::new(),
+        precomputed: precompute_checksums(cfs, fs)?,
         dirmetas: HashMap::new(),
         libostree_written: 0,
     };

@@ -115,13 +115,18 @@ impl<'r> ContentWriter<'r> {
 
     /// Writes the object for `src` (a composefs object of `size` bytes)
     /// with `meta` unless the repository has it; returns its checksum.
+    /// `known` is its checksum when already computed ([`Self::checksum`]).
     pub fn write_from_object(
         &mut self,
         meta: &FileMeta<'_>,
         src: &File,
         size: u64,
+        known: Option<String>,
     ) -> Result<String> {
-        let checksum = Self::checksum(meta, src, size)?;
+        let checksum = match known {
+            Some(c) => c,
+            None => Self::checksum(meta, src, size)?,
+        };
         let rel = object_path(&checksum);
         if self.repo_dir.try_exists(&rel)? {
             self.reused += 1;
