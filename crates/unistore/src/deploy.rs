@@ -19,6 +19,8 @@ use crate::sysroot::{BOOT_DIR, Sysroot};
 pub struct DeployRequest<'a> {
     /// The image, already in the repository.
     pub manifest_digest: &'a str,
+    /// The registry's manifest digest when it differs (Docker's format).
+    pub registry_digest: Option<&'a str>,
     /// Its boot EROFS id: the deployment id.
     pub id: &'a str,
     /// The reference the deployment follows.
@@ -98,6 +100,7 @@ pub fn deploy_image(
         boot_type: "bls".into(),
         boot_digest: Some(boot_digest.clone()),
         manifest_digest: Some(req.manifest_digest.to_string()),
+        registry_digest: req.registry_digest.map(str::to_string),
     };
     let mut files = Tally::default();
     let state = deployment::state_dir(id);

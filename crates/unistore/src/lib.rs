@@ -12,6 +12,7 @@ pub mod backends;
 pub mod bootloader;
 pub mod crashpoint;
 pub mod deploy;
+pub mod docker_schema2;
 pub mod deployment;
 pub mod design;
 pub mod etc;

@@ -26,6 +26,10 @@ pub struct Origin {
     pub boot_digest: Option<String>,
     /// The manifest digest; absent in origins written by old versions.
     pub manifest_digest: Option<String>,
+    /// The registry's manifest digest when it differs from
+    /// `manifest_digest` (an image in Docker's format, held in composefs as
+    /// its OCI conversion): the image's identity for people and upgrades.
+    pub registry_digest: Option<String>,
 }
 
 impl Origin {
@@ -41,7 +45,12 @@ impl Origin {
         if let Some(d) = &manifest_digest {
             validate_digest(d).context("bad [image] manifest_digest")?;
         }
+        let registry_digest = get("image", "registry_digest");
+        if let Some(d) = &registry_digest {
+            validate_digest(d).context("bad [image] registry_digest")?;
+        }
         Ok(Self {
+            registry_digest,
             image,
             boot_type: get("boot", "boot_type").unwrap_or_else(|| "bls".into()),
             boot_digest: get("boot", "digest"),
@@ -61,8 +70,17 @@ impl Origin {
         }
         if let Some(d) = &self.manifest_digest {
             s.push_str(&format!("\n[image]\nmanifest_digest={d}\n"));
+            if let Some(r) = &self.registry_digest {
+                s.push_str(&format!("registry_digest={r}\n"));
+            }
         }
         s
+    }
+
+    /// The digest that names the image for people and upgrade checks: the
+    /// registry's, else the manifest's.
+    pub fn identity_digest(&self) -> Option<&str> {
+        self.registry_digest.as_deref().or(self.manifest_digest.as_deref())
     }
 }
 
@@ -119,6 +137,7 @@ mod tests {
             boot_type: "bls".into(),
             boot_digest: Some("ab".repeat(32)),
             manifest_digest: Some(D.into()),
+            registry_digest: None,
         };
         let t = o.to_text();
         assert!(t.contains(

@@ -141,7 +141,7 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
                     image: (&origin.image).into(),
                     version,
                     timestamp: img.created().map(str::to_string),
-                    image_digest: digest,
+                    image_digest: origin.registry_digest.clone().unwrap_or(digest),
                     architecture: img.architecture(),
                 });
             }

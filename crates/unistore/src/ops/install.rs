@@ -244,6 +244,7 @@ async fn install_inner(
         manifest_digest,
         boot_image_id: id,
         stats,
+        registry,
         ..
     } = fetch(
         sysroot,
@@ -311,6 +312,7 @@ async fn install_inner(
         &repo,
         &DeployRequest {
             manifest_digest: &manifest_digest,
+            registry_digest: registry.as_ref().map(|r| r.digest.as_str()),
             id: &id,
             origin_image: &origin_image,
             kargs: None,
@@ -339,7 +341,7 @@ async fn install_inner(
     .context("writing the boot entry")?;
     Ok(InstallResult {
         deployment_id: id,
-        manifest_digest,
+        manifest_digest: registry.map_or(manifest_digest, |r| r.digest),
         entry_file: entry.file_name,
         kernel_version: deployed.kernel_version,
         bytes_stored: stats.new_bytes() + stats.bytes_inlined,

@@ -111,17 +111,25 @@ pub async fn upgrade(
 
     progress::step(&progress, format!("Checking {imgref}"));
     let remote = composefs_repo::inspect_remote(&imgref, &opts.fetch).await?;
+    // What names an image for this check is the registry's digest where it
+    // differs from the repository's (an image in Docker's format).
     let staged_digest = match host.marker.as_ref() {
-        Some(m) => deployment::read_origin(sysroot, &m.depl_id)
-            .ok()
-            .and_then(|o| deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok()),
+        Some(m) => deployment::read_origin(sysroot, &m.depl_id).ok().and_then(|o| {
+            o.registry_digest.clone().or_else(|| {
+                deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok()
+            })
+        }),
         None => None,
     };
+    let booted_identity = booted_origin
+        .registry_digest
+        .clone()
+        .or_else(|| booted_digest.clone());
     let remote_digest = Some(remote.manifest_digest.as_str());
     // `switch` to the image already booted (or staged) under another
     // reference: as bootc does, only the origin changes, so that `upgrade`
     // follows the new reference; nothing is pulled or deployed.
-    let same_image = if booted_digest.as_deref() == remote_digest {
+    let same_image = if booted_identity.as_deref() == remote_digest {
         Some((booted_id.clone(), booted_origin.clone()))
     } else if staged_digest.as_deref() == remote_digest {
         host.marker.as_ref().and_then(|m| {
@@ -146,17 +154,17 @@ pub async fn upgrade(
             deployment_id: id,
         });
     }
-    if booted_digest.as_deref() == remote_digest || staged_digest.as_deref() == remote_digest {
+    if booted_identity.as_deref() == remote_digest || staged_digest.as_deref() == remote_digest {
         return Ok(UpgradeOutcome::NoChange {
             image: imgref.to_string(),
             manifest_digest: remote.manifest_digest,
-            staged: staged_digest.is_some() && booted_digest != staged_digest,
+            staged: staged_digest.is_some() && booted_identity != staged_digest,
         });
     }
     if opts.check {
         return Ok(UpgradeOutcome::UpdateAvailable {
             image: imgref.to_string(),
-            booted_digest,
+            booted_digest: booted_identity,
             remote,
         });
     }
@@ -172,7 +180,7 @@ pub async fn upgrade(
     if id == booted_id {
         return Ok(UpgradeOutcome::NoChange {
             image: imgref.to_string(),
-            manifest_digest: pulled.manifest_digest,
+            manifest_digest: pulled.identity_digest().to_string(),
             staged: false,
         });
     }
@@ -210,6 +218,7 @@ pub async fn upgrade(
         &repo,
         &DeployRequest {
             manifest_digest: &pulled.manifest_digest,
+            registry_digest: pulled.registry.as_ref().map(|r| r.digest.as_str()),
             id: &id,
             origin_image: &imgref,
             kargs: Some(kargs),
@@ -254,7 +263,7 @@ pub async fn upgrade(
     Ok(UpgradeOutcome::Staged {
         image: imgref.to_string(),
         deployment_id: id,
-        manifest_digest: pulled.manifest_digest,
+        manifest_digest: pulled.identity_digest().to_string(),
         version,
         kernel_reused: deployed.kernel_reused,
         gc: Some(Box::new(gc_report)),

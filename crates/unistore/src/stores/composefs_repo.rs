@@ -92,6 +92,28 @@ pub struct Pulled {
     pub boot_image_id: String,
     /// Bytes and objects stored, as composefs-oci counted them.
     pub stats: composefs_oci::ImportStats,
+    /// An image the registry serves in Docker's format: the registry's
+    /// manifest digest and bytes (`manifest_digest` is that of its OCI
+    /// conversion, see [`crate::docker_schema2`]).
+    pub registry: Option<RegistryManifest>,
+}
+
+impl Pulled {
+    /// The digest that names the image for people and upgrade checks: the
+    /// registry's, else the manifest's.
+    pub fn identity_digest(&self) -> &str {
+        self.registry.as_ref().map_or(&self.manifest_digest, |r| &r.digest)
+    }
+}
+
+/// The manifest a registry serves for an image, when it is not what the
+/// composefs repository holds (a Docker manifest).
+#[derive(Debug, Clone)]
+pub struct RegistryManifest {
+    /// `sha256:` of `bytes`: the image's identity for people and upgrades.
+    pub digest: String,
+    /// The manifest, byte for byte.
+    pub bytes: Vec<u8>,
 }
 
 /// How to reach registries.
@@ -155,8 +177,46 @@ pub async fn inspect_remote(imgref: &ImageRef, fetch: &FetchConfig) -> Result<Re
 }
 
 /// Pulls `imgref` into the repository, generates the boot EROFS image, and
-/// tags the manifest `localhost/bootc-<digest>`.
+/// tags the manifest `localhost/bootc-<digest>`. A registry image in
+/// Docker's format is fetched as it is and imported through its OCI
+/// conversion ([`crate::docker_schema2`]).
 pub async fn pull(
+    repo: &Arc<Repo>,
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    progress: Progress,
+) -> Result<Pulled> {
+    let (image, f) = (imgref.clone(), fetch.clone());
+    let docker = tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
+        .await
+        .context("reading the manifest")??;
+    let Some(manifest) = docker else {
+        return pull_as_is(repo, imgref, fetch, progress).await;
+    };
+    crate::progress::step(
+        &progress,
+        format!("{imgref} is in Docker's format (schema 2): fetching it as it is"),
+    );
+    let work = tempfile::Builder::new()
+        .prefix("unistore-docker-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let (image, f, dir) = (imgref.clone(), fetch.clone(), work.path().to_path_buf());
+    let converted = tokio::task::spawn_blocking(move || {
+        crate::docker_schema2::to_layout(&image, &manifest, &f, &dir)
+    })
+    .await
+    .context("fetching the image")??;
+    let mut pulled = pull_as_is(repo, &converted.layout, fetch, progress).await?;
+    pulled.registry = Some(RegistryManifest {
+        digest: converted.registry_digest,
+        bytes: converted.registry_manifest,
+    });
+    Ok(pulled)
+}
+
+/// [`pull`] of an image whose manifest composefs-oci reads as it is.
+async fn pull_as_is(
     repo: &Arc<Repo>,
     imgref: &ImageRef,
     fetch: &FetchConfig,
@@ -216,6 +276,7 @@ pub fn finish_pull(
         .context("tagging the image")?;
     repo.sync().context("syncing the repository")?;
     Ok(Pulled {
+        registry: None,
         manifest_digest,
         config_digest: result.config_digest.to_string(),
         boot_image_id: boot_id.to_hex(),
