@@ -178,10 +178,43 @@ fn main() {
         )
         .without_time()
         .init();
-    if let Err(e) = run(cli) {
-        // One line naming the problem, the whole chain of causes.
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+    // A panic (ours or a library's) must not reach the user as a backtrace:
+    // it is caught here, after the unwinding has run every cleanup guard
+    // (an install removes what it created), and told as one error line.
+    static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if let Ok(mut p) = PANIC.lock() {
+            p.get_or_insert(format!("{msg}{at}"));
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            // One line naming the problem, the whole chain of causes.
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            let what = PANIC
+                .lock()
+                .ok()
+                .and_then(|mut p| p.take())
+                .unwrap_or_else(|| "unknown panic".into());
+            eprintln!(
+                "error: internal failure (a panic: {what}); this is a bug in unistore or a library it uses, please report it"
+            );
+            std::process::exit(1);
+        }
     }
 }
 

@@ -287,6 +287,13 @@ async fn install_inner(
             format!(
                 "unified ({mode}): files shared by reflinks between containers-storage and composefs"
             )
+        } else if registry.is_some() {
+            // An image in Docker's format went composefs first (see
+            // `unified::fetch_unified`): the store got copies.
+            format!(
+                "unified ({mode}): no reflinks on {}: the image's files were copied into containers-storage (an image in Docker's format is pulled into composefs first)",
+                probe.describe()
+            )
         } else {
             format!(
                 "unified ({mode}): no reflinks on {}: fell back to copies ({} files hardlinked, {} copied)",

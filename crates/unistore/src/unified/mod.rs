@@ -217,7 +217,23 @@ pub async fn fetch_unified(
     };
     let probe = probe_reflinks(sysroot)?;
     mode.require_reflinks(&probe, sysroot.path())?;
-    if probe.supported {
+    // composefs-oci (0.9.4) cannot import an image in Docker's format from
+    // containers-storage: such an image goes composefs first even without
+    // reflinks, and its files are copied into the store.
+    let docker = !probe.supported && {
+        let (image, f) = (imgref.clone(), fetch.clone());
+        tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
+            .await
+            .context("reading the manifest")??
+            .is_some()
+    };
+    if docker {
+        progress::step(
+            &progress,
+            format!("{imgref} is in Docker's format: pulled into composefs first, its files then copied into containers-storage (no reflinks here)"),
+        );
+    }
+    if probe.supported || docker {
         // composefs first, then the store by reflinks from its objects.
         let pulled = composefs_repo::pull(repo, imgref, fetch, progress.clone()).await?;
         crashpoint::hit("unified:after-composefs-pull");

@@ -59,8 +59,13 @@ pub async fn pull(
         &Default::default(),
     )
     .context("reading the image's merged tree")?;
-    let manifest_json =
-        String::from_utf8(img.read_manifest_json(&repo)?).context("the manifest is not UTF-8")?;
+    // An image in Docker's format: the commit records the registry's
+    // manifest and digest (composefs holds its OCI conversion).
+    let (manifest_digest, manifest_bytes) = match &pulled.registry {
+        Some(r) => (r.digest.clone(), r.bytes.clone()),
+        None => (pulled.manifest_digest.clone(), img.read_manifest_json(&repo)?),
+    };
+    let manifest_json = String::from_utf8(manifest_bytes).context("the manifest is not UTF-8")?;
     let config_json =
         String::from_utf8(img.read_config_json(&repo)?).context("the config is not UTF-8")?;
     let created = img
@@ -71,7 +76,7 @@ pub async fn pull(
     let architecture = img.architecture();
     Ok(Staged {
         repo,
-        manifest_digest: pulled.manifest_digest,
+        manifest_digest,
         fs,
         manifest_json,
         config_json,
