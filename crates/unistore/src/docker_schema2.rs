@@ -63,10 +63,17 @@ fn skopeo(fetch: &FetchConfig) -> Command {
 }
 
 fn run(mut c: Command, what: &str) -> Result<Vec<u8>> {
-    let out = c.output().with_context(|| format!("running skopeo to {what}"))?;
+    let out = c
+        .output()
+        .with_context(|| format!("running skopeo to {what}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
         bail!("{what}: {}", line.trim_start_matches("time=").trim());
     }
     Ok(out.stdout)
@@ -81,7 +88,10 @@ pub fn inspect_raw(reference: &str, fetch: &FetchConfig) -> Result<RawManifest> 
         .with_context(|| format!("the manifest of {reference} is not JSON"))?;
     Ok(RawManifest {
         digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
-        media_type: v.get("mediaType").and_then(Value::as_str).map(str::to_string),
+        media_type: v
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         bytes,
     })
 }
@@ -108,7 +118,9 @@ fn repository(name: &str) -> &str {
 pub fn pick_from_list(list: &[u8]) -> Result<String> {
     let v: Value = serde_json::from_slice(list).context("the manifest list is not JSON")?;
     let arch = host_arch();
-    let entries = v["manifests"].as_array().ok_or_else(|| anyhow!("the manifest list has no manifests"))?;
+    let entries = v["manifests"]
+        .as_array()
+        .ok_or_else(|| anyhow!("the manifest list has no manifests"))?;
     entries
         .iter()
         .find(|m| m["platform"]["architecture"] == arch && m["platform"]["os"] == "linux")
@@ -117,9 +129,18 @@ pub fn pick_from_list(list: &[u8]) -> Result<String> {
         .ok_or_else(|| {
             let have: Vec<String> = entries
                 .iter()
-                .map(|m| format!("{}/{}", m["platform"]["os"].as_str().unwrap_or("?"), m["platform"]["architecture"].as_str().unwrap_or("?")))
+                .map(|m| {
+                    format!(
+                        "{}/{}",
+                        m["platform"]["os"].as_str().unwrap_or("?"),
+                        m["platform"]["architecture"].as_str().unwrap_or("?")
+                    )
+                })
                 .collect();
-            anyhow!("the image has no entry for linux/{arch} (it has {})", have.join(", "))
+            anyhow!(
+                "the image has no entry for linux/{arch} (it has {})",
+                have.join(", ")
+            )
         })
 }
 
@@ -135,9 +156,15 @@ pub fn docker_manifest(image: &ImageRef, fetch: &FetchConfig) -> Result<Option<R
         Some(DOCKER_MANIFEST) => Ok(Some(raw)),
         Some(DOCKER_LIST) => {
             let digest = pick_from_list(&raw.bytes)?;
-            let one = inspect_raw(&format!("docker://{}@{digest}", repository(&image.name)), fetch)?;
+            let one = inspect_raw(
+                &format!("docker://{}@{digest}", repository(&image.name)),
+                fetch,
+            )?;
             if one.digest != digest {
-                bail!("the registry served a manifest whose digest is {} for {digest}", one.digest);
+                bail!(
+                    "the registry served a manifest whose digest is {} for {digest}",
+                    one.digest
+                );
             }
             match one.media_type.as_deref() {
                 Some(DOCKER_MANIFEST) => Ok(Some(one)),
@@ -152,14 +179,22 @@ pub fn docker_manifest(image: &ImageRef, fetch: &FetchConfig) -> Result<Option<R
 fn oci_media_type(docker: &str) -> Result<&'static str> {
     Ok(match docker {
         DOCKER_MANIFEST => "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.container.image.v1+json" => "application/vnd.oci.image.config.v1+json",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.docker.container.image.v1+json" => {
+            "application/vnd.oci.image.config.v1+json"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         }
         // OCI layer types are sometimes found in Docker manifests: kept.
-        "application/vnd.oci.image.layer.v1.tar+zstd" => "application/vnd.oci.image.layer.v1.tar+zstd",
-        "application/vnd.oci.image.layer.v1.tar+gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd" => {
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        }
+        "application/vnd.oci.image.layer.v1.tar+gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
         "application/vnd.oci.image.layer.v1.tar" => "application/vnd.oci.image.layer.v1.tar",
         other => bail!("unsupported media type {other:?} in a Docker manifest"),
     })
@@ -173,10 +208,17 @@ pub fn to_oci_manifest(docker: &[u8]) -> Result<Vec<u8>> {
         bail!("not a Docker schema 2 manifest");
     }
     v["mediaType"] = oci_media_type(DOCKER_MANIFEST)?.into();
-    let cfg = v["config"]["mediaType"].as_str().ok_or_else(|| anyhow!("the manifest's config has no mediaType"))?;
+    let cfg = v["config"]["mediaType"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the manifest's config has no mediaType"))?;
     v["config"]["mediaType"] = oci_media_type(cfg)?.into();
-    for l in v["layers"].as_array_mut().ok_or_else(|| anyhow!("the manifest has no layers"))? {
-        let t = l["mediaType"].as_str().ok_or_else(|| anyhow!("a layer has no mediaType"))?;
+    for l in v["layers"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("the manifest has no layers"))?
+    {
+        let t = l["mediaType"]
+            .as_str()
+            .ok_or_else(|| anyhow!("a layer has no mediaType"))?;
         l["mediaType"] = oci_media_type(t)?.into();
     }
     Ok(serde_json::to_vec(&v)?)
@@ -184,9 +226,19 @@ pub fn to_oci_manifest(docker: &[u8]) -> Result<Vec<u8>> {
 
 fn blob_digests(manifest: &[u8]) -> Result<Vec<String>> {
     let v: Value = serde_json::from_slice(manifest)?;
-    let mut out = vec![v["config"]["digest"].as_str().ok_or_else(|| anyhow!("no config digest"))?.to_string()];
+    let mut out = vec![
+        v["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no config digest"))?
+            .to_string(),
+    ];
     for l in v["layers"].as_array().into_iter().flatten() {
-        out.push(l["digest"].as_str().ok_or_else(|| anyhow!("a layer has no digest"))?.to_string());
+        out.push(
+            l["digest"]
+                .as_str()
+                .ok_or_else(|| anyhow!("a layer has no digest"))?
+                .to_string(),
+        );
     }
     Ok(out)
 }
@@ -203,14 +255,24 @@ fn hex_of(digest: &str) -> Result<&str> {
 
 /// Copies the image `manifest` describes (as it is) into `work` and makes
 /// an OCI layout of it there.
-pub fn to_layout(image: &ImageRef, manifest: &RawManifest, fetch: &FetchConfig, work: &Path) -> Result<Converted> {
+pub fn to_layout(
+    image: &ImageRef,
+    manifest: &RawManifest,
+    fetch: &FetchConfig,
+    work: &Path,
+) -> Result<Converted> {
     let dir = work.join("dir");
     let mut c = skopeo(fetch);
     c.args(["copy", "--quiet"])
-        .arg(format!("docker://{}@{}", repository(&image.name), manifest.digest))
+        .arg(format!(
+            "docker://{}@{}",
+            repository(&image.name),
+            manifest.digest
+        ))
         .arg(format!("dir:{}", dir.display()));
     run(c, &format!("fetching {image}"))?;
-    let fetched = std::fs::read(dir.join("manifest.json")).context("reading the fetched manifest")?;
+    let fetched =
+        std::fs::read(dir.join("manifest.json")).context("reading the fetched manifest")?;
     if format!("sha256:{}", hex::encode(Sha256::digest(&fetched))) != manifest.digest {
         bail!("the fetched manifest of {image} is not {}", manifest.digest);
     }
@@ -225,7 +287,10 @@ pub fn to_layout(image: &ImageRef, manifest: &RawManifest, fetch: &FetchConfig, 
     }
     let mh = hex::encode(Sha256::digest(&oci_manifest));
     std::fs::write(blobs.join(&mh), &oci_manifest)?;
-    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
@@ -254,8 +319,14 @@ mod tests {
         let o: Value = serde_json::from_slice(&to_oci_manifest(M.as_bytes()).unwrap()).unwrap();
         let d: Value = serde_json::from_str(M).unwrap();
         assert_eq!(o["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-        assert_eq!(o["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
-        assert_eq!(o["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+        assert_eq!(
+            o["config"]["mediaType"],
+            "application/vnd.oci.image.config.v1+json"
+        );
+        assert_eq!(
+            o["layers"][0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
         assert_eq!(o["config"]["digest"], d["config"]["digest"]);
         assert_eq!(o["layers"][0]["digest"], d["layers"][0]["digest"]);
         assert_eq!(o["layers"][0]["size"], 5);
@@ -270,10 +341,18 @@ mod tests {
             {"digest": "sha256:1", "platform": {"architecture": "arm64", "os": "linux"}},
             {"digest": "sha256:2", "platform": {"architecture": host_arch(), "os": "linux"}},
         ]});
-        assert_eq!(pick_from_list(&serde_json::to_vec(&l).unwrap()).unwrap(), "sha256:2");
+        assert_eq!(
+            pick_from_list(&serde_json::to_vec(&l).unwrap()).unwrap(),
+            "sha256:2"
+        );
         let none = serde_json::json!({"manifests": [{"digest": "sha256:1", "platform": {"architecture": "s390x", "os": "linux"}}]});
-        let e = pick_from_list(&serde_json::to_vec(&none).unwrap()).unwrap_err().to_string();
-        assert!(e.contains("no entry for linux/") && e.contains("linux/s390x"), "{e}");
+        let e = pick_from_list(&serde_json::to_vec(&none).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no entry for linux/") && e.contains("linux/s390x"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -80,7 +80,9 @@ impl Origin {
     /// The digest that names the image for people and upgrade checks: the
     /// registry's, else the manifest's.
     pub fn identity_digest(&self) -> Option<&str> {
-        self.registry_digest.as_deref().or(self.manifest_digest.as_deref())
+        self.registry_digest
+            .as_deref()
+            .or(self.manifest_digest.as_deref())
     }
 }
 

@@ -122,13 +122,79 @@ impl Registry {
 
     /// Push `oci:<oci_dir>:<tag>` as `<repo_name>:<tag>`; returns the `docker://` reference.
     pub fn push_oci(&self, oci_dir: &Path, tag: &str, repo_name: &str) -> Result<String> {
+        self.push_oci_as(oci_dir, tag, repo_name, None)
+    }
+
+    /// [`Self::push_oci`] in Docker's format (schema 2), as `docker push`
+    /// and many CI systems store images.
+    pub fn push_oci_docker(&self, oci_dir: &Path, tag: &str, repo_name: &str) -> Result<String> {
+        self.push_oci_as(oci_dir, tag, repo_name, Some("v2s2"))
+    }
+
+    fn push_oci_as(
+        &self,
+        oci_dir: &Path,
+        tag: &str,
+        repo_name: &str,
+        format: Option<&str>,
+    ) -> Result<String> {
         let dest = format!("docker://{}/{repo_name}:{tag}", self.addr);
-        run(Command::new("skopeo")
-            .env("CONTAINERS_REGISTRIES_CONF", self.registries_conf())
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:{tag}", oci_dir.display()))
-            .arg(&dest))?;
+        let mut c = Command::new("skopeo");
+        c.env("CONTAINERS_REGISTRIES_CONF", self.registries_conf())
+            .args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(f) = format {
+            c.args(["--format", f]);
+        }
+        run(c.arg(format!("oci:{}:{tag}", oci_dir.display())).arg(&dest))?;
         Ok(dest)
+    }
+
+    /// The manifest `repo_name:reference` as the registry serves it, and
+    /// its digest (`sha256:` of the bytes).
+    pub fn raw_manifest(&self, repo_name: &str, reference: &str) -> Result<(String, Vec<u8>)> {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}/{repo_name}:{reference}", self.addr))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "skopeo inspect --raw: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use sha2::Digest;
+        Ok((
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout))),
+            out.stdout,
+        ))
+    }
+
+    /// Stores `body` as the manifest `repo_name:tag` (HTTP PUT, for
+    /// manifest lists skopeo 1.9 cannot make).
+    pub fn put_manifest(
+        &self,
+        repo_name: &str,
+        tag: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        let mut s = TcpStream::connect(&self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "PUT /v2/{repo_name}/manifests/{tag} HTTP/1.0\r\nHost: {}\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let status = resp.get(9..12).unwrap_or("");
+        anyhow::ensure!(
+            status == "201",
+            "PUT manifest {repo_name}:{tag}: {}",
+            resp.lines().next().unwrap_or("")
+        );
+        Ok(())
     }
 }
 

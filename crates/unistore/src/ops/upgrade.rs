@@ -114,11 +114,13 @@ pub async fn upgrade(
     // What names an image for this check is the registry's digest where it
     // differs from the repository's (an image in Docker's format).
     let staged_digest = match host.marker.as_ref() {
-        Some(m) => deployment::read_origin(sysroot, &m.depl_id).ok().and_then(|o| {
-            o.registry_digest.clone().or_else(|| {
-                deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok()
-            })
-        }),
+        Some(m) => deployment::read_origin(sysroot, &m.depl_id)
+            .ok()
+            .and_then(|o| {
+                o.registry_digest
+                    .clone()
+                    .or_else(|| deployment::manifest_digest(sysroot, &repo, &m.depl_id, &o).ok())
+            }),
         None => None,
     };
     let booted_identity = booted_origin

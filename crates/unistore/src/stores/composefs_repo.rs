@@ -102,7 +102,9 @@ impl Pulled {
     /// The digest that names the image for people and upgrade checks: the
     /// registry's, else the manifest's.
     pub fn identity_digest(&self) -> &str {
-        self.registry.as_ref().map_or(&self.manifest_digest, |r| &r.digest)
+        self.registry
+            .as_ref()
+            .map_or(&self.manifest_digest, |r| &r.digest)
     }
 }
 
@@ -187,9 +189,10 @@ pub async fn pull(
     progress: Progress,
 ) -> Result<Pulled> {
     let (image, f) = (imgref.clone(), fetch.clone());
-    let docker = tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
-        .await
-        .context("reading the manifest")??;
+    let docker =
+        tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
+            .await
+            .context("reading the manifest")??;
     let Some(manifest) = docker else {
         return pull_as_is(repo, imgref, fetch, progress).await;
     };

@@ -230,7 +230,9 @@ pub async fn fetch_unified(
     if docker {
         progress::step(
             &progress,
-            format!("{imgref} is in Docker's format: pulled into composefs first, its files then copied into containers-storage (no reflinks here)"),
+            format!(
+                "{imgref} is in Docker's format: pulled into composefs first, its files then copied into containers-storage (no reflinks here)"
+            ),
         );
     }
     if probe.supported || docker {

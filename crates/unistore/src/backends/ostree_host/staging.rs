@@ -63,7 +63,10 @@ pub async fn pull(
     // manifest and digest (composefs holds its OCI conversion).
     let (manifest_digest, manifest_bytes) = match &pulled.registry {
         Some(r) => (r.digest.clone(), r.bytes.clone()),
-        None => (pulled.manifest_digest.clone(), img.read_manifest_json(&repo)?),
+        None => (
+            pulled.manifest_digest.clone(),
+            img.read_manifest_json(&repo)?,
+        ),
     };
     let manifest_json = String::from_utf8(manifest_bytes).context("the manifest is not UTF-8")?;
     let config_json =

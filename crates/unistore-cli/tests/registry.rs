@@ -1,0 +1,367 @@
+//! End-to-end: images a real registry serves in Docker's format (schema 2),
+//! and Docker manifest lists, on every install path (plain and unified on
+//! XFS, unified with copies on ext4, the ostree backend), upgraded and
+//! checked like OCI images; the registry's digest stays their identity.
+//! A panic reaches the user as one error line and leaves nothing behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+use unistore_fixtures::env::{FsKind, LoopFs, Registry};
+use unistore_fixtures::image::{BuiltImage, TestImageOpts, build_test_image};
+
+fn image(dir: &Path, tag: &str, v: u32) -> BuiltImage {
+    let opts = TestImageOpts {
+        version: format!("{v}.0"),
+        variant: v,
+        ..Default::default()
+    };
+    build_test_image(dir, tag, &opts).unwrap()
+}
+
+fn cmd(reg: &Registry) -> Command {
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf());
+    c
+}
+
+fn install(reg: &Registry, root: &Path, src: &str, extra: &[&str]) -> std::process::Output {
+    run(cmd(reg)
+        .args(["install", "to-filesystem"])
+        .args(extra)
+        .args(["--source-imgref", src])
+        .arg(root))
+}
+
+fn status(root: &Path) -> Value {
+    serde_json::from_str(&run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(root)
+            .args(["status", "--json"]),
+    ))
+    .unwrap()
+}
+
+fn booted_digest(root: &Path) -> String {
+    status(root)["status"]["booted"]["image"]["imageDigest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn fsck_ok(root: &Path) {
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(root)
+            .args(["internals", "fsck"]),
+    );
+}
+
+/// Every path of the issue: the Docker image installs, says the
+/// registry's digest, is checked clean, and its files are the image's.
+#[test]
+fn docker_schema2_images_install_on_every_path() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
+    let reg = Registry::start().unwrap();
+    let src = reg.push_oci_docker(&oci, "v1", "os").unwrap();
+    let (digest, raw) = reg.raw_manifest("os", "v1").unwrap();
+    let raw: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_ne!(
+        digest, img.manifest_digest,
+        "the registry holds a Docker manifest"
+    );
+
+    for (kind, flags, what) in [
+        (FsKind::Xfs, &[][..], "plain on XFS"),
+        (FsKind::Xfs, &["--unified", "enabled"][..], "unified on XFS"),
+        (
+            FsKind::Ext4,
+            &["--unified", "enabled-with-copy"][..],
+            "unified with copies on ext4",
+        ),
+        (
+            FsKind::Xfs,
+            &["--backend", "ostree"][..],
+            "ostree backend on XFS",
+        ),
+    ] {
+        let fs = LoopFs::new(kind, 1024).unwrap();
+        let out = install(&reg, fs.path(), &src, flags);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            booted_digest(fs.path()),
+            digest,
+            "{what}: the registry's digest"
+        );
+        fsck_ok(fs.path());
+        // Its files are the image's.
+        let mnt = tempfile::tempdir().unwrap();
+        run_ok(
+            unistore()
+                .arg("--sysroot")
+                .arg(fs.path())
+                .args(["internals", "mount"])
+                .arg(mnt.path()),
+        );
+        let expected: Vec<_> = img
+            .expected
+            .iter()
+            .filter(|e| !e.path.starts_with("/run/") && !e.path.starts_with("/tmp/"))
+            .cloned()
+            .collect();
+        let r = std::panic::catch_unwind(|| compare_tree(mnt.path(), &expected));
+        umount_all(mnt.path());
+        assert!(
+            r.unwrap_or_else(|e| std::panic::resume_unwind(e)) > 20,
+            "{what}"
+        );
+        // No new digest: no update.
+        let check = run_ok(
+            cmd(&reg)
+                .arg("--sysroot")
+                .arg(fs.path())
+                .args(["upgrade", "--check", "--json"]),
+        );
+        assert!(check.contains("no-change"), "{what}: {check}");
+        if flags.contains(&"--unified") {
+            let store = fs.path().join("composefs/bootc/storage");
+            let out = Command::new("podman")
+                .arg("--root")
+                .arg(&store)
+                .arg("--runroot")
+                .arg(work.path().join(format!("rr-{}", what.len())))
+                .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+                .output()
+                .unwrap();
+            let names = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                names.contains(&format!(
+                    "{}:v1",
+                    src.trim_start_matches("docker://").trim_end_matches(":v1")
+                )),
+                "{what}: {names}"
+            );
+        }
+        if flags.contains(&"ostree") {
+            let st = status(fs.path());
+            let commit = st["status"]["booted"]["ostree"]["checksum"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let meta = Command::new("ostree")
+                .arg(format!(
+                    "--repo={}",
+                    fs.path().join("ostree/repo").display()
+                ))
+                .args([
+                    "show",
+                    "--print-metadata-key=ostree.manifest-digest",
+                    &commit,
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&meta.stdout).contains(&digest),
+                "{what}: the commit records the registry's digest"
+            );
+        }
+    }
+}
+
+/// A Docker image upgraded to another Docker image (same tag), on a plain
+/// composefs host: the new registry digest is staged, then booted.
+#[test]
+fn docker_schema2_upgrade() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", 1);
+    image(&oci, "v2", 2);
+    let reg = Registry::start().unwrap();
+    let src = reg.push_oci_docker(&oci, "v1", "os").unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    assert!(install(&reg, fs.path(), &src, &[]).status.success());
+    // v2 under the same tag, in Docker's format.
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+        ])
+        .arg(format!("oci:{}:v2", oci.display()))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let (d2, _) = reg.raw_manifest("os", "v1").unwrap();
+    let check = run_ok(
+        cmd(&reg)
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["upgrade", "--check", "--json"]),
+    );
+    assert!(
+        check.contains("update-available") && check.contains(&d2),
+        "{check}"
+    );
+    let up: Value = serde_json::from_str(&run_ok(
+        cmd(&reg)
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["upgrade", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(up["result"], "staged");
+    assert_eq!(up["manifest_digest"], d2.as_str());
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["internals", "finalize-staged"]),
+    );
+    assert_eq!(booted_digest(fs.path()), d2);
+    fsck_ok(fs.path());
+    let again = run_ok(
+        cmd(&reg)
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["upgrade", "--json"]),
+    );
+    assert!(again.contains("no-change"), "{again}");
+}
+
+/// A Docker manifest list whose first entry is another architecture: the
+/// host's is installed. A list without the host's platform is one clear
+/// error, the root unchanged.
+#[test]
+fn docker_manifest_lists_pick_the_host_platform() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", 1);
+    image(&oci, "v2", 2);
+    let reg = Registry::start().unwrap();
+    reg.push_oci_docker(&oci, "v1", "os").unwrap();
+    reg.push_oci_docker(&oci, "v2", "os").unwrap();
+    let (d_amd64, m1) = reg.raw_manifest("os", "v1").unwrap();
+    let (d_other, m2) = reg.raw_manifest("os", "v2").unwrap();
+    let entry = |d: &str, m: &[u8], arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "size": m.len(), "digest": d,
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    let list = |entries: Vec<Value>| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": entries,
+        }))
+        .unwrap()
+    };
+    const LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    reg.put_manifest(
+        "os",
+        "multi",
+        LIST,
+        &list(vec![
+            entry(&d_other, &m2, "arm64"),
+            entry(&d_amd64, &m1, "amd64"),
+        ]),
+    )
+    .unwrap();
+    reg.put_manifest(
+        "os",
+        "armonly",
+        LIST,
+        &list(vec![entry(&d_other, &m2, "arm64")]),
+    )
+    .unwrap();
+
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let before = snapshot(fs.path());
+    let base = reg.push_oci(&oci, "v1", "unused").unwrap();
+    let host = base
+        .trim_start_matches("docker://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    run_fails(
+        cmd(&reg)
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(format!("docker://{host}/os:armonly"))
+            .arg(fs.path()),
+        "no entry for linux/amd64",
+    );
+    assert_snapshots_equal(&before, &snapshot(fs.path()), "a list without the host");
+    let out = install(&reg, fs.path(), &format!("docker://{host}/os:multi"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(booted_digest(fs.path()), d_amd64);
+    fsck_ok(fs.path());
+}
+
+/// A panic in the middle of an install (a test crash point that panics):
+/// one `error:` line, no backtrace, and the root as it was.
+#[test]
+fn a_panic_is_one_error_line_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", 1);
+    let src = format!("oci:{}:v1", oci.display());
+    for (point, flags) in [
+        (
+            "unified:after-composefs-pull",
+            &["--unified", "enabled"][..],
+        ),
+        ("ostree-install:after-commit", &["--backend", "ostree"][..]),
+    ] {
+        let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+        let before = snapshot(fs.path());
+        let line = run_fails(
+            unistore()
+                .env("UNISTORE_CRASHPOINT", format!("panic:{point}"))
+                .args(["install", "to-filesystem"])
+                .args(flags)
+                .args(["--source-imgref", &src])
+                .arg(fs.path()),
+            "internal failure",
+        );
+        assert!(line.contains(point), "{line}");
+        let out = unistore()
+            .env("UNISTORE_CRASHPOINT", format!("panic:{point}"))
+            .args(["install", "to-filesystem"])
+            .args(flags)
+            .args(["--source-imgref", &src])
+            .arg(fs.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked at") && !stderr.contains("RUST_BACKTRACE"),
+            "{stderr}"
+        );
+        assert_snapshots_equal(&before, &snapshot(fs.path()), point);
+    }
+}
