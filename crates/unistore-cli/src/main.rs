@@ -30,6 +30,12 @@ struct Cli {
     /// More logging on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Registry credentials (a containers `auth.json`). Without it:
+    /// `REGISTRY_AUTH_FILE`, then bootc's `/run/ostree/auth.json`,
+    /// `/etc/ostree/auth.json`, `/usr/lib/ostree/auth.json`, then the
+    /// containers tools' own locations (`$XDG_RUNTIME_DIR/containers/auth.json`, ...).
+    #[arg(long, global = true)]
+    authfile: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -197,6 +203,13 @@ fn main() {
             p.get_or_insert(format!("{msg}{at}"));
         }
     }));
+    let _ = AUTHFILE.set(cli.authfile.clone());
+    if let Some(a) = &cli.authfile
+        && !a.is_file()
+    {
+        eprintln!("error: --authfile {}: no such file", a.display());
+        std::process::exit(1);
+    }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -292,10 +305,39 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
     }
 }
 
-/// Registry settings from the environment, as podman reads them.
+/// `--authfile`, kept for [`fetch_config`].
+static AUTHFILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// The registry credentials to use: `--authfile`, `REGISTRY_AUTH_FILE`,
+/// bootc's locations; `None` leaves it to the containers tools' defaults.
+fn authfile() -> Option<PathBuf> {
+    if let Some(Some(a)) = AUTHFILE.get() {
+        return Some(a.clone());
+    }
+    if let Some(a) = std::env::var_os("REGISTRY_AUTH_FILE").filter(|a| !a.is_empty()) {
+        return Some(PathBuf::from(a));
+    }
+    // bootc's, then the containers tools' own default (named here so that
+    // the host store's pulls through podman's API get it too).
+    let xdg =
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json"));
+    [
+        "/run/ostree/auth.json",
+        "/etc/ostree/auth.json",
+        "/usr/lib/ostree/auth.json",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .chain(xdg)
+    .find(|p| p.is_file())
+}
+
+/// Registry settings from the command line and the environment, as podman
+/// and bootc read them.
 pub(crate) fn fetch_config() -> unistore::stores::composefs_repo::FetchConfig {
     unistore::stores::composefs_repo::FetchConfig {
         registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
+        authfile: authfile(),
     }
 }
 

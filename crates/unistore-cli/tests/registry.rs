@@ -365,3 +365,169 @@ fn a_panic_is_one_error_line_and_leaves_nothing() {
         assert_snapshots_equal(&before, &snapshot(fs.path()), point);
     }
 }
+
+/// Removes a file when dropped (a credentials file written where the host
+/// looks for it).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A registry behind TLS (its own CA) with an htpasswd login: the CA is
+/// taken from `/etc/containers/certs.d/HOST:PORT/`, credentials from
+/// `--authfile`, `REGISTRY_AUTH_FILE`, the containers tools' own
+/// `$XDG_RUNTIME_DIR/containers/auth.json` and bootc's
+/// `/etc/ostree/auth.json`; an unknown CA or a wrong password is one clear
+/// error and changes nothing; the host store (podman's pull without
+/// reflinks) gets the same credentials.
+#[test]
+fn registry_with_login_behind_tls() {
+    use unistore_fixtures::env::RegistryOpts;
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
+    let reg = Registry::start_with(RegistryOpts {
+        tls_login: Some(("tester".into(), "s3cret".into())),
+        ..Default::default()
+    })
+    .unwrap();
+    let src = reg.push_oci(&oci, "v1", "os").unwrap();
+    let good = work.path().join("good.json");
+    reg.write_auth_json(&good, "tester", "s3cret").unwrap();
+    let bad = work.path().join("bad.json");
+    reg.write_auth_json(&bad, "tester", "wrong").unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    let before = snapshot(root);
+    let install_with = |authfile: &Path| {
+        let mut c = cmd(&reg);
+        c.arg("--authfile")
+            .arg(authfile)
+            .args(["install", "to-filesystem", "--source-imgref", &src])
+            .arg(root);
+        c
+    };
+    // The CA is not trusted yet.
+    run_fails(&mut install_with(&good), "certificate");
+    assert_snapshots_equal(&before, &snapshot(root), "unknown CA");
+    let _ca = reg.trust_ca().unwrap();
+    run_fails(&mut install_with(&bad), "unauthorized");
+    assert_snapshots_equal(&before, &snapshot(root), "wrong password");
+    run_fails(
+        cmd(&reg)
+            .args(["install", "to-filesystem", "--source-imgref", &src])
+            .arg(root),
+        "unauthorized",
+    );
+    assert_snapshots_equal(&before, &snapshot(root), "no credentials");
+    run_ok(&mut install_with(&good));
+    assert_eq!(booted_digest(root), img.manifest_digest);
+    fsck_ok(root);
+
+    // Each place credentials come from, through an upgrade check.
+    let check = |c: &mut Command| {
+        let out = run_ok(
+            c.arg("--sysroot")
+                .arg(root)
+                .args(["upgrade", "--check", "--json"]),
+        );
+        assert!(out.contains("no-change"), "{out}");
+    };
+    check(cmd(&reg).env("REGISTRY_AUTH_FILE", &good));
+    let xdg = work.path().join("xdg");
+    reg.write_auth_json(&xdg.join("containers/auth.json"), "tester", "s3cret")
+        .unwrap();
+    check(cmd(&reg).env("XDG_RUNTIME_DIR", &xdg));
+    let ostree_auth = Path::new("/etc/ostree/auth.json");
+    assert!(
+        !ostree_auth.exists(),
+        "this test writes {} and would lose the host's",
+        ostree_auth.display()
+    );
+    let _guard = RemoveOnDrop(ostree_auth.to_path_buf());
+    reg.write_auth_json(ostree_auth, "tester", "s3cret")
+        .unwrap();
+    check(&mut cmd(&reg));
+    drop(_guard);
+
+    // Without reflinks the host store is pulled by podman: same credentials.
+    let ext4 = LoopFs::new(FsKind::Ext4, 1024).unwrap();
+    let out = run(cmd(&reg)
+        .env("REGISTRY_AUTH_FILE", &good)
+        .args([
+            "install",
+            "to-filesystem",
+            "--unified",
+            "enabled-with-copy",
+            "--source-imgref",
+            &src,
+        ])
+        .arg(ext4.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(booted_digest(ext4.path()), img.manifest_digest);
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(ext4.path())
+            .args(["internals", "fsck", "images"]),
+    );
+}
+
+/// A pull-through mirror in registries.conf serves installs and upgrades
+/// while the origin keeps the canonical reference; with the mirror down,
+/// the source registry is used.
+#[test]
+fn mirrors_serve_pulls_and_fall_back_to_the_source() {
+    use unistore_fixtures::env::RegistryOpts;
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
+    let source = Registry::start().unwrap();
+    let src = source.push_oci(&oci, "v1", "os").unwrap();
+    let mut mirror = Registry::start_with(RegistryOpts {
+        mirror_of: Some(format!("http://{}", source.addr())),
+        ..Default::default()
+    })
+    .unwrap();
+    let conf = source.registries_conf_with_mirror(&mirror).unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    run_ok(
+        unistore()
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .args(["install", "to-filesystem", "--source-imgref", &src])
+            .arg(root),
+    );
+    assert!(
+        mirror.log_text().contains("/v2/os/manifests/v1"),
+        "the mirror served the install: {}",
+        mirror.log_text()
+    );
+    let st = status(root);
+    assert_eq!(
+        st["status"]["booted"]["image"]["image"]["image"],
+        src.trim_start_matches("docker://"),
+        "the origin keeps the canonical reference"
+    );
+    assert_eq!(booted_digest(root), img.manifest_digest);
+    mirror.stop();
+    let out = run_ok(
+        unistore()
+            .env("CONTAINERS_REGISTRIES_CONF", &conf)
+            .arg("--sysroot")
+            .arg(root)
+            .args(["upgrade", "--check", "--json"]),
+    );
+    assert!(
+        out.contains("no-change"),
+        "the source answers with the mirror down: {out}"
+    );
+    fsck_ok(root);
+}

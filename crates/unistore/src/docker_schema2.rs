@@ -82,7 +82,11 @@ fn run(mut c: Command, what: &str) -> Result<Vec<u8>> {
 /// The manifest `reference` (`docker://…`) names, raw.
 pub fn inspect_raw(reference: &str, fetch: &FetchConfig) -> Result<RawManifest> {
     let mut c = skopeo(fetch);
-    c.args(["inspect", "--raw", reference]);
+    c.args(["inspect", "--raw"]);
+    if let Some(a) = &fetch.authfile {
+        c.arg("--authfile").arg(a);
+    }
+    c.arg(reference);
     let bytes = run(c, &format!("reading the manifest of {reference}"))?;
     let v: Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("the manifest of {reference} is not JSON"))?;
@@ -106,7 +110,7 @@ fn host_arch() -> &'static str {
 }
 
 /// The repository part of a `docker://` name (without `:tag`/`@digest`).
-fn repository(name: &str) -> &str {
+pub fn repository(name: &str) -> &str {
     let name = name.split('@').next().unwrap_or(name);
     match name.rfind(':') {
         Some(i) if !name[i..].contains('/') => &name[..i],

@@ -17,7 +17,7 @@ pub use extents::{Extent, file_extents, shared_extents};
 pub use loopfs::{FsKind, LoopFs};
 pub use mounts::unmount_all_under;
 pub use podman::{PodmanStore, podman_env};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryOpts, TrustedCa};
 
 /// Whether this process runs as root (most environments here need it).
 pub fn is_root() -> bool {

@@ -16,6 +16,44 @@ pub struct Registry {
     addr: String,
     registries_conf: PathBuf,
     dir: tempfile::TempDir,
+    /// `user:password` of a registry behind htpasswd and TLS.
+    creds: Option<String>,
+}
+
+/// What kind of registry [`Registry::start_with`] starts.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOpts {
+    /// Behind TLS (its own CA, see [`Registry::ca_cert`]) with an htpasswd
+    /// login `(user, password)`.
+    pub tls_login: Option<(String, String)>,
+    /// A pull-through mirror of the registry at this `http://` URL.
+    pub mirror_of: Option<String>,
+}
+
+/// The CA of a TLS registry trusted system-wide, the way the containers
+/// tools look for it (`/etc/containers/certs.d/HOST:PORT/ca.crt`), until
+/// dropped.
+#[derive(Debug)]
+pub struct TrustedCa(PathBuf);
+
+impl Drop for TrustedCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 under `dir`.
+fn make_certs(dir: &Path) -> Result<()> {
+    let sh = format!(
+        "set -e; cd '{}'; \
+         openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=unistore test CA' 2>/dev/null; \
+         openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null; \
+         printf 'subjectAltName=IP:127.0.0.1\\n' > ext; \
+         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null",
+        dir.display()
+    );
+    run(Command::new("sh").arg("-c").arg(sh))?;
+    Ok(())
 }
 
 /// Ask the kernel for a free loopback port.
@@ -57,6 +95,11 @@ pub fn registry_config(addr: &str, storage: &Path) -> String {
 impl Registry {
     /// Start `docker-registry serve` and wait (up to 30 s) until `/v2/` answers 200.
     pub fn start() -> Result<Registry> {
+        Self::start_with(RegistryOpts::default())
+    }
+
+    /// Start a registry of the kind `opts` says.
+    pub fn start_with(opts: RegistryOpts) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("unistore-registry-")
             .tempdir_in("/var/tmp")?;
@@ -65,11 +108,34 @@ impl Registry {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(&config, registry_config(&addr, &storage))?;
+        let mut yaml = registry_config(&addr, &storage);
+        let d = dir.path();
+        if let Some((user, password)) = &opts.tls_login {
+            make_certs(d)?;
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .context("running htpasswd (apache2-utils)")?;
+            anyhow::ensure!(out.status.success(), "htpasswd failed");
+            std::fs::write(d.join("htpasswd"), &out.stdout)?;
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {0}/server.crt\n    key: {0}/server.key\nauth:\n  htpasswd:\n    realm: unistore-test\n    path: {0}/htpasswd\n",
+                d.display()
+            ));
+        }
+        if let Some(remote) = &opts.mirror_of {
+            yaml.push_str(&format!("proxy:\n  remoteurl: {remote}\n"));
+        }
+        std::fs::write(&config, yaml)?;
         let registries_conf = dir.path().join("registries.conf");
+        let insecure = if opts.tls_login.is_some() {
+            ""
+        } else {
+            "insecure = true\n"
+        };
         std::fs::write(
             &registries_conf,
-            format!("[[registry]]\nlocation = \"{addr}\"\ninsecure = true\n"),
+            format!("[[registry]]\nlocation = \"{addr}\"\n{insecure}"),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
         let child = Command::new("docker-registry")
@@ -85,10 +151,13 @@ impl Registry {
             addr,
             registries_conf,
             dir,
+            creds: opts.tls_login.as_ref().map(|(u, p)| format!("{u}:{p}")),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if v2_status(&reg.addr) == Some(200) {
+            // A TLS server answers plain HTTP with 400: it is up.
+            let want = if reg.creds.is_some() { 400 } else { 200 };
+            if v2_status(&reg.addr) == Some(want) {
                 return Ok(reg);
             }
             if let Some(status) = reg.child.try_wait()? {
@@ -103,6 +172,62 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The registry's CA certificate (TLS registries).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// Trusts this registry's CA system-wide until the guard drops.
+    pub fn trust_ca(&self) -> Result<TrustedCa> {
+        let d = PathBuf::from(format!("/etc/containers/certs.d/{}", self.addr));
+        std::fs::create_dir_all(&d)?;
+        std::fs::copy(self.ca_cert(), d.join("ca.crt"))?;
+        Ok(TrustedCa(d))
+    }
+
+    /// A containers `auth.json` at `path` with `user:password` for this
+    /// registry.
+    pub fn write_auth_json(&self, path: &Path, user: &str, password: &str) -> Result<()> {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(
+            path,
+            format!(
+                "{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}",
+                self.addr
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// A `registries.conf` for this registry with `mirror` as its mirror
+    /// (both plain HTTP).
+    pub fn registries_conf_with_mirror(&self, mirror: &Registry) -> Result<PathBuf> {
+        let p = self.dir.path().join("registries-mirror.conf");
+        std::fs::write(
+            &p,
+            format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n\n[[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+                self.addr, mirror.addr
+            ),
+        )?;
+        Ok(p)
+    }
+
+    /// The registry's log (access lines included).
+    pub fn log_text(&self) -> String {
+        self.log()
+    }
+
+    /// Stops the registry (a registry that is down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn log(&self) -> String {
@@ -142,6 +267,9 @@ impl Registry {
         let mut c = Command::new("skopeo");
         c.env("CONTAINERS_REGISTRIES_CONF", self.registries_conf())
             .args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(creds) = &self.creds {
+            c.args(["--dest-creds", creds]);
+        }
         if let Some(f) = format {
             c.args(["--format", f]);
         }

@@ -126,15 +126,26 @@ pub struct FetchConfig {
     /// it from `CONTAINERS_REGISTRIES_CONF`, which Debian 12's skopeo does
     /// not read by itself.
     pub registries_conf: Option<std::path::PathBuf>,
+    /// The registry credentials (`auth.json`) to use; `None`: the
+    /// containers tools' default locations. The CLI picks it (`--authfile`,
+    /// `REGISTRY_AUTH_FILE`, bootc's `/run|/etc|/usr/lib/ostree/auth.json`)
+    /// and every peer that reaches a registry gets the same: the image
+    /// proxy, skopeo and podman (the host store's pulls).
+    pub authfile: Option<std::path::PathBuf>,
 }
 
 impl FetchConfig {
     fn proxy_config(&self) -> Option<containers_image_proxy::ImageProxyConfig> {
-        let conf = self.registries_conf.as_ref()?;
-        let mut cmd = std::process::Command::new("skopeo");
-        cmd.arg("--registries-conf").arg(conf);
+        if self.registries_conf.is_none() && self.authfile.is_none() {
+            return None;
+        }
         let mut config = containers_image_proxy::ImageProxyConfig::default();
-        config.skopeo_cmd = Some(cmd);
+        if let Some(conf) = &self.registries_conf {
+            let mut cmd = std::process::Command::new("skopeo");
+            cmd.arg("--registries-conf").arg(conf);
+            config.skopeo_cmd = Some(cmd);
+        }
+        config.authfile = self.authfile.clone();
         Some(config)
     }
 }

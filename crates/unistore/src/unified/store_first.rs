@@ -216,7 +216,7 @@ pub(super) async fn fetch_store_first(
     if imgref.transport == Transport::Oci {
         crate::oci_layout::verify(imgref).await?;
     }
-    let session = Session::new(sysroot, fetch.registries_conf.as_deref())?;
+    let session = Session::new(sysroot, Some(fetch))?;
     let store = session.store().to_path_buf();
     let before = containers_storage::read_images(&store)?;
 

@@ -108,15 +108,20 @@ pub(super) async fn http_stream(
     socket: &Path,
     method: &str,
     path: &str,
+    headers: &[(&str, String)],
     mut on_line: impl FnMut(&[u8]),
 ) -> Result<u16> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
     let (r, mut w) = stream.into_split();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     w.write_all(
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: podman\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: podman\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -256,5 +261,97 @@ impl PullTracker {
                 });
             }
         }
+    }
+}
+
+/// The `X-Registry-Auth` header value (base64url JSON, as the Docker API
+/// takes it) for the registry of `reference`, from the containers
+/// `auth.json` at `authfile`; `None` when it holds nothing for it.
+pub(super) fn registry_auth_header(authfile: &Path, reference: &str) -> Result<Option<String>> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(authfile)
+        .with_context(|| format!("reading registry credentials {}", authfile.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a containers auth.json", authfile.display()))?;
+    let name = reference.trim_start_matches("docker://");
+    let host = name.split('/').next().unwrap_or(name);
+    // The most specific key first: `host/ns/repo`, ..., `host`.
+    let mut keys = vec![];
+    let mut k = crate::docker_schema2::repository(name);
+    loop {
+        keys.push(k);
+        match k.rfind('/') {
+            Some(i) => k = &k[..i],
+            None => break,
+        }
+    }
+    let Some(entry) = keys.iter().find_map(|k| v["auths"].get(*k)) else {
+        return Ok(None);
+    };
+    let Some(auth) = entry["auth"].as_str() else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: the credentials for {host} are not base64 of user:password",
+                authfile.display()
+            )
+        })?;
+    let (user, password) = decoded.split_once(':').ok_or_else(|| {
+        anyhow!(
+            "{}: the credentials for {host} are not user:password",
+            authfile.display()
+        )
+    })?;
+    let json = serde_json::json!({"username": user, "password": password, "serveraddress": host});
+    Ok(Some(
+        base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&json)?),
+    ))
+}
+
+#[cfg(test)]
+mod auth_tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn credentials_for_the_most_specific_key() {
+        let td = tempfile::tempdir().unwrap();
+        let p = td.path().join("auth.json");
+        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        std::fs::write(
+            &p,
+            serde_json::json!({"auths": {
+                "127.0.0.1:5000": {"auth": enc("a:1")},
+                "127.0.0.1:5000/team/os": {"auth": enc("b:2")},
+            }})
+            .to_string(),
+        )
+        .unwrap();
+        let decode = |h: String| -> serde_json::Value {
+            serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE.decode(h).unwrap())
+                .unwrap()
+        };
+        let h = decode(
+            registry_auth_header(&p, "127.0.0.1:5000/team/os:v1")
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(h["username"], "b");
+        assert_eq!(h["serveraddress"], "127.0.0.1:5000");
+        let h = decode(
+            registry_auth_header(&p, "docker://127.0.0.1:5000/other:v1")
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(
+            (h["username"].as_str(), h["password"].as_str()),
+            (Some("a"), Some("1"))
+        );
+        assert!(registry_auth_header(&p, "quay.io/x:1").unwrap().is_none());
     }
 }

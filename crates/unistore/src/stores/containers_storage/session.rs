@@ -160,12 +160,18 @@ pub struct Session {
     pub(super) run: OwnedTempDir,
     big_tmp: OwnedTempDir,
     registries_conf: Option<PathBuf>,
+    /// Registry credentials for podman and skopeo (`REGISTRY_AUTH_FILE`).
+    authfile: Option<PathBuf>,
 }
 
 impl Session {
-    /// Creates the store if needed and a session on it. `registries_conf`
-    /// is passed to podman and skopeo as `CONTAINERS_REGISTRIES_CONF`.
-    pub fn new(sysroot: &Sysroot, registries_conf: Option<&Path>) -> Result<Self> {
+    /// Creates the store if needed and a session on it. `fetch` (its
+    /// `registries.conf` and credentials) is passed to podman and skopeo as
+    /// `CONTAINERS_REGISTRIES_CONF` and `REGISTRY_AUTH_FILE`.
+    pub fn new(
+        sysroot: &Sysroot,
+        fetch: Option<&crate::stores::composefs_repo::FetchConfig>,
+    ) -> Result<Self> {
         ensure_store(sysroot)?;
         let run = OwnedTempDir::new(&runtime_dir(sysroot), "p")?;
         let runroot = run.path().join("rr");
@@ -183,7 +189,8 @@ impl Session {
             store: store_path(sysroot),
             run,
             big_tmp,
-            registries_conf: registries_conf.map(Path::to_path_buf),
+            registries_conf: fetch.and_then(|f| f.registries_conf.clone()),
+            authfile: fetch.and_then(|f| f.authfile.clone()),
         };
         std::fs::write(
             s.containers_conf(),
@@ -245,6 +252,9 @@ impl Session {
         ];
         if let Some(r) = &self.registries_conf {
             env.push(("CONTAINERS_REGISTRIES_CONF".into(), r.into()));
+        }
+        if let Some(a) = &self.authfile {
+            env.push(("REGISTRY_AUTH_FILE".into(), a.into()));
         }
         env
     }
@@ -352,9 +362,17 @@ impl Session {
             "/v1.41/images/create?fromImage={}",
             percent_encode(reference, false)
         );
+        // The Docker API takes credentials from the client only: the same
+        // ones skopeo and the image proxy use.
+        let mut headers = vec![];
+        if let Some(a) = &self.authfile
+            && let Some(h) = super::service::registry_auth_header(a, reference)?
+        {
+            headers.push(("X-Registry-Auth", h));
+        }
         let mut tracker = PullTracker::default();
         let mut error = None;
-        let status = http_stream(&svc.socket, "POST", &path, |line| {
+        let status = http_stream(&svc.socket, "POST", &path, &headers, |line| {
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
                 tracing::debug!("podman: {}", String::from_utf8_lossy(line));
                 return;
@@ -379,6 +397,7 @@ impl Session {
             &svc.socket,
             "GET",
             &format!("/v1.41/images/{}/json", percent_encode(reference, true)),
+            &[],
             |l| {
                 body.extend_from_slice(l);
                 body.push(b'\n');
