@@ -36,6 +36,14 @@ struct Cli {
     /// containers tools' own locations (`$XDG_RUNTIME_DIR/containers/auth.json`, ...).
     #[arg(long, global = true)]
     authfile: Option<PathBuf>,
+    /// A containers-policy.json for fetching images instead of the host's
+    /// (/etc/containers/policy.json).
+    #[arg(long, global = true)]
+    signature_policy: Option<PathBuf>,
+    /// Refuse a signature policy that accepts any image, and check that the
+    /// policy accepts the image before writing anything (bootc's flag).
+    #[arg(long, global = true)]
+    enforce_container_sigpolicy: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -204,6 +212,10 @@ fn main() {
         }
     }));
     let _ = AUTHFILE.set(cli.authfile.clone());
+    let _ = SIGPOLICY.set((
+        cli.signature_policy.clone(),
+        cli.enforce_container_sigpolicy,
+    ));
     if let Some(a) = &cli.authfile
         && !a.is_file()
     {
@@ -307,6 +319,8 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
 
 /// `--authfile`, kept for [`fetch_config`].
 static AUTHFILE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+/// `--signature-policy` and `--enforce-container-sigpolicy`.
+static SIGPOLICY: std::sync::OnceLock<(Option<PathBuf>, bool)> = std::sync::OnceLock::new();
 
 /// The registry credentials to use: `--authfile`, `REGISTRY_AUTH_FILE`,
 /// bootc's locations; `None` leaves it to the containers tools' defaults.
@@ -338,6 +352,8 @@ pub(crate) fn fetch_config() -> unistore::stores::composefs_repo::FetchConfig {
     unistore::stores::composefs_repo::FetchConfig {
         registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
         authfile: authfile(),
+        signature_policy: SIGPOLICY.get().and_then(|(p, _)| p.clone()),
+        enforce_sigpolicy: SIGPOLICY.get().is_some_and(|(_, e)| *e),
     }
 }
 

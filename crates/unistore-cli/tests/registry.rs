@@ -531,3 +531,144 @@ fn mirrors_serve_pulls_and_fall_back_to_the_source() {
     );
     fsck_ok(root);
 }
+
+/// `--enforce-container-sigpolicy` with a `containers-policy.json` that
+/// requires a GPG signature (`signedBy`) from a test key for the registry:
+/// an accept-anything policy is refused, an unsigned image is refused before
+/// anything is written, a signed one installs.
+#[test]
+fn signature_policy_is_enforced_when_asked() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", 1);
+    let reg = Registry::start().unwrap();
+    let addr = reg.addr();
+    // v1 is pushed signed, v2 (another manifest: no signature) unsigned.
+    // A signing key of the test's own.
+    let gnupg = work.path().join("gnupg");
+    std::fs::create_dir(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", &gnupg)
+            .arg("--batch")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    gpg(&[
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "unistore test <test@unistore.invalid>",
+        "default",
+        "default",
+        "never",
+    ]);
+    let listing = String::from_utf8(gpg(&["--list-keys", "--with-colons"])).unwrap();
+    let fpr = listing
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .unwrap()
+        .split(':')
+        .nth(9)
+        .unwrap()
+        .to_string();
+    let key = work.path().join("key.gpg");
+    std::fs::write(&key, gpg(&["--export"])).unwrap();
+    // Signatures go to a lookaside directory the containers tools find
+    // through registries.d (one file for this registry's port).
+    let sigs = work.path().join("sigs");
+    let regd = Path::new("/etc/containers/registries.d");
+    std::fs::create_dir_all(regd).unwrap();
+    let regd_file = regd.join(format!("unistore-test-{}.yaml", addr.replace(':', "-")));
+    let _regd_guard = RemoveOnDrop(regd_file.clone());
+    std::fs::write(
+        &regd_file,
+        format!(
+            "docker:\n  {addr}:\n    lookaside: file://{0}\n    lookaside-staging: file://{0}\n",
+            sigs.display()
+        ),
+    )
+    .unwrap();
+    image(&oci, "v2", 2);
+    let push = |from: &str, tag: &str, sign: bool| {
+        let mut c = Command::new("skopeo");
+        c.env("GNUPGHOME", &gnupg)
+            .args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if sign {
+            c.args(["--sign-by", &fpr]);
+        }
+        let out = c
+            .arg(format!("oci:{}:{from}", oci.display()))
+            .arg(format!("docker://{addr}/os:{tag}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push {tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    push("v1", "signed", true);
+    push("v2", "unsigned", false);
+    let policy = work.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        serde_json::json!({
+            "default": [{"type": "insecureAcceptAnything"}],
+            "transports": {"docker": {addr.clone(): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": key}]}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let lax = work.path().join("lax.json");
+    std::fs::write(&lax, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    let before = snapshot(root);
+    let install = |policy: &Path, tag: &str| {
+        let mut c = cmd(&reg);
+        c.args(["--enforce-container-sigpolicy", "--signature-policy"])
+            .arg(policy)
+            .args([
+                "install",
+                "to-filesystem",
+                "--source-imgref",
+                &format!("docker://{addr}/os:{tag}"),
+            ])
+            .arg(root);
+        c
+    };
+    run_fails(&mut install(&lax, "signed"), "accepts any image");
+    assert_snapshots_equal(&before, &snapshot(root), "an accept-anything policy");
+    run_fails(
+        &mut install(&policy, "unsigned"),
+        "a signature was required",
+    );
+    assert_snapshots_equal(&before, &snapshot(root), "an unsigned image");
+    let out = run(&mut install(&policy, "signed"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fsck_ok(root);
+    // The upgrade check applies the policy too.
+    let check = run_ok(
+        cmd(&reg)
+            .args(["--enforce-container-sigpolicy", "--signature-policy"])
+            .arg(&policy)
+            .arg("--sysroot")
+            .arg(root)
+            .args(["upgrade", "--check", "--json"]),
+    );
+    assert!(check.contains("no-change"), "{check}");
+}

@@ -55,11 +55,7 @@ pub struct Converted {
 }
 
 fn skopeo(fetch: &FetchConfig) -> Command {
-    let mut c = Command::new("skopeo");
-    if let Some(conf) = &fetch.registries_conf {
-        c.arg("--registries-conf").arg(conf);
-    }
-    c
+    fetch.skopeo()
 }
 
 fn run(mut c: Command, what: &str) -> Result<Vec<u8>> {
@@ -74,7 +70,12 @@ fn run(mut c: Command, what: &str) -> Result<Vec<u8>> {
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim();
-        bail!("{what}: {}", line.trim_start_matches("time=").trim());
+        // skopeo's logrus line: `time="…" level=fatal msg="…"`.
+        let msg = line
+            .split_once("msg=\"")
+            .map(|(_, m)| m.trim_end_matches('"').replace("\\\"", "\""))
+            .unwrap_or_else(|| line.to_string());
+        bail!("{what}: {msg}");
     }
     Ok(out.stdout)
 }
@@ -257,30 +258,45 @@ fn hex_of(digest: &str) -> Result<&str> {
     Ok(h)
 }
 
-/// Copies the image `manifest` describes (as it is) into `work` and makes
-/// an OCI layout of it there.
+/// Copies the image (as it is: `skopeo copy` to `dir:`, which applies the
+/// signature policy before any blob) into `work` and makes an OCI layout of
+/// it there. `manifest`: the Docker manifest to fetch (by digest); `None`:
+/// the image `image` names, whatever its format (an OCI manifest is kept as
+/// it is, a Docker one converted).
 pub fn to_layout(
     image: &ImageRef,
-    manifest: &RawManifest,
+    manifest: Option<&RawManifest>,
     fetch: &FetchConfig,
     work: &Path,
 ) -> Result<Converted> {
     let dir = work.join("dir");
+    let source = match manifest {
+        Some(m) => format!("docker://{}@{}", repository(&image.name), m.digest),
+        None => image.to_string(),
+    };
     let mut c = skopeo(fetch);
-    c.args(["copy", "--quiet"])
-        .arg(format!(
-            "docker://{}@{}",
-            repository(&image.name),
-            manifest.digest
-        ))
-        .arg(format!("dir:{}", dir.display()));
+    c.args(["copy", "--quiet"]);
+    if let Some(a) = &fetch.authfile {
+        c.arg("--src-authfile").arg(a);
+    }
+    c.arg(&source).arg(format!("dir:{}", dir.display()));
     run(c, &format!("fetching {image}"))?;
     let fetched =
         std::fs::read(dir.join("manifest.json")).context("reading the fetched manifest")?;
-    if format!("sha256:{}", hex::encode(Sha256::digest(&fetched))) != manifest.digest {
-        bail!("the fetched manifest of {image} is not {}", manifest.digest);
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&fetched)));
+    if let Some(m) = manifest
+        && digest != m.digest
+    {
+        bail!("the fetched manifest of {image} is not {}", m.digest);
     }
-    let oci_manifest = to_oci_manifest(&fetched)?;
+    let media_type = serde_json::from_slice::<Value>(&fetched)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_string));
+    let oci_manifest = if media_type.as_deref() == Some(DOCKER_MANIFEST) {
+        to_oci_manifest(&fetched)?
+    } else {
+        fetched.clone()
+    };
     let layout = work.join("oci");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
@@ -306,7 +322,7 @@ pub fn to_layout(
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
     Ok(Converted {
-        registry_digest: manifest.digest.clone(),
+        registry_digest: digest,
         registry_manifest: fetched,
         layout: ImageRef::parse(&format!("oci:{}:latest", layout.display()))?,
     })

@@ -29,6 +29,7 @@ pub mod ops;
 pub mod origin;
 pub mod progress;
 pub mod reflink;
+pub mod sigpolicy;
 pub mod staged;
 pub mod status;
 pub mod stores;

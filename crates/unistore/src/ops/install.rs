@@ -151,6 +151,7 @@ pub async fn install_to_filesystem(
 ) -> Result<InstallResult> {
     let sysroot = Sysroot::open(root)?;
     check_empty(&sysroot)?;
+    crate::sigpolicy::check(&opts.fetch)?;
     let host_config = read_host_config(&opts.host_config_files)?;
     // Known before fetching: the flag, then the host's config. Checked
     // before anything is written.

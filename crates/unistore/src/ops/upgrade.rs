@@ -110,6 +110,7 @@ pub async fn upgrade(
         .unwrap_or_else(|| booted_origin.image.clone());
 
     progress::step(&progress, format!("Checking {imgref}"));
+    crate::sigpolicy::check(&opts.fetch)?;
     let remote = composefs_repo::inspect_remote(&imgref, &opts.fetch).await?;
     // What names an image for this check is the registry's digest where it
     // differs from the repository's (an image in Docker's format).

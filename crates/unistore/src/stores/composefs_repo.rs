@@ -132,18 +132,38 @@ pub struct FetchConfig {
     /// and every peer that reaches a registry gets the same: the image
     /// proxy, skopeo and podman (the host store's pulls).
     pub authfile: Option<std::path::PathBuf>,
+    /// A `containers-policy.json` for the peers to apply instead of the
+    /// host's (`--signature-policy`).
+    pub signature_policy: Option<std::path::PathBuf>,
+    /// Refuse a policy that accepts anything, and images the policy
+    /// rejects, before writing (`--enforce-container-sigpolicy`).
+    pub enforce_sigpolicy: bool,
 }
 
 impl FetchConfig {
+    /// `skopeo` with this configuration's global options
+    /// (`--registries-conf`, `--policy`).
+    pub fn skopeo(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("skopeo");
+        if let Some(conf) = &self.registries_conf {
+            c.arg("--registries-conf").arg(conf);
+        }
+        if let Some(p) = &self.signature_policy {
+            c.arg("--policy").arg(p);
+        }
+        c
+    }
+
     fn proxy_config(&self) -> Option<containers_image_proxy::ImageProxyConfig> {
-        if self.registries_conf.is_none() && self.authfile.is_none() {
+        if self.registries_conf.is_none()
+            && self.authfile.is_none()
+            && self.signature_policy.is_none()
+        {
             return None;
         }
         let mut config = containers_image_proxy::ImageProxyConfig::default();
-        if let Some(conf) = &self.registries_conf {
-            let mut cmd = std::process::Command::new("skopeo");
-            cmd.arg("--registries-conf").arg(conf);
-            config.skopeo_cmd = Some(cmd);
+        if self.registries_conf.is_some() || self.signature_policy.is_some() {
+            config.skopeo_cmd = Some(self.skopeo());
         }
         config.authfile = self.authfile.clone();
         Some(config)
@@ -204,28 +224,37 @@ pub async fn pull(
         tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
             .await
             .context("reading the manifest")??;
-    let Some(manifest) = docker else {
+    // Debian 12's image proxy does not apply the signature policy: when it
+    // is enforced, registry images come through `skopeo copy`, which does.
+    let enforce = fetch.enforce_sigpolicy && imgref.transport == crate::imgref::Transport::Registry;
+    if docker.is_none() && !enforce {
         return pull_as_is(repo, imgref, fetch, progress).await;
-    };
+    }
     crate::progress::step(
         &progress,
-        format!("{imgref} is in Docker's format (schema 2): fetching it as it is"),
+        if docker.is_some() {
+            format!("{imgref} is in Docker's format (schema 2): fetching it as it is")
+        } else {
+            format!("Fetching {imgref} under the signature policy")
+        },
     );
     let work = tempfile::Builder::new()
-        .prefix("unistore-docker-")
+        .prefix("unistore-fetch-")
         .tempdir()
         .context("creating a temporary directory")?;
     let (image, f, dir) = (imgref.clone(), fetch.clone(), work.path().to_path_buf());
     let converted = tokio::task::spawn_blocking(move || {
-        crate::docker_schema2::to_layout(&image, &manifest, &f, &dir)
+        crate::docker_schema2::to_layout(&image, docker.as_ref(), &f, &dir)
     })
     .await
     .context("fetching the image")??;
     let mut pulled = pull_as_is(repo, &converted.layout, fetch, progress).await?;
-    pulled.registry = Some(RegistryManifest {
-        digest: converted.registry_digest,
-        bytes: converted.registry_manifest,
-    });
+    if converted.registry_digest != pulled.manifest_digest {
+        pulled.registry = Some(RegistryManifest {
+            digest: converted.registry_digest,
+            bytes: converted.registry_manifest,
+        });
+    }
     Ok(pulled)
 }
 

@@ -220,7 +220,9 @@ pub async fn fetch_unified(
     // composefs-oci (0.9.4) cannot import an image in Docker's format from
     // containers-storage: such an image goes composefs first even without
     // reflinks, and its files are copied into the store.
-    let docker = !probe.supported && {
+    // Likewise when the signature policy is enforced: podman's pull would
+    // apply the host's policy, not the one given.
+    let docker = !probe.supported && !fetch.enforce_sigpolicy && {
         let (image, f) = (imgref.clone(), fetch.clone());
         tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
             .await
@@ -235,7 +237,7 @@ pub async fn fetch_unified(
             ),
         );
     }
-    if probe.supported || docker {
+    if probe.supported || docker || fetch.enforce_sigpolicy {
         // composefs first, then the store by reflinks from its objects.
         let pulled = composefs_repo::pull(repo, imgref, fetch, progress.clone()).await?;
         crashpoint::hit("unified:after-composefs-pull");

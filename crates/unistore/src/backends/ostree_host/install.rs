@@ -48,6 +48,7 @@ pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Res
     let stateroot = opts.stateroot.as_deref().unwrap_or(DEFAULT_STATEROOT);
     check_stateroot(stateroot)?;
     check_empty(&sysroot)?;
+    crate::sigpolicy::check(&opts.fetch)?;
     if sysroot.dir().try_exists(ostree_repo::REPO_DIR)? {
         // Opening reads only; a repository in another mode is refused here,
         // before anything is written.

@@ -57,6 +57,7 @@ pub async fn upgrade(
     let booted_digest = ostree_repo::commit_info(&repo, &booted.csum())?.manifest_digest;
 
     progress::step(&progress, format!("Checking {target}"));
+    crate::sigpolicy::check(&opts.fetch)?;
     let remote = composefs_repo::inspect_remote(&target, &opts.fetch).await?;
     if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) {
         if target == current || opts.check {
