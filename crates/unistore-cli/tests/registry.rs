@@ -672,3 +672,47 @@ fn signature_policy_is_enforced_when_asked() {
     );
     assert!(check.contains("no-change"), "{check}");
 }
+
+/// A Docker image podman pulled into a store, installed from
+/// `containers-storage:`: the store's (the registry's) manifest digest is
+/// the image's identity; its files are the image's.
+#[test]
+fn docker_schema2_from_containers_storage() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
+    let reg = Registry::start().unwrap();
+    let src = reg.push_oci_docker(&oci, "v1", "os").unwrap();
+    let (digest, _) = reg.raw_manifest("os", "v1").unwrap();
+    let store = unistore_fixtures::env::PodmanStore::new().unwrap();
+    let name = src.trim_start_matches("docker://");
+    store
+        .run(&["pull", "-q", "--tls-verify=false", name])
+        .unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let out = install(&reg, fs.path(), &store.storage_ref(name), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(booted_digest(fs.path()), digest);
+    fsck_ok(fs.path());
+    let mnt = tempfile::tempdir().unwrap();
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["internals", "mount"])
+            .arg(mnt.path()),
+    );
+    let expected: Vec<_> = img
+        .expected
+        .iter()
+        .filter(|e| !e.path.starts_with("/run/") && !e.path.starts_with("/tmp/"))
+        .cloned()
+        .collect();
+    let r = std::panic::catch_unwind(|| compare_tree(mnt.path(), &expected));
+    umount_all(mnt.path());
+    assert!(r.unwrap_or_else(|e| std::panic::resume_unwind(e)) > 20);
+}

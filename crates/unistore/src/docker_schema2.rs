@@ -153,6 +153,11 @@ pub fn pick_from_list(list: &[u8]) -> Result<String> {
 /// host (following a manifest list); `None` for OCI images and other
 /// transports.
 pub fn docker_manifest(image: &ImageRef, fetch: &FetchConfig) -> Result<Option<RawManifest>> {
+    if image.transport == Transport::ContainersStorage {
+        // What `podman pull` stored: the registry's manifest as it was.
+        let raw = inspect_raw(&image.to_string(), fetch)?;
+        return Ok((raw.media_type.as_deref() == Some(DOCKER_MANIFEST)).then_some(raw));
+    }
     if image.transport != Transport::Registry {
         return Ok(None);
     }
@@ -229,6 +234,30 @@ pub fn to_oci_manifest(docker: &[u8]) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&v)?)
 }
 
+/// Sets each layer's media type from its blob's first bytes (gzip, zstd or
+/// a plain tar): a Docker manifest names every layer gzip, which layers
+/// written out of containers-storage are not.
+fn with_sniffed_compression(oci_manifest: &[u8], blobs: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v: Value = serde_json::from_slice(oci_manifest)?;
+    for l in v["layers"].as_array_mut().into_iter().flatten() {
+        let d = l["digest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("a layer has no digest"))?;
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(blobs.join(hex_of(d)?))
+            .with_context(|| format!("blob {d} was not fetched"))?
+            .read(&mut magic)?;
+        let t = match &magic[..n] {
+            [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
+            [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
+            _ => "application/vnd.oci.image.layer.v1.tar",
+        };
+        l["mediaType"] = t.into();
+    }
+    Ok(serde_json::to_vec(&v)?)
+}
+
 fn blob_digests(manifest: &[u8]) -> Result<Vec<String>> {
     let v: Value = serde_json::from_slice(manifest)?;
     let mut out = vec![
@@ -270,9 +299,13 @@ pub fn to_layout(
     work: &Path,
 ) -> Result<Converted> {
     let dir = work.join("dir");
+    // A registry image is fetched by the digest looked at; a store's as it
+    // is named (skopeo writes it out with uncompressed layers, under a new
+    // manifest: the store's manifest stays the identity).
+    let by_digest = image.transport == Transport::Registry;
     let source = match manifest {
-        Some(m) => format!("docker://{}@{}", repository(&image.name), m.digest),
-        None => image.to_string(),
+        Some(m) if by_digest => format!("docker://{}@{}", repository(&image.name), m.digest),
+        _ => image.to_string(),
     };
     let mut c = skopeo(fetch);
     c.args(["copy", "--quiet"]);
@@ -285,6 +318,7 @@ pub fn to_layout(
         std::fs::read(dir.join("manifest.json")).context("reading the fetched manifest")?;
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&fetched)));
     if let Some(m) = manifest
+        && by_digest
         && digest != m.digest
     {
         bail!("the fetched manifest of {image} is not {}", m.digest);
@@ -293,7 +327,7 @@ pub fn to_layout(
         .ok()
         .and_then(|v| v["mediaType"].as_str().map(str::to_string));
     let oci_manifest = if media_type.as_deref() == Some(DOCKER_MANIFEST) {
-        to_oci_manifest(&fetched)?
+        with_sniffed_compression(&to_oci_manifest(&fetched)?, &dir)?
     } else {
         fetched.clone()
     };
@@ -321,9 +355,13 @@ pub fn to_layout(
         }],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    let (registry_digest, registry_manifest) = match manifest {
+        Some(m) => (m.digest.clone(), m.bytes.clone()),
+        None => (digest, fetched),
+    };
     Ok(Converted {
-        registry_digest: digest,
-        registry_manifest: fetched,
+        registry_digest,
+        registry_manifest,
         layout: ImageRef::parse(&format!("oci:{}:latest", layout.display()))?,
     })
 }
