@@ -111,26 +111,7 @@ fn docker_schema2_images_install_on_every_path() {
         );
         fsck_ok(fs.path());
         // Its files are the image's.
-        let mnt = tempfile::tempdir().unwrap();
-        run_ok(
-            unistore()
-                .arg("--sysroot")
-                .arg(fs.path())
-                .args(["internals", "mount"])
-                .arg(mnt.path()),
-        );
-        let expected: Vec<_> = img
-            .expected
-            .iter()
-            .filter(|e| !e.path.starts_with("/run/") && !e.path.starts_with("/tmp/"))
-            .cloned()
-            .collect();
-        let r = std::panic::catch_unwind(|| compare_tree(mnt.path(), &expected));
-        umount_all(mnt.path());
-        assert!(
-            r.unwrap_or_else(|e| std::panic::resume_unwind(e)) > 20,
-            "{what}"
-        );
+        assert!(mount_and_compare(fs.path(), &img.expected) > 20, "{what}");
         // No new digest: no update.
         let check = run_ok(
             cmd(&reg)
@@ -698,21 +679,63 @@ fn docker_schema2_from_containers_storage() {
     );
     assert_eq!(booted_digest(fs.path()), digest);
     fsck_ok(fs.path());
-    let mnt = tempfile::tempdir().unwrap();
-    run_ok(
-        unistore()
-            .arg("--sysroot")
-            .arg(fs.path())
-            .args(["internals", "mount"])
-            .arg(mnt.path()),
-    );
-    let expected: Vec<_> = img
-        .expected
-        .iter()
-        .filter(|e| !e.path.starts_with("/run/") && !e.path.starts_with("/tmp/"))
-        .cloned()
-        .collect();
-    let r = std::panic::catch_unwind(|| compare_tree(mnt.path(), &expected));
-    umount_all(mnt.path());
-    assert!(r.unwrap_or_else(|e| std::panic::resume_unwind(e)) > 20);
+    assert!(mount_and_compare(fs.path(), &img.expected) > 20);
+}
+
+/// Layers in zstd and in zstd:chunked (several zstd frames and a
+/// skippable table of contents), from a registry: installed plain and
+/// unified, the files are the image's, fsck is clean.
+#[test]
+fn zstd_and_zstd_chunked_layers() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    let img = image(&oci, "v1", 1);
+    let reg = Registry::start().unwrap();
+    for format in ["zstd", "zstd:chunked"] {
+        let z = work.path().join(format.replace(':', "-"));
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-compress",
+                "--dest-compress-format",
+                format,
+            ])
+            .arg(format!("oci:{}:v1", oci.display()))
+            .arg(format!("oci:{}:v1", z.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let repo = format!("z{}", format.replace(':', ""));
+        let src = reg.push_oci(&z, "v1", &repo).unwrap();
+        let (_, raw) = reg.raw_manifest(&repo, "v1").unwrap();
+        let m: Value = serde_json::from_slice(&raw).unwrap();
+        for l in m["layers"].as_array().unwrap() {
+            assert_eq!(
+                l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+                "{format}"
+            );
+            if format == "zstd:chunked" {
+                assert!(
+                    l["annotations"]["io.containers.zstd-chunked.manifest-position"].is_string(),
+                    "{l}"
+                );
+            }
+        }
+        for flags in [&[][..], &["--unified", "enabled"][..]] {
+            let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+            let out = install(&reg, fs.path(), &src, flags);
+            assert!(
+                out.status.success(),
+                "{format} {flags:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            fsck_ok(fs.path());
+            assert!(mount_and_compare(fs.path(), &img.expected) > 20, "{format}");
+        }
+    }
 }

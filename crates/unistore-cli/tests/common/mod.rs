@@ -230,3 +230,25 @@ pub fn run_killed(mut c: Command, point: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Mounts the booted deployment of `root` (`internals mount`), compares
+/// its tree with `expected` (minus what lives under `/run` and `/tmp`,
+/// which hosts keep empty), unmounts; returns the entries compared.
+pub fn mount_and_compare(root: &Path, expected: &[ExpectedEntry]) -> usize {
+    let mnt = tempfile::tempdir().unwrap();
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(root)
+            .args(["internals", "mount"])
+            .arg(mnt.path()),
+    );
+    let expected: Vec<_> = expected
+        .iter()
+        .filter(|e| !e.path.starts_with("/run/") && !e.path.starts_with("/tmp/"))
+        .cloned()
+        .collect();
+    let r = std::panic::catch_unwind(|| compare_tree(mnt.path(), &expected));
+    umount_all(mnt.path());
+    r.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
