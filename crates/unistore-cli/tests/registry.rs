@@ -226,6 +226,96 @@ fn docker_schema2_upgrade() {
             .args(["upgrade", "--json"]),
     );
     assert!(again.contains("no-change"), "{again}");
+
+    // switch to another Docker image (v1, pushed under another name).
+    let other = reg.push_oci_docker(&oci, "v1", "other").unwrap();
+    let (d1, _) = reg.raw_manifest("other", "v1").unwrap();
+    let sw: Value = serde_json::from_str(&run_ok(
+        cmd(&reg)
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["switch", "--json", &other]),
+    ))
+    .unwrap();
+    assert_eq!(sw["result"], "staged", "{sw}");
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["internals", "finalize-staged"]),
+    );
+    assert_eq!(booted_digest(fs.path()), d1);
+
+    // set-unified full brings both images into the host store; a store
+    // image removed behind unistore's back is rebuilt by fsck --repair.
+    run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["image", "set-unified", "full"]),
+    );
+    let images = || {
+        run_ok(unistore().arg("--sysroot").arg(fs.path()).args([
+            "internals",
+            "fsck",
+            "images",
+            "--json",
+        ]))
+    };
+    let r: Value = serde_json::from_str(&images()).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(
+        r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["inContainersStorage"] == true),
+        "{r}"
+    );
+    let rr = work.path().join("rr");
+    let podman = |args: &[&str]| {
+        Command::new("podman")
+            .envs(unistore_fixtures::env::podman_env(
+                &work.path().join("conf"),
+            ))
+            .arg("--root")
+            .arg(fs.path().join("composefs/bootc/storage"))
+            .arg("--runroot")
+            .arg(&rr)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The store image id is the config digest.
+    let id = r["images"][0]["configDigest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let rmi = podman(&["rmi", "-f", id.trim()]);
+    assert!(
+        rmi.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rmi.stderr)
+    );
+    let broken =
+        run(unistore()
+            .arg("--sysroot")
+            .arg(fs.path())
+            .args(["internals", "fsck", "images"]));
+    assert!(
+        !broken.status.success(),
+        "fsck sees the missing store image"
+    );
+    let repaired = run_ok(unistore().arg("--sysroot").arg(fs.path()).args([
+        "internals",
+        "fsck",
+        "images",
+        "--repair",
+    ]));
+    assert!(repaired.contains("[REPAIRED]"), "{repaired}");
+    let r: Value = serde_json::from_str(&images()).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
 }
 
 /// A Docker manifest list whose first entry is another architecture: the
