@@ -391,6 +391,63 @@ fn docker_manifest_lists_pick_the_host_platform() {
     );
     assert_eq!(booted_digest(fs.path()), d_amd64);
     fsck_ok(fs.path());
+
+    // The same with OCI manifests in an OCI index.
+    reg.push_oci(&oci, "v1", "oos").unwrap();
+    reg.push_oci(&oci, "v2", "oos").unwrap();
+    let (o_amd64, om1) = reg.raw_manifest("oos", "v1").unwrap();
+    let (o_other, om2) = reg.raw_manifest("oos", "v2").unwrap();
+    let oentry = |d: &str, m: &[u8], arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "size": m.len(), "digest": d,
+            "platform": {"architecture": arch, "os": "linux"},
+        })
+    };
+    let index = |entries: Vec<Value>| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }))
+        .unwrap()
+    };
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    reg.put_manifest(
+        "oos",
+        "multi",
+        INDEX,
+        &index(vec![
+            oentry(&o_other, &om2, "arm64"),
+            oentry(&o_amd64, &om1, "amd64"),
+        ]),
+    )
+    .unwrap();
+    reg.put_manifest(
+        "oos",
+        "armonly",
+        INDEX,
+        &index(vec![oentry(&o_other, &om2, "arm64")]),
+    )
+    .unwrap();
+    let fs2 = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let before = snapshot(fs2.path());
+    run_fails(
+        cmd(&reg)
+            .args(["install", "to-filesystem", "--source-imgref"])
+            .arg(format!("docker://{host}/oos:armonly"))
+            .arg(fs2.path()),
+        "amd64",
+    );
+    assert_snapshots_equal(&before, &snapshot(fs2.path()), "an index without the host");
+    let out = install(&reg, fs2.path(), &format!("docker://{host}/oos:multi"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(booted_digest(fs2.path()), o_amd64);
+    fsck_ok(fs2.path());
 }
 
 /// A panic in the middle of an install (a test crash point that panics):
