@@ -279,6 +279,7 @@ async fn install_inner(
                 policy,
                 &probe,
                 &progress,
+                registry.as_ref(),
             )
             .await?;
             let m = unified::import_message(mode, &probe, &r);

@@ -227,6 +227,7 @@ pub async fn set_unified(
             policy,
             &probe,
             &progress,
+            None,
         )
         .await
         .with_context(|| format!("bringing {} into containers-storage", l.manifest_digest))?;

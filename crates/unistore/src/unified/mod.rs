@@ -250,6 +250,7 @@ pub async fn fetch_unified(
             policy,
             &probe,
             &progress,
+            pulled.registry.as_ref(),
         )
         .await?;
         progress::step(&progress, import_message(mode, &probe, &r));
@@ -308,6 +309,7 @@ pub async fn import_into_store(
     policy: Policy,
     probe: &ReflinkProbe,
     progress: &Progress,
+    registry: Option<&composefs_repo::RegistryManifest>,
 ) -> Result<ImportReport> {
     let img = composefs_repo::open_image(repo, manifest_digest)?;
     let image_id = img
@@ -359,6 +361,7 @@ pub async fn import_into_store(
             names: wanted.clone(),
             allow_copy: policy == Policy::ReflinkOrCopy,
             verify_reused: false,
+            manifest: registry.map(|r| (r.digest.clone(), r.bytes.clone())),
         };
         let (r, m, st) = (repo.clone(), manifest_digest.to_string(), store.clone());
         let w = tokio::task::spawn_blocking(move || writer::write_image(&r, &m, &st, &opts))

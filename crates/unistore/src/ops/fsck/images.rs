@@ -398,6 +398,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                 names,
                 allow_copy: mode != Some(UnifiedMode::Enabled),
                 verify_reused: opts.verify_content,
+                manifest: None,
             };
             let written = write_into_store(
                 sysroot,

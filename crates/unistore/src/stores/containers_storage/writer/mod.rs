@@ -65,6 +65,11 @@ pub struct WriteOptions {
     /// Reuse a layer the store has only after reassembling it and checking
     /// its diff-id (reads every file); otherwise its structure decides.
     pub verify_reused: bool,
+    /// The manifest the store records, when not the repository's: the
+    /// registry's (digest, bytes) of an image in Docker's format, which the
+    /// repository holds as its OCI conversion (same config and layers), so
+    /// the store holds what `podman pull` would.
+    pub manifest: Option<(String, Vec<u8>)>,
 }
 
 /// What a write did.
@@ -252,7 +257,11 @@ pub fn write_image(
     store: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteStats> {
-    let src = load_source(repo, manifest_digest)?;
+    let mut src = load_source(repo, manifest_digest)?;
+    if let Some((digest, bytes)) = &opts.manifest {
+        src.manifest_digest = digest.clone();
+        src.manifest_json = bytes.clone();
+    }
     let diff_ids: Vec<&str> = src.layers.iter().map(|l| l.diff_id.as_str()).collect();
     let ids = fmt::chain_ids(&diff_ids)?;
     let mut stats = WriteStats {

@@ -119,6 +119,7 @@ fn writes_what_podman_writes() {
             names: vec![name.clone()],
             allow_copy: true,
             verify_reused: false,
+            manifest: None,
         },
     )
     .unwrap();
@@ -236,6 +237,7 @@ fn writes_what_podman_writes() {
             names: vec![name],
             allow_copy: true,
             verify_reused: true,
+            manifest: None,
         },
     )
     .unwrap();
@@ -255,6 +257,7 @@ fn refuses_unreadable_json_and_rebuilds_a_missing_diff() {
         names: vec!["localhost/x:y".into()],
         allow_copy: true,
         verify_reused: false,
+        manifest: None,
     };
     write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
     let ids = fmt::chain_ids(&built.diff_ids).unwrap();
