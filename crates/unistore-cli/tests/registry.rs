@@ -18,9 +18,38 @@ fn image(dir: &Path, tag: &str, v: u32) -> BuiltImage {
     let opts = TestImageOpts {
         version: format!("{v}.0"),
         variant: v,
+        // `cat` and its libraries: podman runs the image from the host store.
+        extra_files: unistore_fixtures::image::host_executable_files("/usr/bin/cat").unwrap(),
         ..Default::default()
     };
     build_test_image(dir, tag, &opts).unwrap()
+}
+
+/// `podman run IMAGE cat /usr/lib/os-release` on the host store of `root`.
+fn podman_run_os_release(root: &Path, work: &Path, runroot: &Path, image: &str) -> String {
+    let conf = work.join("podman-conf");
+    let out = Command::new("podman")
+        .envs(unistore_fixtures::env::podman_env(&conf))
+        .arg("--root")
+        .arg(root.join("composefs/bootc/storage"))
+        .arg("--runroot")
+        .arg(runroot)
+        .args([
+            "run",
+            "--rm",
+            "--network=none",
+            image,
+            "cat",
+            "/usr/lib/os-release",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "podman run {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn cmd(reg: &Registry) -> Command {
@@ -132,11 +161,18 @@ fn docker_schema2_images_install_on_every_path() {
                 .unwrap();
             let names = String::from_utf8_lossy(&out.stdout);
             // The store keeps the registry's name and manifest, as
-            // `podman pull` would.
+            // `podman pull` would, and podman runs the image from it.
             assert!(
                 names.contains(&format!("{} {digest}", src.trim_start_matches("docker://"))),
                 "{what}: {names}"
             );
+            let osr = podman_run_os_release(
+                fs.path(),
+                work.path(),
+                &work.path().join(format!("rr-{}", what.len())),
+                src.trim_start_matches("docker://"),
+            );
+            assert!(osr.contains("VERSION_ID=1.0"), "{what}: {osr}");
         }
         if flags.contains(&"ostree") {
             let st = status(fs.path());
@@ -315,6 +351,9 @@ fn docker_schema2_upgrade() {
     assert!(repaired.contains("[REPAIRED]"), "{repaired}");
     let r: Value = serde_json::from_str(&images()).unwrap();
     assert_eq!(r["ok"], true, "{r}");
+    // The repaired image runs from the store.
+    let osr = podman_run_os_release(fs.path(), work.path(), &rr, &id);
+    assert!(osr.contains("ID=testos"), "{osr}");
 }
 
 /// A Docker manifest list whose first entry is another architecture: the
@@ -605,6 +644,13 @@ fn registry_with_login_behind_tls() {
             .arg(ext4.path())
             .args(["internals", "fsck", "images"]),
     );
+    let osr = podman_run_os_release(
+        ext4.path(),
+        work.path(),
+        &work.path().join("rr-tls"),
+        src.trim_start_matches("docker://"),
+    );
+    assert!(osr.contains("VERSION_ID=1.0"), "{osr}");
 }
 
 /// A pull-through mirror in registries.conf serves installs and upgrades
