@@ -321,6 +321,16 @@ fn docker_schema2_upgrade() {
             .output()
             .unwrap()
     };
+    // The store holds the registry's manifests, as podman pull would.
+    let digests = || {
+        String::from_utf8(podman(&["images", "--no-trunc", "--format", "{{.Digest}}"]).stdout)
+            .unwrap()
+    };
+    let all = digests();
+    assert!(
+        all.contains(&d1) && all.contains(&d2),
+        "{all} lacks {d1} or {d2}"
+    );
     // The store image id is the config digest.
     let id = r["images"][0]["configDigest"]
         .as_str()
@@ -351,6 +361,11 @@ fn docker_schema2_upgrade() {
     assert!(repaired.contains("[REPAIRED]"), "{repaired}");
     let r: Value = serde_json::from_str(&images()).unwrap();
     assert_eq!(r["ok"], true, "{r}");
+    let all = digests();
+    assert!(
+        all.contains(&d1) && all.contains(&d2),
+        "after the repair: {all}"
+    );
     // The repaired image runs from the store.
     let osr = podman_run_os_release(fs.path(), work.path(), &rr, &id);
     assert!(osr.contains("ID=testos"), "{osr}");

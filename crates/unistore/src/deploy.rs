@@ -19,8 +19,10 @@ use crate::sysroot::{BOOT_DIR, Sysroot};
 pub struct DeployRequest<'a> {
     /// The image, already in the repository.
     pub manifest_digest: &'a str,
-    /// The registry's manifest digest when it differs (Docker's format).
-    pub registry_digest: Option<&'a str>,
+    /// The registry's manifest when it differs from the repository's (an
+    /// image in Docker's format): its digest goes to the origin, its bytes
+    /// into the state directory (for the host store's later writes).
+    pub registry: Option<&'a crate::stores::composefs_repo::RegistryManifest>,
     /// Its boot EROFS id: the deployment id.
     pub id: &'a str,
     /// The reference the deployment follows.
@@ -100,7 +102,7 @@ pub fn deploy_image(
         boot_type: "bls".into(),
         boot_digest: Some(boot_digest.clone()),
         manifest_digest: Some(req.manifest_digest.to_string()),
-        registry_digest: req.registry_digest.map(str::to_string),
+        registry_digest: req.registry.map(|r| r.digest.clone()),
     };
     let mut files = Tally::default();
     let state = deployment::state_dir(id);
@@ -113,6 +115,7 @@ pub fn deploy_image(
                 origin: &origin,
                 fs: &fs,
                 repo,
+                registry_manifest: req.registry.map(|r| r.bytes.as_slice()),
             },
         )?;
     }

@@ -79,6 +79,36 @@ pub struct NewDeployment<'a> {
     pub fs: &'a composefs::tree::FileSystem<composefs_repo::ObjectId>,
     /// The repository holding the tree's objects.
     pub repo: &'a Repo,
+    /// The registry's manifest of an image in Docker's format (see
+    /// [`read_registry_manifest`]).
+    pub registry_manifest: Option<&'a [u8]>,
+}
+
+/// The registry's manifest of a deployment's image, kept in its state
+/// directory when it is not the repository's (Docker's format).
+pub const REGISTRY_MANIFEST_FILE: &str = "registry-manifest.json";
+
+/// The registry's manifest (digest, bytes) a deployment keeps, checked
+/// against its origin's `registry_digest`; `None` when it keeps none.
+pub fn read_registry_manifest(sysroot: &Sysroot, id: &str) -> Result<Option<(String, Vec<u8>)>> {
+    let origin = read_origin(sysroot, id)?;
+    let Some(want) = origin.registry_digest else {
+        return Ok(None);
+    };
+    let path = format!("{}/{REGISTRY_MANIFEST_FILE}", state_dir(id));
+    let bytes = match sysroot.dir().read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+    };
+    let got = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+    );
+    if got != want {
+        anyhow::bail!("{path} is not the manifest {want} its origin names (its digest is {got})");
+    }
+    Ok(Some((want, bytes)))
 }
 
 /// Creates `state/deploy/<id>/` through a temporary directory renamed into
@@ -108,6 +138,9 @@ pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<Tally> {
             crate::etc::materialize(d.fs, "/var", d.repo, &var_tmp).context("seeding /var")?;
         tally.merge(&var.content);
         dir.rename(format!("{SHARED_VAR_DIR}.tmp"), dir, SHARED_VAR_DIR)?;
+    }
+    if let Some(m) = d.registry_manifest {
+        util::atomic_write(dir, format!("{tmp_rel}/{REGISTRY_MANIFEST_FILE}"), m)?;
     }
     dir.symlink("../../os/default/var", format!("{tmp_rel}/var"))?;
     util::atomic_write(

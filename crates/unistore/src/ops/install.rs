@@ -321,7 +321,7 @@ async fn install_inner(
         &repo,
         &DeployRequest {
             manifest_digest: &manifest_digest,
-            registry_digest: registry.as_ref().map(|r| r.digest.as_str()),
+            registry: registry.as_ref(),
             id: &id,
             origin_image: &origin_image,
             kargs: None,

@@ -55,6 +55,8 @@ pub struct LiveImage {
     pub image: String,
     /// booted, rollback, staged, other.
     pub role: String,
+    /// The deployment that uses it (the first found).
+    pub deployment_id: String,
 }
 
 /// What happened.
@@ -129,10 +131,10 @@ fn collect_live_images(sysroot: &Sysroot, strict: bool) -> Result<(LiveImages, V
             .and_then(|id| {
                 let origin = deployment::read_origin(sysroot, id)?;
                 let digest = deployment::manifest_digest(sysroot, &repo, id, &origin)?;
-                Ok((origin, digest))
+                Ok((origin, digest, id.to_string()))
             })
             .with_context(|| format!("{role} deployment of {}", e.file_name));
-        let (origin, digest) = match found {
+        let (origin, digest, deployment_id) = match found {
             Ok(x) => x,
             Err(err) if !strict => {
                 errors.push(format!("{err:#}"));
@@ -148,6 +150,7 @@ fn collect_live_images(sysroot: &Sysroot, strict: bool) -> Result<(LiveImages, V
                 manifest_digest: digest,
                 image: origin.image.to_string(),
                 role: role.to_string(),
+                deployment_id,
             },
             origin.image,
         ));
@@ -218,6 +221,10 @@ pub async fn set_unified(
             &progress,
             format!("{} image {} ({})", l.role, l.image, l.manifest_digest),
         );
+        // An image in Docker's format: the store gets the registry's
+        // manifest, which its deployment kept.
+        let registry = deployment::read_registry_manifest(sysroot, &l.deployment_id)?
+            .map(|(digest, bytes)| composefs_repo::RegistryManifest { digest, bytes });
         let r = unified::import_into_store(
             sysroot,
             &repo,
@@ -227,7 +234,7 @@ pub async fn set_unified(
             policy,
             &probe,
             &progress,
-            None,
+            registry.as_ref(),
         )
         .await
         .with_context(|| format!("bringing {} into containers-storage", l.manifest_digest))?;

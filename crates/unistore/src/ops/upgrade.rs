@@ -221,7 +221,7 @@ pub async fn upgrade(
         &repo,
         &DeployRequest {
             manifest_digest: &pulled.manifest_digest,
-            registry_digest: pulled.registry.as_ref().map(|r| r.digest.as_str()),
+            registry: pulled.registry.as_ref(),
             id: &id,
             origin_image: &imgref,
             kargs: Some(kargs),

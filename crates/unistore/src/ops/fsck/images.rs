@@ -394,11 +394,18 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         let store_whole = matches!(&store_problems, Some(p) if p.is_empty());
         if opts.repair && unified_on && store_readable && cfs.ok() && !store_whole {
             let names = store_names(sysroot, img, store.as_ref());
+            // An image in Docker's format: the registry's manifest, as its
+            // deployments kept it.
+            let manifest = img.deployments.iter().find_map(|id| {
+                crate::deployment::read_registry_manifest(sysroot, id)
+                    .ok()
+                    .flatten()
+            });
             let wo = WriteOptions {
                 names,
                 allow_copy: mode != Some(UnifiedMode::Enabled),
                 verify_reused: opts.verify_content,
-                manifest: None,
+                manifest,
             };
             let written = write_into_store(
                 sysroot,
