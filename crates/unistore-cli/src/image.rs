@@ -70,7 +70,8 @@ pub async fn run(sysroot: &Sysroot, cmd: ImageCmd) -> Result<()> {
                 registries_conf: crate::fetch_config().registries_conf,
             };
             let p = progress::reporter();
-            let o = unistore::ops::set_unified::set_unified(sysroot, &opts, p.clone()).await?;
+            let backend = unistore::backends::detect(sysroot)?;
+            let o = backend.set_unified(sysroot, &opts, p.clone()).await?;
             progress::finish(&p);
             if json {
                 println!("{}", serde_json::to_string_pretty(&o)?);
@@ -78,6 +79,10 @@ pub async fn run(sysroot: &Sysroot, cmd: ImageCmd) -> Result<()> {
             }
             match o {
                 SetUnifiedOutcome::NoOp { message } => println!("Nothing to do: {message}"),
+                SetUnifiedOutcome::Bound { message } => {
+                    println!("Storage: ostree-composefs-bound");
+                    println!("{message}");
+                }
                 SetUnifiedOutcome::AlreadyUnified { mode, images } => println!(
                     "Already unified ({mode}): {} image(s) in containers-storage; nothing to do",
                     images.len()

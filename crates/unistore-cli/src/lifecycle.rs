@@ -104,16 +104,20 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
             manifest_digest,
             version,
             gc,
-        } => print_new_deployment(
-            &format!(
-                "Deployed {image} as the next boot (not the running system: nothing to stage)"
-            ),
-            deployment_id,
-            manifest_digest,
-            version.as_deref(),
-            false,
-            gc.as_deref(),
-        ),
+            commit,
+        } => {
+            print_new_deployment(
+                &format!(
+                    "Deployed {image} as the next boot (not the running system: nothing to stage)"
+                ),
+                deployment_id,
+                manifest_digest,
+                version.as_deref(),
+                false,
+                gc.as_deref(),
+            );
+            print_commit(commit.as_deref());
+        }
         UpgradeOutcome::Staged {
             image,
             deployment_id,
@@ -121,16 +125,34 @@ fn print_upgrade(o: &UpgradeOutcome, json: bool) -> Result<()> {
             version,
             kernel_reused,
             gc,
-        } => print_new_deployment(
-            &format!("Staged {image} for the next boot"),
-            deployment_id,
-            manifest_digest,
-            version.as_deref(),
-            *kernel_reused,
-            gc.as_deref(),
-        ),
+            commit,
+        } => {
+            print_new_deployment(
+                &format!("Staged {image} for the next boot"),
+                deployment_id,
+                manifest_digest,
+                version.as_deref(),
+                *kernel_reused,
+                gc.as_deref(),
+            );
+            print_commit(commit.as_deref());
+        }
     }
     Ok(())
+}
+
+/// The ostree commit an upgrade wrote (ostree hosts).
+fn print_commit(c: Option<&unistore::stores::ostree_repo::commit::Imported>) {
+    let Some(c) = c else { return };
+    println!(
+        "  ostree commit {} ({}): {} content objects written, {} reused; {} files read for checksums, {} from the cache",
+        &c.checksum[..12],
+        if c.synthesized { "synthesized from composefs" } else { "classic" },
+        c.objects_written,
+        c.objects_reused,
+        c.files_read,
+        c.checksums_cached
+    );
 }
 
 /// The lines of a new deployment (staged, or written as the next boot).

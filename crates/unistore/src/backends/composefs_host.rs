@@ -69,6 +69,14 @@ impl HostBackend for ComposefsBackend {
     fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         fsck::fsck_images(sysroot, opts)
     }
+    fn set_unified<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: &'a crate::ops::set_unified::SetUnifiedOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<crate::ops::set_unified::SetUnifiedOutcome>> {
+        Box::pin(crate::ops::set_unified::set_unified(sysroot, opts, progress))
+    }
     fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
         crate::ops::image_list::list_images(sysroot)
     }

@@ -23,6 +23,7 @@ use crate::ops::fsck::{FsckOpts, FullReport, ImagesReport};
 use crate::ops::gc::{GcOpts, GcReport};
 use crate::ops::install::{InstallOpts, InstallResult};
 use crate::ops::rollback::RollbackReport;
+use crate::ops::set_unified::{SetUnifiedOpts, SetUnifiedOutcome};
 use crate::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
 use crate::progress::Progress;
 use crate::status::Host;
@@ -67,6 +68,13 @@ pub trait HostBackend {
     ) -> BoxFuture<'a, Result<FullReport>>;
     /// Check only the host images (read-only unless `opts.repair`).
     fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport>;
+    /// Binds the host to composefs, or brings its images into every store.
+    fn set_unified<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: &'a SetUnifiedOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<SetUnifiedOutcome>>;
     /// The host's images and where each is stored. Reads only.
     fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList>;
 }

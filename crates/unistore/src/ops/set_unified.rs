@@ -65,6 +65,8 @@ pub struct LiveImage {
 pub enum SetUnifiedOutcome {
     /// Nothing to do, and why.
     NoOp { message: String },
+    /// ostree hosts: the binding to composefs recorded.
+    Bound { message: String },
     /// Marked already, every image in the store: nothing done.
     AlreadyUnified {
         mode: UnifiedMode,
@@ -158,18 +160,12 @@ fn collect_live_images(sysroot: &Sysroot, strict: bool) -> Result<(LiveImages, V
     Ok((out, errors))
 }
 
-/// Runs `set-unified`.
+/// Runs `set-unified` on a native composefs host.
 pub async fn set_unified(
     sysroot: &Sysroot,
     opts: &SetUnifiedOpts,
     progress: Progress,
 ) -> Result<SetUnifiedOutcome> {
-    if crate::backends::ostree_host::is_ostree_root(sysroot)? {
-        anyhow::bail!(
-            "{} is an ostree host: set-unified (binding it to composefs, or sharing its files with containers-storage) is not available for ostree hosts yet; nothing was changed",
-            sysroot.path().display()
-        );
-    }
     if !sysroot
         .dir()
         .try_exists(format!("{COMPOSEFS_DIR}/meta.json"))?

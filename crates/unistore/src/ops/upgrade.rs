@@ -69,6 +69,9 @@ pub enum UpgradeOutcome {
         manifest_digest: String,
         version: Option<String>,
         gc: Option<Box<GcReport>>,
+        /// The ostree commit written (ostree hosts).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<Box<crate::stores::ostree_repo::commit::Imported>>,
     },
     /// A deployment was staged for the next boot.
     Staged {
@@ -78,6 +81,9 @@ pub enum UpgradeOutcome {
         version: Option<String>,
         kernel_reused: bool,
         gc: Option<Box<GcReport>>,
+        /// The ostree commit written (ostree hosts).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        commit: Option<Box<crate::stores::ostree_repo::commit::Imported>>,
     },
 }
 
@@ -270,5 +276,6 @@ pub async fn upgrade(
         version,
         kernel_reused: deployed.kernel_reused,
         gc: Some(Box::new(gc_report)),
+        commit: None,
     })
 }

@@ -2,6 +2,11 @@
 //! deployments and kernels no boot entry names (libostree's
 //! `prepare_cleanup`), a staging repository left by a killed run, then a
 //! repository prune from the refs (libostree keeps a ref per deployment).
+//! On a bound or unified host, then: the host's composefs repository keeps
+//! the images a live deployment records (their `localhost/bootc-<digest>`
+//! tags are the roots; other such tags go), the host containers-storage
+//! keeps only live images among those unistore put there, and the
+//! checksum cache forgets objects the prune removed.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +15,10 @@ use ostree::gio;
 
 use super::{lock, name, staging};
 use crate::ops::gc::{GcOpts, GcReport};
+use crate::stores::composefs_repo;
 use crate::stores::ostree_repo;
+use crate::stores::ostree_repo::checksum_cache::ChecksumCache;
+use crate::sysroot::BOOTC_TAG_PREFIX;
 use crate::sysroot::Sysroot;
 use crate::util;
 
@@ -76,6 +84,11 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         report.state_dirs.push(staging::STAGING_DIR.to_string());
     }
     let none = gio::Cancellable::NONE;
+    let live_digests: BTreeSet<String> = live_commits
+        .iter()
+        .filter_map(|c| ostree_repo::commit_info(&repo, c).ok())
+        .flat_map(|i| i.manifest_digest.into_iter().chain(i.composefs_manifest))
+        .collect();
     if opts.dry_run {
         let (_, pruned, bytes) = repo
             .prune(
@@ -86,6 +99,7 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
             .map_err(|e| anyhow!("counting unreachable objects: {e}"))?;
         report.objects_removed = pruned.max(0) as u64;
         report.object_bytes = bytes;
+        collect_composefs(sysroot, &live_digests, &mut report)?;
         return Ok(report);
     }
     for r in &dead_refs {
@@ -101,5 +115,71 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         .map_err(|e| anyhow!("pruning the ostree repository: {e}"))?;
     report.objects_removed = pruned.max(0) as u64;
     report.object_bytes = bytes;
+    let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
+    let mut cache = ChecksumCache::load(sysroot);
+    cache.retain(&repo_dir, |_, _| true);
+    cache.save(sysroot)?;
+    collect_composefs(sysroot, &live_digests, &mut report)?;
     Ok(report)
+}
+
+/// The composefs repository and the store of a bound or unified host:
+/// tags, store images and objects no live deployment needs.
+fn collect_composefs(
+    sysroot: &Sysroot,
+    live_digests: &BTreeSet<String>,
+    report: &mut GcReport,
+) -> Result<()> {
+    if !super::unified::has_composefs(sysroot)? {
+        return Ok(());
+    }
+    let cfs = composefs_repo::open(sysroot)?;
+    let tags = composefs_oci::oci_image::list_refs(cfs.as_ref())?;
+    // Live: the tags of the digests the commits record, and the manifests
+    // those tags lead to (an image in Docker's format has two digests).
+    let mut live: BTreeSet<String> = live_digests.clone();
+    for (n, m) in &tags {
+        if let Some(d) = n.strip_prefix(BOOTC_TAG_PREFIX)
+            && live_digests.contains(d)
+        {
+            live.insert(m.to_string());
+        }
+    }
+    let mut live_manifests = vec![];
+    for (n, m) in &tags {
+        let Some(d) = n.strip_prefix(BOOTC_TAG_PREFIX) else {
+            continue;
+        };
+        if live.contains(d) {
+            live_manifests.push(m.to_string());
+            continue;
+        }
+        if !report.dry_run {
+            composefs_oci::oci_image::untag_image(cfs.as_ref(), n)?;
+        }
+        report.tags_removed.push(n.clone());
+    }
+    live_manifests.sort();
+    live_manifests.dedup();
+    let pruned = if report.dry_run {
+        crate::unified::preview_prune_store(sysroot, &live_manifests)?
+    } else {
+        crate::unified::prune_store(sysroot, &live_manifests)?
+    };
+    report.store_images_removed = pruned.removed;
+    report.store_images_untagged = pruned.untagged;
+    report.store_layers_removed = pruned.layers_removed;
+    report.store_layer_bytes = pruned.layer_bytes;
+    report.store_errors = pruned.errors;
+    crate::crashpoint::hit("ostree-gc:before-composefs-gc");
+    let r = if report.dry_run {
+        cfs.gc_dry_run(&[])?
+    } else {
+        cfs.gc(&[])?
+    };
+    report.objects_removed += r.objects_removed;
+    report.object_bytes += r.objects_bytes;
+    report.streams_pruned = r.streams_pruned;
+    report.images_pruned = r.images_pruned;
+    Ok(())
 }

@@ -4,15 +4,19 @@
 //! Order (libostree's boot-version swap in `simple_write_deployment` is the
 //! "done" marker, written last):
 //! 1. refuse a root that holds a deployment, or an `ostree/repo` that is
-//!    not bare; refuse unified storage (not on ostree hosts yet);
-//! 2. pull into the staging composefs repository; check the image has a
-//!    kernel;
+//!    not bare; with unified storage `enabled`, a filesystem without
+//!    reflinks;
+//! 2. pull into the staging composefs repository (unified: into the host's
+//!    composefs repository `composefs/` and the host containers-storage
+//!    `ostree/bootc/storage`, [`crate::unified::fetch_unified`]); check the
+//!    image has a kernel;
 //! 3. libostree: `ensure_initialized`, the stateroot (`init_osname`);
 //! 4. the image as one commit and its ref;
 //! 5. libostree `deploy_tree_with_options` (a checkout, `/etc` from
 //!    `usr/etc`), the image's `/var` seeded into the stateroot's `var/`;
 //! 6. libostree `simple_write_deployment`: kernel, BLS entry, boot swap;
-//! 7. the staging repository removed.
+//! 7. the staging repository removed; unified: the binding recorded in
+//!    `ostree/repo/config`, then the flag `composefs/bootc.json`, last.
 //!
 //! On failure everything this run created is removed.
 
@@ -21,6 +25,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use ostree::gio;
 
+use super::staging::Source;
 use super::{DEFAULT_STATEROOT, staging};
 use crate::install_config::{self, UnifiedMode};
 use crate::ops::install::{Created, InstallOpts, InstallResult, check_empty, read_host_config};
@@ -73,18 +78,24 @@ pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Res
         }
     }
     let host_config = read_host_config(&opts.host_config_files)?;
-    if let Some(m) = opts.unified.or(host_config.unified)
-        && m != UnifiedMode::Disabled
-    {
-        bail!(
-            "unified storage ({m}) is not available on ostree hosts yet; install with --unified disabled or the composefs backend"
-        );
-    }
+    let (unified, decided_by) = match (opts.unified, host_config.unified) {
+        (Some(m), _) => (m, "cli"),
+        (None, Some(m)) => (m, "host-config"),
+        (None, None) => (UnifiedMode::Disabled, "default"),
+    };
+    let probe = if unified == UnifiedMode::Disabled {
+        None
+    } else {
+        // Refused before anything is written.
+        let probe = crate::unified::probe_reflinks(&sysroot)?;
+        unified.require_reflinks(&probe, root)?;
+        Some((probe, decided_by))
+    };
     let mut created = Created::new(&sysroot);
-    for p in ["ostree", BOOT_DIR, "boot/loader"] {
+    for p in ["ostree", BOOT_DIR, "boot/loader", crate::sysroot::COMPOSEFS_DIR] {
         created.track(p)?;
     }
-    let r = install_inner(&sysroot, opts, stateroot, &host_config, progress).await;
+    let r = install_inner(&sysroot, opts, stateroot, &host_config, unified, probe, progress).await;
     if r.is_err() {
         let _ = staging::remove(&sysroot);
     } else {
@@ -98,10 +109,16 @@ async fn install_inner(
     opts: &InstallOpts,
     stateroot: &str,
     host_config: &install_config::InstallConfig,
+    unified: UnifiedMode,
+    probe: Option<(crate::reflink::ReflinkProbe, &str)>,
     progress: Progress,
 ) -> Result<InstallResult> {
     progress::step(&progress, format!("Pulling {}", opts.source));
-    let staged = staging::pull(sysroot, &opts.source, &opts.fetch, progress.clone()).await?;
+    let source = match unified {
+        UnifiedMode::Disabled => Source::Staging,
+        m => Source::Host(Some(m)),
+    };
+    let staged = staging::pull(sysroot, &opts.source, &opts.fetch, source, progress.clone()).await?;
     let kernel = bootloader::find_kernel(&staged.fs)?;
     let mut kargs = install_config::image_kargs(&staged.fs, &staged.repo, &staged.architecture)
         .context("reading the image's kernel arguments")?;
@@ -125,6 +142,9 @@ async fn install_inner(
     }
     let repo = os.repo();
     ostree_repo::check_mode(&repo, &sysroot.join(ostree_repo::REPO_DIR))?;
+    if unified != UnifiedMode::Disabled {
+        ostree_repo::bind(&repo)?;
+    }
 
     let origin_image = opts.target.clone().unwrap_or_else(|| opts.source.clone());
     let imported = staged.commit(sysroot, &repo, &origin_image, &progress)?;
@@ -161,6 +181,29 @@ async fn install_inner(
     let manifest_digest = staged.manifest_digest.clone();
     drop(staged);
     staging::remove(sysroot)?;
+    let unified_summary = match probe {
+        Some((probe, decided_by)) => {
+            crashpoint::hit("ostree-install:before-flag");
+            crate::unified::write_flag(sysroot, unified)?;
+            Some(crate::ops::install::UnifiedSummary {
+                mode: unified,
+                reflinks: probe.supported,
+                decided_by: decided_by.to_string(),
+                message: if probe.supported {
+                    format!(
+                        "Unified storage ({unified}): composefs, ostree and containers-storage share each file's extents on {}",
+                        probe.describe()
+                    )
+                } else {
+                    format!(
+                        "Unified storage ({unified}): no reflinks on {}: the ostree repository and containers-storage hold copies of the composefs objects",
+                        probe.describe()
+                    )
+                },
+            })
+        }
+        None => None,
+    };
     let entry_file = util::list_names(sysroot.dir(), crate::sysroot::ENTRIES_DIR)?
         .into_iter()
         .find(|n| n.ends_with(&format!("-{stateroot}.conf")))
@@ -173,7 +216,7 @@ async fn install_inner(
         entry_file,
         kernel_version: kernel.kver,
         bytes_stored: imported.content.reflinked_bytes + imported.content.copied_bytes,
-        unified: None,
+        unified: unified_summary,
         deployment_files: files,
     })
 }

@@ -13,6 +13,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use ostree::gio;
 
+use super::staging::Source;
 use super::{deployment_image, lock, name, origin_keyfile, staging};
 use crate::crashpoint;
 use crate::ops::finalize::FinalizeOutcome;
@@ -54,12 +55,18 @@ pub async fn upgrade(
     let current = deployment_image(&booted).context("the booted deployment's origin")?;
     let target = opts.target.clone().unwrap_or_else(|| current.clone());
     let repo = os.repo();
-    let booted_digest = ostree_repo::commit_info(&repo, &booted.csum())?.manifest_digest;
+    let booted_info = ostree_repo::commit_info(&repo, &booted.csum())?;
+    let booted_digest = booted_info.manifest_digest.clone();
+    // A bound host pulls into its composefs repository and synthesizes;
+    // its booted classic commit is re-synthesized even when the image is
+    // the same, so that the binding takes effect.
+    let bound = ostree_repo::is_bound(&repo);
+    let resynthesize = bound && booted_info.composefs_manifest.is_none();
 
     progress::step(&progress, format!("Checking {target}"));
     crate::sigpolicy::check(&opts.fetch)?;
     let remote = composefs_repo::inspect_remote(&target, &opts.fetch).await?;
-    if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) {
+    if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) && !resynthesize {
         if target == current || opts.check {
             return Ok(UpgradeOutcome::NoChange {
                 image: target.to_string(),
@@ -89,8 +96,13 @@ pub async fn upgrade(
         });
     }
 
+    let source = if bound {
+        Source::Host(crate::unified::unified_mode(sysroot)?)
+    } else {
+        Source::Staging
+    };
     progress::step(&progress, format!("Pulling {target}"));
-    let staged = staging::pull(sysroot, &target, &opts.fetch, progress.clone()).await?;
+    let staged = staging::pull(sysroot, &target, &opts.fetch, source, progress.clone()).await?;
     crate::bootloader::find_kernel(&staged.fs)?;
     crashpoint::hit("ostree-upgrade:after-pull");
     let imported = staged.commit(sysroot, &repo, &target, &progress)?;
@@ -147,6 +159,7 @@ pub async fn upgrade(
     let gc = super::gc::run(sysroot, GcOpts::default())?;
     let (image, deployment_id) = (target.to_string(), name(&new));
     let gc = Some(Box::new(gc));
+    let commit = Some(Box::new(imported));
     Ok(if running {
         UpgradeOutcome::Staged {
             image,
@@ -155,6 +168,7 @@ pub async fn upgrade(
             version,
             kernel_reused: false,
             gc,
+            commit,
         }
     } else {
         UpgradeOutcome::Deployed {
@@ -163,6 +177,7 @@ pub async fn upgrade(
             manifest_digest,
             version,
             gc,
+            commit,
         }
     })
 }

@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod mount;
 pub mod staging;
 pub mod status;
+pub mod unified;
 
 use std::path::Path;
 
@@ -91,6 +92,14 @@ impl HostBackend for OstreeBackend {
     }
     fn fsck_images(&self, sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         fsck::fsck_images(sysroot, opts)
+    }
+    fn set_unified<'a>(
+        &'a self,
+        sysroot: &'a Sysroot,
+        opts: &'a crate::ops::set_unified::SetUnifiedOpts,
+        progress: Progress,
+    ) -> BoxFuture<'a, Result<crate::ops::set_unified::SetUnifiedOutcome>> {
+        Box::pin(unified::set_unified(sysroot, opts, progress))
     }
     fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
         status::image_list(sysroot)

@@ -6,6 +6,13 @@
 //! objects (copies without reflinks), and the staging repository is removed.
 //! A run killed in between leaves only that directory, which the next
 //! import and `internals gc` remove.
+//!
+//! A host bound to composefs (`set-unified composefs`, or installed
+//! unified) pulls into its own composefs repository `composefs/` instead
+//! ([`Source::Host`]), which stays: its objects back the commit's content
+//! objects (reflinks), and the image is tagged there
+//! `localhost/bootc-<digest>` (also under the registry's digest for an
+//! image in Docker's format), the GC root while a deployment uses it.
 
 use std::sync::Arc;
 
@@ -13,8 +20,10 @@ use anyhow::{Context, Result};
 use composefs::tree::FileSystem;
 
 use crate::imgref::ImageRef;
+use crate::unified::UnifiedMode;
 use crate::progress::Progress;
 use crate::stores::composefs_repo::{self, FetchConfig, ObjectId, Repo};
+use crate::stores::ostree_repo::checksum_cache::ChecksumCache;
 use crate::stores::ostree_repo::{self, commit::ImageCommit, commit::Imported};
 use crate::sysroot::Sysroot;
 use crate::util;
@@ -22,8 +31,24 @@ use crate::util;
 /// Where the staging repository lives (same filesystem as `ostree/repo`).
 pub const STAGING_DIR: &str = "ostree/unistore-staging";
 
+/// Where an image is pulled to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A staging repository, removed after the commit (a classic commit).
+    Staging,
+    /// The host's composefs repository (a bound host): the commit is
+    /// synthesized from it. With a unified mode, the image also goes into
+    /// the host containers-storage ([`crate::unified::fetch_unified`]).
+    Host(Option<UnifiedMode>),
+}
+
 /// An image pulled into the staging repository.
 pub struct Staged {
+    /// Where it was pulled to.
+    pub source: Source,
+    /// Its manifest digest in that composefs repository (the OCI
+    /// conversion's for an image in Docker's format).
+    pub composefs_digest: String,
     /// The staging repository.
     pub repo: Arc<Repo>,
     /// `sha256:...` of the manifest.
@@ -45,12 +70,39 @@ pub async fn pull(
     sysroot: &Sysroot,
     image: &ImageRef,
     fetch: &FetchConfig,
+    source: Source,
     progress: Progress,
 ) -> Result<Staged> {
     remove(sysroot)?;
     sysroot.dir().create_dir_all("ostree")?;
-    let (repo, _) = composefs_repo::init_at(sysroot, STAGING_DIR)?;
-    let pulled = composefs_repo::pull(&repo, image, fetch, progress).await?;
+    let (repo, pulled) = match source {
+        Source::Staging => {
+            let (repo, _) = composefs_repo::init_at(sysroot, STAGING_DIR)?;
+            let pulled = composefs_repo::pull(&repo, image, fetch, progress).await?;
+            (repo, pulled)
+        }
+        Source::Host(mode) => {
+            let (repo, _) = composefs_repo::init(sysroot)?;
+            let pulled = match mode {
+                Some(m) => {
+                    crate::stores::containers_storage::ensure_ostree_layout(sysroot)?;
+                    crate::unified::fetch_unified(sysroot, &repo, image, fetch, m, progress)
+                        .await?
+                }
+                None => composefs_repo::pull(&repo, image, fetch, progress).await?,
+            };
+            if let Some(r) = &pulled.registry {
+                // Found again by the digest the commit records.
+                composefs_oci::oci_image::tag_image(
+                    repo.as_ref(),
+                    &pulled.manifest_digest.parse()?,
+                    &composefs_repo::bootc_tag(&r.digest),
+                )
+                .context("tagging the image under the registry's digest")?;
+            }
+            (repo, pulled)
+        }
+    };
     let img = composefs_repo::open_image(&repo, &pulled.manifest_digest)?;
     let fs = composefs_oci::image::create_filesystem(
         &repo,
@@ -78,6 +130,8 @@ pub async fn pull(
         .unwrap_or(0);
     let architecture = img.architecture();
     Ok(Staged {
+        source,
+        composefs_digest: pulled.manifest_digest.clone(),
         repo,
         manifest_digest,
         fs,
@@ -89,8 +143,10 @@ pub async fn pull(
 }
 
 impl Staged {
-    /// Writes the image as one commit kept by the ref of `image`; what the
-    /// commit leaves out is reported as notes.
+    /// Writes the image as one commit kept by the ref of `image` (classic
+    /// from a staging repository, synthesized from the host's); what the
+    /// commit leaves out is reported as notes. Checksums come from the
+    /// host's cache where it knows them, and new ones go into it.
     pub fn commit(
         &self,
         sysroot: &Sysroot,
@@ -101,6 +157,7 @@ impl Staged {
         crate::progress::step(progress, "Writing the ostree commit".to_string());
         let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
         let ref_name = ostree_repo::image_ref(image);
+        let mut cache = ChecksumCache::load(sysroot);
         let imported = ostree_repo::commit::import(
             ostree,
             &repo_dir,
@@ -112,8 +169,12 @@ impl Staged {
                 config_json: &self.config_json,
                 timestamp: self.created,
                 ref_name: &ref_name,
+                composefs_manifest: (self.source != Source::Staging)
+                    .then_some(self.composefs_digest.as_str()),
             },
+            &mut cache,
         )?;
+        cache.save(sysroot)?;
         for n in &imported.notes {
             crate::progress::step(progress, format!("note: {n}"));
         }
@@ -121,7 +182,8 @@ impl Staged {
     }
 }
 
-/// Removes the staging repository (and what a killed run left there).
+/// Removes the staging repository (and what a killed run left there);
+/// never the host's own composefs repository.
 pub fn remove(sysroot: &Sysroot) -> Result<()> {
     util::remove_all(sysroot.dir(), STAGING_DIR)
 }

@@ -75,17 +75,15 @@ pub fn entry_file_name(stateroot: &str, index: usize, total: usize) -> String {
     format!("ostree-{}-{stateroot}.conf", total - index)
 }
 
-/// `status.storage` of an ostree host: shown once bound to composefs.
-fn storage(os: &ostree::Sysroot) -> Option<StorageStatus> {
-    let bound = os
-        .repo()
-        .config()
-        .boolean("composefs", "unified")
-        .unwrap_or(false);
-    bound.then(|| StorageStatus {
-        unified: "disabled".into(),
-        ostree_composefs_bound: true,
-    })
+/// `status.storage` of an ostree host: shown once bound to composefs,
+/// with the unified mode once `set-unified full` marked it. Reads only.
+fn storage(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Option<StorageStatus>> {
+    let bound = ostree_repo::is_bound(&os.repo());
+    let mode = crate::unified::unified_mode(sysroot)?;
+    Ok((bound || mode.is_some()).then(|| StorageStatus {
+        unified: mode.map_or_else(|| "disabled".to_string(), |m| m.to_string()),
+        ostree_composefs_bound: bound,
+    }))
 }
 
 /// The status of an ostree host.
@@ -123,7 +121,7 @@ fn host(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Host> {
         other_deployments: other,
         rollback_queued: booted_idx.is_some_and(|i| i != 0),
         ty: Some("bootcHost"),
-        storage: storage(os),
+        storage: storage(sysroot, os)?,
         booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
     }))
 }

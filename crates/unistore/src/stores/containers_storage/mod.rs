@@ -67,6 +67,22 @@ pub fn ensure_store(sysroot: &Sysroot) -> Result<()> {
     Ok(())
 }
 
+/// On an ostree host the store is bootc's `ostree/bootc/storage`, a real
+/// directory; `composefs/bootc` becomes a link to it so that every path of
+/// the unified code (store, ownership record) names the same place on both
+/// kinds of host. Left alone when `composefs/bootc` exists.
+pub fn ensure_ostree_layout(sysroot: &Sysroot) -> Result<()> {
+    let dir = sysroot.dir();
+    dir.create_dir_all(format!("{OSTREE_BOOTC_LINK}/storage"))
+        .with_context(|| format!("creating {OSTREE_BOOTC_LINK}/storage"))?;
+    if dir.symlink_metadata(crate::sysroot::BOOTC_STATE_DIR).is_err() {
+        dir.create_dir_all(crate::sysroot::COMPOSEFS_DIR)?;
+        dir.symlink("../ostree/bootc", crate::sysroot::BOOTC_STATE_DIR)
+            .with_context(|| format!("creating the {} link", crate::sysroot::BOOTC_STATE_DIR))?;
+    }
+    Ok(())
+}
+
 /// One entry of `overlay-images/images.json`.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct StoreImage {

@@ -11,6 +11,14 @@
 //! composefs objects ([`super::objects`]); dirtree, dirmeta, commit and ref
 //! go through libostree. No parent, the image's creation time as the
 //! commit's: the same image always gives the same commit.
+//!
+//! Two kinds, told apart by the metadata as bootc's proposal does: a
+//! *classic* commit (imported through a staging repository that is then
+//! removed) and a *synthesized* one (from the host's own composefs
+//! repository, whose objects its content objects share on a bound host):
+//! `ostree-ext.composefs-synthesized=true` and the image's manifest digest
+//! there ([`COMPOSEFS_MANIFEST_KEY`]). Checksums of files seen before come
+//! from the [`ChecksumCache`] instead of a re-read.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -22,9 +30,14 @@ use composefs::tree::{Directory, FileSystem, RegularFile};
 use ostree::glib::prelude::Cast;
 use ostree::{gio, glib};
 
+use super::checksum_cache::{self, ChecksumCache};
 use super::objects::{ContentWriter, FileMeta, file_info, xattrs_variant};
 use crate::reflink::Tally;
 use crate::stores::composefs_repo::{ObjectId, Repo};
+
+/// Commit metadata: the manifest digest of the image in the host's
+/// composefs repository the commit was synthesized from.
+pub const COMPOSEFS_MANIFEST_KEY: &str = "unistore.composefs-manifest";
 
 /// Top-level directories kept empty in the commit.
 const EMPTIED: [&str; 5] = ["run", "tmp", "proc", "sys", "dev"];
@@ -42,6 +55,11 @@ pub struct ImageCommit<'a> {
     pub timestamp: u64,
     /// The ref that keeps the commit (`ostree/container/image/...`).
     pub ref_name: &'a str,
+    /// Synthesized from the host's composefs repository (a bound host):
+    /// the manifest digest the image has there. The commit then says so
+    /// (`ostree-ext.composefs-synthesized`, `unistore.composefs-manifest`);
+    /// `None`: a classic import through a staging repository.
+    pub composefs_manifest: Option<&'a str>,
 }
 
 /// What an import wrote.
@@ -49,14 +67,26 @@ pub struct ImageCommit<'a> {
 pub struct Imported {
     /// The commit checksum.
     pub checksum: String,
+    /// Synthesized from the host's composefs repository (else classic).
+    pub synthesized: bool,
     /// Content objects written by reflink or copy.
     pub content: Tally,
     /// Content objects written from composefs objects.
     pub objects_written: u64,
     /// Content objects from composefs objects the repository already had.
     pub objects_reused: u64,
+    /// Of those, objects that held their own copy and now share their
+    /// composefs object's extents (a synthesized commit).
+    pub objects_reused_shared: u64,
     /// Small files and symlinks handed to libostree (written or found).
     pub small_objects: u64,
+    /// Content files read to compute their checksum (the others' checksums
+    /// came from the [`ChecksumCache`]).
+    pub files_read: u64,
+    /// Their bytes.
+    pub bytes_read: u64,
+    /// Content files whose checksum came from the cache.
+    pub checksums_cached: u64,
     /// What was left out of the commit, for people.
     pub notes: Vec<String>,
 }
@@ -213,22 +243,59 @@ impl Walker<'_> {
     }
 }
 
-/// The ostree checksums of every leaf whose content is a composefs object,
-/// computed on all CPUs: reading and hashing the content is most of a
-/// commit's time, and each checksum is independent (libostree's
-/// `checksum_file_from_input`, one stream per file and thread).
-fn precompute_checksums(cfs: &Repo, fs: &FileSystem<ObjectId>) -> Result<HashMap<usize, String>> {
-    let work: Vec<(usize, &ObjectId, u64)> = fs
-        .leaves
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| match &l.content {
-            LeafContent::Regular(
-                RegularFile::External(o, size) | RegularFile::ExternalNoVerity(o, size),
-            ) => Some((i, o, *size)),
-            _ => None,
-        })
-        .collect();
+/// What [`precompute_checksums`] found.
+struct Precomputed {
+    /// Leaf index -> ostree checksum.
+    checksums: HashMap<usize, String>,
+    /// Files read (their checksum was not cached), and their bytes.
+    files_read: u64,
+    bytes_read: u64,
+    /// Files whose checksum came from the cache.
+    cached: u64,
+}
+
+/// The cache key of a leaf with a composefs object.
+fn leaf_key(obj: &ObjectId, st: &Stat) -> String {
+    use composefs::fsverity::FsVerityHashValue;
+    checksum_cache::key(
+        &obj.to_hex(),
+        st.st_uid,
+        st.st_gid,
+        (st.st_mode & 0o7777) | libc::S_IFREG,
+        &st.xattrs,
+    )
+}
+
+/// The ostree checksums of every leaf whose content is a composefs object:
+/// from the cache when it knows the object with that metadata (and the
+/// repository still has the ostree object), else computed on all CPUs:
+/// reading and hashing the content is most of a commit's time, and each
+/// checksum is independent (libostree's `checksum_file_from_input`, one
+/// stream per file and thread). New checksums go into the cache.
+fn precompute_checksums(
+    cfs: &Repo,
+    fs: &FileSystem<ObjectId>,
+    repo_dir: &Dir,
+    cache: &mut ChecksumCache,
+) -> Result<Precomputed> {
+    let mut map = HashMap::new();
+    let mut cached = 0;
+    let mut work: Vec<(usize, &ObjectId, u64, String)> = vec![];
+    for (i, l) in fs.leaves.iter().enumerate() {
+        if let LeafContent::Regular(
+            RegularFile::External(o, size) | RegularFile::ExternalNoVerity(o, size),
+        ) = &l.content
+        {
+            let k = leaf_key(o, &l.stat);
+            match cache.lookup(repo_dir, &k) {
+                Some(c) => {
+                    map.insert(i, c);
+                    cached += 1;
+                }
+                None => work.push((i, o, *size, k)),
+            }
+        }
+    }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
@@ -240,7 +307,7 @@ fn precompute_checksums(cfs: &Repo, fs: &FileSystem<ObjectId>) -> Result<HashMap
                     let mut out = vec![];
                     loop {
                         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(i, obj, size)) = work.get(k) else {
+                        let Some(&(i, obj, size, _)) = work.get(k) else {
                             break;
                         };
                         let st = &fs.leaves[i].stat;
@@ -265,11 +332,22 @@ fn precompute_checksums(cfs: &Repo, fs: &FileSystem<ObjectId>) -> Result<HashMap
             })
             .collect()
     });
-    let mut map = HashMap::with_capacity(work.len());
     for r in results {
         map.extend(r?);
     }
-    Ok(map)
+    let mut bytes_read = 0;
+    for (i, _, size, k) in &work {
+        if let Some(c) = map.get(i) {
+            cache.insert(k.clone(), c.clone());
+        }
+        bytes_read += size;
+    }
+    Ok(Precomputed {
+        checksums: map,
+        files_read: work.len() as u64,
+        bytes_read,
+        cached,
+    })
 }
 
 /// Counts the entries below `d` (recursively).
@@ -291,12 +369,13 @@ pub fn import(
     cfs: &Repo,
     fs: &FileSystem<ObjectId>,
     c: &ImageCommit<'_>,
+    cache: &mut ChecksumCache,
 ) -> Result<Imported> {
     let none = gio::Cancellable::NONE;
     ostree
         .prepare_transaction(none)
         .map_err(glib_err("starting an ostree transaction"))?;
-    let r = write_tree(ostree, repo_dir, cfs, fs, c);
+    let r = write_tree(ostree, repo_dir, cfs, fs, c, cache);
     match r {
         Ok(mut imported) => {
             ostree.transaction_set_ref(None, c.ref_name, Some(&imported.checksum));
@@ -319,14 +398,20 @@ fn write_tree(
     cfs: &Repo,
     fs: &FileSystem<ObjectId>,
     c: &ImageCommit<'_>,
+    cache: &mut ChecksumCache,
 ) -> Result<Imported> {
+    let pre = precompute_checksums(cfs, fs, repo_dir, cache)?;
     let mut w = Walker {
         ostree,
         cfs,
         fs,
-        writer: ContentWriter::new(repo_dir),
+        writer: {
+            let mut w = ContentWriter::new(repo_dir);
+            w.share_reused = c.composefs_manifest.is_some();
+            w
+        },
         leaves: HashMap::new(),
-        precomputed: precompute_checksums(cfs, fs)?,
+        precomputed: pre.checksums,
         dirmetas: HashMap::new(),
         libostree_written: 0,
     };
@@ -422,7 +507,10 @@ fn write_tree(
     dict.insert("ostree.manifest", c.manifest_json);
     dict.insert("ostree.container.image-config", c.config_json);
     dict.insert("ostree.bootable", true);
-    dict.insert("ostree-ext.composefs-synthesized", true);
+    if let Some(m) = c.composefs_manifest {
+        dict.insert("ostree-ext.composefs-synthesized", true);
+        dict.insert(COMPOSEFS_MANIFEST_KEY, m);
+    }
     let metadata = dict.end();
     let checksum = ostree
         .write_commit_with_time(
@@ -438,10 +526,15 @@ fn write_tree(
         .to_string();
     Ok(Imported {
         checksum,
+        synthesized: c.composefs_manifest.is_some(),
         content: w.writer.tally,
         objects_written: w.writer.written,
         objects_reused: w.writer.reused,
+        objects_reused_shared: w.writer.reused_shared,
         small_objects: w.libostree_written,
+        files_read: pre.files_read,
+        bytes_read: pre.bytes_read,
+        checksums_cached: pre.cached,
         notes,
     })
 }

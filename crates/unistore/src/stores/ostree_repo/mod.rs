@@ -5,6 +5,7 @@
 //! reflinks of composefs objects ([`objects`]). Everything else (dirtree,
 //! dirmeta, commit objects, refs, transactions, prune) is libostree's.
 
+pub mod checksum_cache;
 pub mod commit;
 pub mod objects;
 
@@ -83,6 +84,9 @@ pub struct CommitInfo {
     pub config: Option<serde_json::Value>,
     /// The commit's timestamp (the image's creation time).
     pub timestamp: u64,
+    /// Synthesized from the host's composefs repository: the image's
+    /// manifest digest there (`None`: a classic commit).
+    pub composefs_manifest: Option<String>,
 }
 
 impl CommitInfo {
@@ -125,7 +129,35 @@ pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
         manifest_digest: get("ostree.manifest-digest"),
         config,
         timestamp: ostree::commit_get_timestamp(&commit),
+        composefs_manifest: meta
+            .lookup::<bool>("ostree-ext.composefs-synthesized")
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+            .then(|| get(commit::COMPOSEFS_MANIFEST_KEY))
+            .flatten(),
     })
+}
+
+/// Whether the repository is bound to the host's composefs repository
+/// (`[composefs] unified=true` in its config, bootc's proposed marker).
+pub fn is_bound(repo: &ostree::Repo) -> bool {
+    let c = repo.config();
+    c.boolean("composefs", "unified")
+        .or_else(|_| c.string("composefs", "unified").map(|s| s == "true"))
+        .unwrap_or(false)
+}
+
+/// Records the binding in the repository's config (libostree replaces
+/// the file atomically).
+pub fn bind(repo: &ostree::Repo) -> Result<()> {
+    let c = repo
+        .copy_config();
+    c.set_boolean("composefs", "unified", true);
+    repo.write_config(&c)
+        .map_err(|e| anyhow!("writing the ostree repository's config: {e}"))?;
+    repo.reload_config(gio::Cancellable::NONE)
+        .map_err(|e| anyhow!("reloading the ostree repository's config: {e}"))
 }
 
 /// Every ref below [`IMAGE_REF_PREFIX`] with its commit.

@@ -83,6 +83,12 @@ pub struct ContentWriter<'r> {
     pub written: u64,
     /// Objects that were already in the repository.
     pub reused: u64,
+    /// Make objects already in the repository share the composefs object's
+    /// extents (a synthesized commit on a bound host: objects of a classic
+    /// commit hold their own copy).
+    pub share_reused: bool,
+    /// Reused objects made to share by that.
+    pub reused_shared: u64,
 }
 
 impl<'r> ContentWriter<'r> {
@@ -93,6 +99,8 @@ impl<'r> ContentWriter<'r> {
             tally: Tally::default(),
             written: 0,
             reused: 0,
+            share_reused: false,
+            reused_shared: 0,
         }
     }
 
@@ -130,6 +138,15 @@ impl<'r> ContentWriter<'r> {
         let rel = object_path(&checksum);
         if self.repo_dir.try_exists(&rel)? {
             self.reused += 1;
+            if self.share_reused && size >= 4096 {
+                let dst = self.repo_dir.open(&rel)?.into_std();
+                if reflink::share_identical(src, &dst, reflink::Policy::ReflinkOrCopy)
+                    .with_context(|| format!("sharing ostree object {checksum} with its composefs object"))?
+                    == reflink::Method::Reflinked
+                {
+                    self.reused_shared += 1;
+                }
+            }
             return Ok(checksum);
         }
         let tmp = rustix::fs::openat(
