@@ -66,11 +66,13 @@ fn image_lines(out: &mut impl Write, img: &ImageReport, unified: bool) -> Result
         writeln!(out, "[NOTE]     {label}: {n}")?;
     }
     if img.ok() {
-        let mut where_ = vec![if img.in_ostree == Some(true) {
-            "ostree"
-        } else {
-            "composefs"
-        }];
+        let mut where_ = vec![];
+        if img.in_ostree == Some(true) {
+            where_.push("ostree");
+        }
+        if img.in_composefs || img.in_ostree.is_none() {
+            where_.push("composefs");
+        }
         if img.in_containers_storage {
             where_.push("containers-storage");
         }
@@ -87,7 +89,7 @@ fn image_lines(out: &mut impl Write, img: &ImageReport, unified: bool) -> Result
         writeln!(
             out,
             "[OK]       {label}: in {}; {live}{cs}",
-            where_.join(" and ")
+            where_.join(", ")
         )?;
     }
     Ok(())

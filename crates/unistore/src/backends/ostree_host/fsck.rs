@@ -10,7 +10,7 @@ use ostree::gio;
 
 use super::name;
 use crate::ops::fsck::{
-    Binding, DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport,
+    DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport,
     RepoReport, Verdict, all_ok,
 };
 use crate::stores::ostree_repo;
@@ -136,8 +136,7 @@ pub fn fsck_all(sysroot: &Sysroot, opts: FsckOpts) -> Result<FullReport> {
         }
         deployments.push(r);
     }
-    let _ = opts;
-    let images = images_report(&os, &whole)?;
+    let images = images_report(sysroot, &os, &whole, opts)?;
     let ok = repository.ok() && all_ok(&boot_entries) && all_ok(&deployments) && images.ok;
     Ok(FullReport {
         repository,
@@ -167,20 +166,46 @@ fn checked_commits(os: &ostree::Sysroot) -> Result<BTreeSet<String>> {
     Ok(commits)
 }
 
-/// Runs `internals fsck images` on an ostree host. Not unified, each object
-/// exists once, so `--repair` has no other copy to rebuild from and repairs
-/// nothing.
+/// Runs `internals fsck images` on an ostree host. Not bound, each object
+/// exists once, so `--repair` has no other copy to rebuild from; bound or
+/// unified, the other stores are checked and repaired from one another
+/// ([`super::fsck_stores`]), under libostree's sysroot lock.
 pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
-    let _ = opts;
     let os = super::load(sysroot)?;
+    let _lock = if opts.repair {
+        Some(super::lock(&os)?)
+    } else {
+        None
+    };
     let (_, whole) = check_repo(&os.repo(), &checked_commits(&os)?);
-    images_report(&os, &whole)
+    let report = images_report(sysroot, &os, &whole, opts)?;
+    if opts.repair && report.images.iter().any(|i| i.repaired) {
+        // Checked again: what the repair wrote must make the commits whole.
+        let (_, whole) = check_repo(&os.repo(), &checked_commits(&os)?);
+        let mut again = images_report(sysroot, &os, &whole, FsckOpts { repair: false, ..opts })?;
+        for (a, b) in again.images.iter_mut().zip(&report.images) {
+            a.repaired = b.repaired;
+            a.repairs = b.repairs.clone();
+        }
+        return Ok(again);
+    }
+    Ok(report)
 }
 
 /// The images' verdict, given the commits found whole.
-fn images_report(os: &ostree::Sysroot, whole: &BTreeSet<String>) -> Result<ImagesReport> {
+fn images_report(
+    sysroot: &Sysroot,
+    os: &ostree::Sysroot,
+    whole: &BTreeSet<String>,
+    opts: FsckOpts,
+) -> Result<ImagesReport> {
     let repo = os.repo();
-    let issues: Vec<String> = vec![];
+    let mut classic = BTreeSet::new();
+    let booted_digest = super::deployments(sysroot, os)
+        .1
+        .and_then(|i| os.deployments().get(i).cloned())
+        .and_then(|d| ostree_repo::commit_info(&repo, &d.csum()).ok())
+        .and_then(|i| i.manifest_digest);
     // commit -> (refs, deployments)
     let mut by_commit: BTreeMap<String, CommitUse> = BTreeMap::new();
     for (r, c) in ostree_repo::image_refs(&repo)? {
@@ -209,7 +234,12 @@ fn images_report(os: &ostree::Sysroot, whole: &BTreeSet<String>) -> Result<Image
         };
         match info {
             Ok(i) => match i.manifest_digest {
-                Some(m) => r.manifest_digest = m,
+                Some(m) => {
+                    if i.composefs_manifest.is_none() && !deps.is_empty() {
+                        classic.insert(m.clone());
+                    }
+                    r.manifest_digest = m
+                }
                 None => r.issues.push(format!(
                     "commit {commit} records no image (no ostree.manifest-digest)"
                 )),
@@ -231,13 +261,33 @@ fn images_report(os: &ostree::Sysroot, whole: &BTreeSet<String>) -> Result<Image
         }
         images.push(r);
     }
+    let stores = super::fsck_stores::check(
+        sysroot,
+        os,
+        &mut images,
+        &classic,
+        booted_digest.as_deref(),
+        opts,
+    )?;
+    let mut issues = stores.issues;
+    for n in stores.notes {
+        tracing::info!("{n}");
+    }
+    issues.dedup();
+    let store_path = crate::stores::containers_storage::store_path(sysroot);
     let ok = images.iter().all(|i| i.ok()) && issues.is_empty();
     Ok(ImagesReport {
-        unified_storage_enabled: false,
-        unified_mode: None,
-        binding: Binding::Disabled,
-        reflinks_supported: false,
-        containers_storage: Default::default(),
+        unified_storage_enabled: stores.mode.is_some(),
+        unified_mode: stores.mode,
+        binding: stores.binding,
+        reflinks_supported: crate::ops::fsck::reflinks_supported(
+            &sysroot.join(ostree_repo::REPO_DIR),
+        ),
+        containers_storage: crate::ops::fsck::StoreReport {
+            exists: store_path.is_dir(),
+            path: store_path,
+            issues: vec![],
+        },
         images,
         issues,
         ok,

@@ -13,6 +13,7 @@
 //! A deployment is named `<commit>.<serial>` in reports.
 
 pub mod fsck;
+pub mod fsck_stores;
 pub mod gc;
 pub mod install;
 pub mod lifecycle;

@@ -208,8 +208,10 @@ pub struct ObjectSharing {
     pub unshared: u64,
     /// Their bytes.
     pub unshared_bytes: u64,
-    /// Content objects the commit needs that the repository lacks.
+    /// Content objects the image needs that the repository lacks.
     pub missing: Vec<String>,
+    /// Missing objects written again from their composefs objects.
+    pub restored: Vec<String>,
     /// Files read to compute a checksum the cache did not know.
     pub files_read: u64,
 }
@@ -226,18 +228,35 @@ pub fn image_tree(cfs: &Repo, manifest: &str) -> Result<FileSystem<ObjectId>> {
     .context("reading the image's merged tree")
 }
 
+/// What [`walk_objects`] does with each ostree object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// Compare extents only (first extents, no flush): reads no content.
+    Check,
+    /// Make objects that hold their own copy share the composefs object's
+    /// extents (`FIDEDUPERANGE`).
+    Share(Policy),
+    /// Share, and write missing objects from their composefs objects (the
+    /// checksum recomputed from the content must be the one the commit
+    /// names).
+    Repair(Policy),
+}
+
 /// Walks every regular file of the image `manifest` of `cfs` whose content
-/// is a composefs object (at least `min_size` bytes) with its ostree
-/// object, found by checksum (from the cache, else computed and cached).
-/// With `share`, objects holding their own copy are deduped against the
-/// composefs object; without, only compared (first extents, no flush).
+/// is a composefs object with its ostree object, found by checksum (from
+/// the cache, else computed and cached). Files under 4 KiB are not compared
+/// (they fit one block).
 pub fn walk_objects(
     sysroot: &Sysroot,
     cfs: &Repo,
     manifest: &str,
     cache: &mut ChecksumCache,
-    share: Option<Policy>,
+    walk: Walk,
 ) -> Result<ObjectSharing> {
+    let share = match walk {
+        Walk::Check => None,
+        Walk::Share(p) | Walk::Repair(p) => Some(p),
+    };
     let fs = image_tree(cfs, manifest)?;
     let repo_dir = sysroot.dir().open_dir(REPO_DIR)?;
     let mut out = ObjectSharing::default();
@@ -256,15 +275,15 @@ pub fn walk_objects(
             continue;
         }
         let src = std::fs::File::from(cfs.open_object(obj)?);
-        let csum = match cache.lookup(&repo_dir, &key) {
+        let meta = FileMeta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode,
+            xattrs: &st.xattrs,
+        };
+        let csum = match cache.get(&key) {
             Some(c) => c,
             None => {
-                let meta = FileMeta {
-                    uid: st.st_uid,
-                    gid: st.st_gid,
-                    mode,
-                    xattrs: &st.xattrs,
-                };
                 out.files_read += 1;
                 let c = ContentWriter::checksum(&meta, &src, *size)?;
                 cache.insert(key, c.clone());
@@ -275,7 +294,18 @@ pub fn walk_objects(
         let dst = match repo_dir.open(&rel) {
             Ok(f) => f.into_std(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                out.missing.push(csum);
+                if let Walk::Repair(_) = walk {
+                    let mut w = ContentWriter::new(&repo_dir);
+                    let written = w.write_from_object(&meta, &src, *size, None)?;
+                    if written != csum {
+                        bail!(
+                            "ostree object {csum}: its composefs object gives {written}; not restored"
+                        );
+                    }
+                    out.restored.push(csum);
+                } else {
+                    out.missing.push(csum);
+                }
                 continue;
             }
             Err(e) => return Err(e).with_context(|| format!("opening ostree object {csum}")),
@@ -367,7 +397,7 @@ pub async fn set_unified(
         let m = ensure_in_composefs(&cfs, l, &fetch, &progress).await?;
         crashpoint::hit("ostree-set-unified:after-composefs");
         progress::step(&progress, "Sharing the ostree objects' extents with composefs");
-        let sharing = walk_objects(sysroot, &cfs, &m, &mut cache, Some(policy))?;
+        let sharing = walk_objects(sysroot, &cfs, &m, &mut cache, Walk::Share(policy))?;
         cache.save(sysroot)?;
         if !sharing.missing.is_empty() {
             bail!(

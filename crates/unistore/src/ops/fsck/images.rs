@@ -75,6 +75,13 @@ pub struct ImageReport {
     pub unshared_files: u64,
     /// Their bytes (the space a repair gives back).
     pub unshared_bytes: u64,
+    /// ostree hosts bound to composefs: content objects that hold their
+    /// own copy instead of sharing their composefs object's extents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ostree_unshared_files: Option<u64>,
+    /// Their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ostree_unshared_bytes: Option<u64>,
 }
 
 /// The host containers-storage.
@@ -196,10 +203,10 @@ fn store_names(sysroot: &Sysroot, img: &HostImage, store: Option<&StoreView>) ->
 /// id), so that the store GC prunes it once no deployment uses it. The
 /// record is written before the image (as pending: a crash cannot leave an
 /// image unistore wrote but does not own) and completed after it.
-fn write_into_store(
+pub(crate) fn write_into_store(
     sysroot: &Sysroot,
     repo: &Repo,
-    img: &HostImage,
+    manifest_digest: &str,
     config_digest: &str,
     store: Option<&StoreView>,
     wo: &WriteOptions,
@@ -220,7 +227,7 @@ fn write_into_store(
         .cloned()
         .collect();
     let entry = |pending| unified::OwnedImage {
-        manifest_digest: img.manifest_digest.clone(),
+        manifest_digest: manifest_digest.to_string(),
         image_id: image_id.to_string(),
         names: added.clone(),
         created: prior.is_none(),
@@ -230,7 +237,7 @@ fn write_into_store(
     unified::record_upsert(sysroot, entry(true))?;
     let stats = writer::write_image(
         repo,
-        &img.manifest_digest,
+        manifest_digest,
         &crate::stores::containers_storage::store_path(sysroot),
         wo,
     )?;
@@ -318,6 +325,8 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             unshared_files: 0,
             unshared_bytes: 0,
             in_ostree: None,
+            ostree_unshared_files: None,
+            ostree_unshared_bytes: None,
         };
         let mut cfs = check_composefs(
             &repo,
@@ -410,7 +419,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             let written = write_into_store(
                 sysroot,
                 &repo,
-                img,
+                &img.manifest_digest,
                 cfs.config_digest.as_deref().unwrap_or_default(),
                 store.as_ref(),
                 &wo,
@@ -505,7 +514,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
 /// extents again (`FIDEDUPERANGE`: the kernel compares the bytes first).
 /// Unshared files are a note, not a failure: they waste space, nothing is
 /// broken.
-fn check_image_sharing(
+pub(crate) fn check_image_sharing(
     sysroot: &Sysroot,
     repo: &Repo,
     objects: &std::path::Path,

@@ -18,7 +18,7 @@ use super::repo::{BadObject, verity_of};
 use super::short;
 
 /// The store's JSON, read once per check.
-pub(super) struct StoreView {
+pub(crate) struct StoreView {
     pub(super) path: PathBuf,
     pub(super) layers: Vec<Value>,
     pub(super) images: Vec<Value>,
@@ -26,7 +26,7 @@ pub(super) struct StoreView {
 
 /// Reads the store's JSON under shared locks (taken only if the lock files
 /// exist). `Ok(None)` when there is no store.
-pub(super) fn read_store(path: &Path) -> Result<Option<StoreView>> {
+pub(crate) fn read_store(path: &Path) -> Result<Option<StoreView>> {
     if !path.is_dir() {
         return Ok(None);
     }

@@ -122,6 +122,19 @@ impl ChecksumCache {
             .then(|| c.clone())
     }
 
+    /// The checksum remembered for `key`, whether or not its object exists.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.entries
+            .get(key)
+            .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+            .cloned()
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &str) {
+        self.dirty |= self.entries.remove(key).is_some();
+    }
+
     /// Remembers a computed checksum.
     pub fn insert(&mut self, key: String, checksum: String) {
         if self.entries.get(&key) != Some(&checksum) {
