@@ -7,6 +7,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod stores;
+
 use sha2::{Digest, Sha256};
 use unistore_fixtures::image::{EntryKind, ExpectedEntry};
 

@@ -200,12 +200,10 @@ fn images_report(
     opts: FsckOpts,
 ) -> Result<ImagesReport> {
     let repo = os.repo();
-    let mut classic = BTreeSet::new();
-    let booted_digest = super::deployments(sysroot, os)
+    let mut classic = vec![];
+    let booted = super::deployments(sysroot, os)
         .1
-        .and_then(|i| os.deployments().get(i).cloned())
-        .and_then(|d| ostree_repo::commit_info(&repo, &d.csum()).ok())
-        .and_then(|i| i.manifest_digest);
+        .and_then(|i| os.deployments().get(i).map(name));
     // commit -> (refs, deployments)
     let mut by_commit: BTreeMap<String, CommitUse> = BTreeMap::new();
     for (r, c) in ostree_repo::image_refs(&repo)? {
@@ -235,9 +233,7 @@ fn images_report(
         match info {
             Ok(i) => match i.manifest_digest {
                 Some(m) => {
-                    if i.composefs_manifest.is_none() && !deps.is_empty() {
-                        classic.insert(m.clone());
-                    }
+                    classic.push(i.composefs_manifest.is_none());
                     r.manifest_digest = m
                 }
                 None => r.issues.push(format!(
@@ -246,6 +242,7 @@ fn images_report(
             },
             Err(e) => r.issues.push(format!("{e:#}")),
         }
+        classic.resize(images.len() + 1, false);
         if !whole.contains(&commit) {
             r.issues.push(format!(
                 "commit {} is not whole in the ostree repository",
@@ -266,7 +263,7 @@ fn images_report(
         os,
         &mut images,
         &classic,
-        booted_digest.as_deref(),
+        booted.as_deref(),
         opts,
     )?;
     let mut issues = stores.issues;

@@ -50,14 +50,15 @@ fn human(b: u64) -> String {
 }
 
 /// Checks (and with `opts.repair`, repairs) the stores of the live images
-/// in `images` (reports made from the ostree repository); `classic` holds
-/// the digests whose commit is classic, `booted_digest` the booted image's.
+/// in `images` (reports made from the ostree repository, one per commit);
+/// `classic[i]` says whether image `i`'s commit is classic, `booted` names
+/// the booted deployment.
 pub fn check(
     sysroot: &Sysroot,
     os: &ostree::Sysroot,
     images: &mut [ImageReport],
-    classic: &std::collections::BTreeSet<String>,
-    booted_digest: Option<&str>,
+    classic: &[bool],
+    booted: Option<&str>,
     opts: FsckOpts,
 ) -> Result<StoresCheck> {
     let repo = os.repo();
@@ -89,8 +90,8 @@ pub fn check(
     let reflinks = crate::ops::fsck::reflinks_supported(&sysroot.join(REPO_DIR));
     let mut cache = ChecksumCache::load(sysroot);
     let store = containers_storage::store_path(sysroot);
-    for r in images.iter_mut().filter(|r| r.is_live) {
-        let classic = classic.contains(&r.manifest_digest);
+    for (i, r) in images.iter_mut().enumerate().filter(|(_, r)| r.is_live) {
+        let classic = classic.get(i).copied().unwrap_or(false);
         let m = match &cfs {
             Some(c) => composefs_digest_of(c, &r.manifest_digest)?,
             None => None,
@@ -98,7 +99,7 @@ pub fn check(
         let pending_ok = classic && mode.is_none();
         let Some((cfs, m)) = cfs.as_ref().zip(m) else {
             if pending_ok {
-                r.notes.push(pending_note(r, booted_digest));
+                r.notes.push(pending_note(r, booted));
             } else {
                 r.issues.push(
                     "not in the composefs repository (`image set-unified full` pulls it again)"
@@ -109,7 +110,7 @@ pub fn check(
         };
         r.in_composefs = true;
         if classic {
-            r.notes.push(pending_note(r, booted_digest));
+            r.notes.push(pending_note(r, booted));
         }
         // The ostree objects and the composefs objects.
         let walk = if opts.repair {
@@ -214,10 +215,10 @@ pub fn check(
     Ok(out)
 }
 
-fn pending_note(r: &ImageReport, booted_digest: Option<&str>) -> String {
+fn pending_note(r: &ImageReport, booted: Option<&str>) -> String {
     format!(
         "pending: a classic commit{}; the next upgrade synthesizes it from composefs",
-        if booted_digest == Some(r.manifest_digest.as_str()) {
+        if booted.is_some_and(|b| r.deployments.iter().any(|d| d == b)) {
             " is booted"
         } else {
             ""
