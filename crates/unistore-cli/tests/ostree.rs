@@ -350,13 +350,23 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     );
     ostree_fsck(root);
     check_host(root, &v3, &format!("{}:os3", oci.display()), "oci");
-    // set-unified is not available on ostree hosts yet: refused, nothing changed.
-    let before = snapshot(root);
-    run_fails(
-        cmd(root, None).args(["image", "set-unified", "composefs"]),
-        "ostree host",
+    // set-unified composefs records the binding in ostree/repo/config and
+    // changes nothing else (the mtimes of ostree/repo, where the config is
+    // replaced, and of ostree/, where libostree's lock file comes and goes).
+    let mut before = snapshot(root);
+    run_ok(cmd(root, None).args(["image", "set-unified", "composefs"]));
+    let mut after = snapshot(root);
+    for s in [&mut before, &mut after] {
+        s.remove(Path::new("ostree/repo/config"));
+        s.remove(Path::new("ostree/repo"));
+        s.remove(Path::new("ostree"));
+    }
+    assert_snapshots_equal(&before, &after, "set-unified composefs");
+    assert!(
+        std::fs::read_to_string(root.join("ostree/repo/config"))
+            .unwrap()
+            .contains("[composefs]\nunified=true")
     );
-    assert_snapshots_equal(&before, &snapshot(root), "set-unified");
     let gc: Value =
         serde_json::from_str(&run_ok(cmd(root, None).args(["internals", "gc", "--json"]))).unwrap();
     assert_eq!(
@@ -542,7 +552,8 @@ fn ostree_bad_inputs_leave_root_unchanged() {
     )
     .unwrap();
     install(&format!("oci:{}:dev", oci.display()), "device node");
-    // A bad stateroot and unified storage are refused before anything.
+    // A bad stateroot is refused before anything; a unified install that
+    // fails removes its composefs repository and store too.
     run_fails(
         unistore()
             .args([
@@ -569,9 +580,9 @@ fn ostree_bad_inputs_leave_root_unchanged() {
                 "enabled",
                 "--source-imgref",
             ])
-            .arg(format!("oci:{}:v1", oci.display()))
+            .arg(format!("oci:{}:nosuchtag", oci.display()))
             .arg(root),
-        "unified",
+        "nosuchtag",
     );
     assert_snapshots_equal(&before, &snapshot(root), "bad options");
 
