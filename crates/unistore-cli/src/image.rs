@@ -120,33 +120,53 @@ fn print_list(w: &mut impl Write, l: &ImageList) -> Result<()> {
         Some(m) => writeln!(w, "Storage: unified ({m})")?,
         None => writeln!(w, "Storage: composefs only (not unified)")?,
     }
-    writeln!(
-        w,
-        "{:<20} {:<10} {:<9} {:<8} IMAGE",
-        "DIGEST", "ROLES", "COMPOSEFS", "STORAGE"
-    )?;
+    let ostree = l.images.iter().any(|i| i.in_ostree.is_some());
+    if ostree {
+        writeln!(
+            w,
+            "{:<20} {:<10} {:<6} {:<9} {:<8} IMAGE",
+            "DIGEST", "ROLES", "OSTREE", "COMPOSEFS", "STORAGE"
+        )?;
+    } else {
+        writeln!(
+            w,
+            "{:<20} {:<10} {:<9} {:<8} IMAGE",
+            "DIGEST", "ROLES", "COMPOSEFS", "STORAGE"
+        )?;
+    }
     for e in &l.errors {
         writeln!(w, "! {e}")?;
     }
+    let yes = |b: bool| if b { "yes" } else { "no" };
     for i in &l.images {
         let d = i.manifest_digest.trim_start_matches("sha256:");
-        writeln!(
-            w,
-            "{:<20} {:<10} {:<9} {:<8} {}",
-            &d[..d.len().min(19)],
-            if i.roles.is_empty() {
-                "tagged".to_string()
-            } else {
-                i.roles.join(",")
-            },
-            match i.in_ostree {
-                Some(true) => "ostree",
-                _ if i.in_composefs => "yes",
-                _ => "no",
-            },
-            if i.in_containers_storage { "yes" } else { "no" },
-            i.image.as_deref().unwrap_or("-")
-        )?;
+        let roles = if i.roles.is_empty() {
+            "tagged".to_string()
+        } else {
+            i.roles.join(",")
+        };
+        if ostree {
+            writeln!(
+                w,
+                "{:<20} {:<10} {:<6} {:<9} {:<8} {}",
+                &d[..d.len().min(19)],
+                roles,
+                yes(i.in_ostree == Some(true)),
+                yes(i.in_composefs),
+                yes(i.in_containers_storage),
+                i.image.as_deref().unwrap_or("-")
+            )?;
+        } else {
+            writeln!(
+                w,
+                "{:<20} {:<10} {:<9} {:<8} {}",
+                &d[..d.len().min(19)],
+                roles,
+                yes(i.in_composefs),
+                yes(i.in_containers_storage),
+                i.image.as_deref().unwrap_or("-")
+            )?;
+        }
     }
     Ok(())
 }

@@ -147,7 +147,11 @@ fn print_commit(c: Option<&unistore::stores::ostree_repo::commit::Imported>) {
     println!(
         "  ostree commit {} ({}): {} content objects written, {} reused; {} files read for checksums, {} from the cache",
         &c.checksum[..12],
-        if c.synthesized { "synthesized from composefs" } else { "classic" },
+        if c.synthesized {
+            "synthesized from composefs"
+        } else {
+            "classic"
+        },
         c.objects_written,
         c.objects_reused,
         c.files_read,

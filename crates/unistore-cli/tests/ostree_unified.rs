@@ -97,12 +97,8 @@ fn admin_status(root: &Path) -> String {
 
 fn fsck_images(root: &Path) -> Value {
     let out = run(cmd(root, None).args(["internals", "fsck", "images", "--json"]));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "fsck images: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("fsck images: {e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn image_report<'a>(r: &'a Value, digest: &str) -> &'a Value {
@@ -122,7 +118,13 @@ fn deployment_report<'a>(r: &'a Value, st: &Value, which: &str) -> &'a Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["deployments"].as_array().unwrap().iter().any(|d| *d == name.as_str()))
+        .find(|i| {
+            i["deployments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| *d == name.as_str())
+        })
         .unwrap_or_else(|| panic!("{name} not in {r}"))
 }
 
@@ -190,7 +192,11 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
     let before = snapshot(&root.join("ostree/deploy"));
     let out = run_ok(cmd(root, None).args(["image", "set-unified", "composefs"]));
     assert!(out.contains("ostree-composefs-bound"), "{out}");
-    assert_snapshots_equal(&before, &snapshot(&root.join("ostree/deploy")), "set-unified composefs");
+    assert_snapshots_equal(
+        &before,
+        &snapshot(&root.join("ostree/deploy")),
+        "set-unified composefs",
+    );
     let cfg = Command::new("ostree")
         .arg(format!("--repo={}", root.join("ostree/repo").display()))
         .args(["config", "get", "composefs.unified"])
@@ -303,8 +309,14 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
     assert!(!composefs_tag(root, &v1_digest).exists());
     assert!(composefs_tag(root, &v2.manifest_digest).exists());
     let names = podman.images().to_string();
-    assert!(!names.contains(v1.config_digest.trim_start_matches("sha256:")), "{names}");
-    assert!(names.contains(v3.config_digest.trim_start_matches("sha256:")), "{names}");
+    assert!(
+        !names.contains(v1.config_digest.trim_start_matches("sha256:")),
+        "{names}"
+    );
+    assert!(
+        names.contains(v3.config_digest.trim_start_matches("sha256:")),
+        "{names}"
+    );
     let st = status(root);
     check_objects_shared(root, &checkout(root, &st, "booted"));
     assert!(check_shared(root, &v3.config_digest) >= 3);
@@ -330,12 +342,29 @@ fn unified_ostree_install_on_xfs_uses_one_copy() {
     let fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
     let root = fs.path();
     let free_before = free_bytes(&fs);
-    let r = json(&mut install_cmd(root, None, &src, &["--unified", "enabled"]));
+    let r = json(&mut install_cmd(
+        root,
+        None,
+        &src,
+        &["--unified", "enabled"],
+    ));
     assert_eq!(r["unified"]["mode"], "enabled", "{r}");
     let st = status(root);
     assert_eq!(st["status"]["storage"]["unified"], "enabled");
     assert_eq!(st["status"]["storage"]["ostreeComposefsBound"], true);
     let commit = checksum(&st, "booted");
+    let list = json(cmd(root, None).args(["image", "list", "--json"]));
+    assert_eq!(list["unified"], "enabled", "{list}");
+    let i = &list["images"][0];
+    assert_eq!(i["manifestDigest"], img.manifest_digest.as_str(), "{list}");
+    for k in [
+        "inOstree",
+        "inComposefs",
+        "inContainersStorage",
+        "ownedByUnistore",
+    ] {
+        assert_eq!(i[k], true, "{k}: {list}");
+    }
     assert!(check_objects_shared(root, &checkout(root, &st, "booted")) >= 8);
     assert!(check_shared(root, &img.config_digest) >= 8);
     ostree_fsck(root);
@@ -343,7 +372,14 @@ fn unified_ostree_install_on_xfs_uses_one_copy() {
     assert_eq!(f["ok"], true, "{f}");
     assert!(!notes(image_report(&f, &img.manifest_digest)).contains("pending"));
     let podman = Podman::new(root);
-    assert!(podman.cat_os_release(&format!("localhost/bootc:{}", img.manifest_digest.trim_start_matches("sha256:"))).contains("ID=testos"));
+    assert!(
+        podman
+            .cat_os_release(&format!(
+                "localhost/bootc:{}",
+                img.manifest_digest.trim_start_matches("sha256:")
+            ))
+            .contains("ID=testos")
+    );
     drop(podman);
 
     let consumed = free_before - free_bytes(&fs);
@@ -361,7 +397,12 @@ fn unified_ostree_install_on_xfs_uses_one_copy() {
 
     // The same image, another host: the same commit.
     let fs2 = LoopFs::new(FsKind::Xfs, 2048).unwrap();
-    run_ok(&mut install_cmd(fs2.path(), None, &src, &["--unified", "enabled"]));
+    run_ok(&mut install_cmd(
+        fs2.path(),
+        None,
+        &src,
+        &["--unified", "enabled"],
+    ));
     assert_eq!(checksum(&status(fs2.path()), "booted"), commit);
 }
 
@@ -400,7 +441,14 @@ fn unified_ostree_install_on_ext4() {
         true
     );
     let podman = Podman::new(root);
-    assert!(podman.cat_os_release(&format!("localhost/bootc:{}", img.manifest_digest.trim_start_matches("sha256:"))).contains("ID=testos"));
+    assert!(
+        podman
+            .cat_os_release(&format!(
+                "localhost/bootc:{}",
+                img.manifest_digest.trim_start_matches("sha256:")
+            ))
+            .contains("ID=testos")
+    );
     mount_and_compare(root, &img.expected);
 }
 
@@ -476,10 +524,7 @@ fn ostree_unification_survives_kills() {
     // Leftovers of the killed runs are garbage the GC removes; then a no-op.
     run_ok(cmd(root, None).args(["internals", "gc"]));
     let gc = json(cmd(root, None).args(["internals", "gc", "--dry-run", "--json"]));
-    assert!(
-        gc["tags_removed"].as_array().unwrap().is_empty(),
-        "{gc}"
-    );
+    assert!(gc["tags_removed"].as_array().unwrap().is_empty(), "{gc}");
 }
 
 /// fsck images repairs between the stores: a missing ostree object from its
@@ -491,7 +536,12 @@ fn ostree_fsck_repairs_between_the_three_stores() {
     let src = format!("oci:{}:latest", work.path().join("oci").display());
     let fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
     let root = fs.path();
-    run_ok(&mut install_cmd(root, None, &src, &["--unified", "enabled"]));
+    run_ok(&mut install_cmd(
+        root,
+        None,
+        &src,
+        &["--unified", "enabled"],
+    ));
     let objects = root.join("ostree/repo/objects");
     let mut big: Vec<PathBuf> = files_under(&objects)
         .into_iter()
@@ -537,5 +587,8 @@ fn ostree_fsck_repairs_between_the_three_stores() {
     check_objects_shared(root, &checkout(root, &st, "booted"));
     let f = fsck_images(root);
     assert_eq!(f["ok"], true, "{f}");
-    assert_eq!(image_report(&f, &img.manifest_digest)["ostreeUnsharedFiles"], 0);
+    assert_eq!(
+        image_report(&f, &img.manifest_digest)["ostreeUnsharedFiles"],
+        0
+    );
 }

@@ -16,7 +16,6 @@ use serde_json::Value;
 use unistore_fixtures::env::{FsKind, LoopFs, Registry};
 use unistore_fixtures::image::BuiltImage;
 
-
 fn json(cmd: &mut Command) -> Value {
     serde_json::from_str(&run_ok(cmd)).unwrap()
 }

@@ -243,4 +243,3 @@ pub fn check_space(fs: &LoopFs, free_before: u64, unpacked: u64) {
         "both stores use {stores} bytes for an image of {unpacked} bytes (ratio {ratio:.3})"
     );
 }
-

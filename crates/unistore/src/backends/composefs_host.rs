@@ -75,7 +75,9 @@ impl HostBackend for ComposefsBackend {
         opts: &'a crate::ops::set_unified::SetUnifiedOpts,
         progress: Progress,
     ) -> BoxFuture<'a, Result<crate::ops::set_unified::SetUnifiedOutcome>> {
-        Box::pin(crate::ops::set_unified::set_unified(sysroot, opts, progress))
+        Box::pin(crate::ops::set_unified::set_unified(
+            sysroot, opts, progress,
+        ))
     }
     fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
         crate::ops::image_list::list_images(sysroot)

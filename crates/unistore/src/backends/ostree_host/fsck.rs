@@ -10,8 +10,8 @@ use ostree::gio;
 
 use super::name;
 use crate::ops::fsck::{
-    DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport,
-    RepoReport, Verdict, all_ok,
+    DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport, RepoReport,
+    Verdict, all_ok,
 };
 use crate::stores::ostree_repo;
 use crate::sysroot::{ENTRIES_DIR, Sysroot};
@@ -182,7 +182,15 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     if opts.repair && report.images.iter().any(|i| i.repaired) {
         // Checked again: what the repair wrote must make the commits whole.
         let (_, whole) = check_repo(&os.repo(), &checked_commits(&os)?);
-        let mut again = images_report(sysroot, &os, &whole, FsckOpts { repair: false, ..opts })?;
+        let mut again = images_report(
+            sysroot,
+            &os,
+            &whole,
+            FsckOpts {
+                repair: false,
+                ..opts
+            },
+        )?;
         for (a, b) in again.images.iter_mut().zip(&report.images) {
             a.repaired = b.repaired;
             a.repairs = b.repairs.clone();
@@ -258,14 +266,8 @@ fn images_report(
         }
         images.push(r);
     }
-    let stores = super::fsck_stores::check(
-        sysroot,
-        os,
-        &mut images,
-        &classic,
-        booted.as_deref(),
-        opts,
-    )?;
+    let stores =
+        super::fsck_stores::check(sysroot, os, &mut images, &classic, booted.as_deref(), opts)?;
     let mut issues = stores.issues;
     for n in stores.notes {
         tracing::info!("{n}");

@@ -151,9 +151,9 @@ pub fn check(
                 r.ostree_unshared_files = Some(s.unshared);
                 r.ostree_unshared_bytes = Some(s.unshared_bytes);
             }
-            Err(e) => r
-                .issues
-                .push(format!("ostree: its objects could not be compared with composefs: {e:#}")),
+            Err(e) => r.issues.push(format!(
+                "ostree: its objects could not be compared with composefs: {e:#}"
+            )),
         }
         if mode.is_none() {
             continue;
@@ -192,7 +192,11 @@ pub fn check(
             r.issues.push(format!(
                 "not whole in containers-storage {}{}",
                 store.display(),
-                if opts.repair { "" } else { " (`--repair` writes it from composefs)" }
+                if opts.repair {
+                    ""
+                } else {
+                    " (`--repair` writes it from composefs)"
+                }
             ));
         } else if reflinks {
             let saved = std::mem::replace(&mut r.manifest_digest, m.clone());
@@ -242,8 +246,9 @@ fn check_cache(
         Err(e) => {
             if opts.repair {
                 crate::util::remove_all(sysroot.dir(), checksum_cache::CACHE_FILE)?;
-                out.notes
-                    .push(format!("checksum cache removed ({e:#}); it is rebuilt as upgrades read files"));
+                out.notes.push(format!(
+                    "checksum cache removed ({e:#}); it is rebuilt as upgrades read files"
+                ));
             } else {
                 out.issues.push(format!("{e:#} (`--repair` removes it)"));
             }
@@ -264,7 +269,10 @@ fn check_cache(
         };
         let md = f.into_std().metadata()?;
         if md.uid() != uid || md.gid() != gid || md.mode() != mode {
-            wrong.push((key.clone(), format!("object {csum} has another owner or mode")));
+            wrong.push((
+                key.clone(),
+                format!("object {csum} has another owner or mode"),
+            ));
             continue;
         }
         let Some(cfs) = cfs else { continue };
@@ -289,27 +297,38 @@ fn check_cache(
                 xattrs: &xattrs,
             };
             if ContentWriter::checksum(&meta, &src, size)? != *csum {
-                wrong.push((key.clone(), format!("the content of its composefs object is not object {csum}")));
+                wrong.push((
+                    key.clone(),
+                    format!("the content of its composefs object is not object {csum}"),
+                ));
             }
         }
     }
     out.notes.push(format!(
         "checksum cache: {checked} entr{} checked{}",
         if checked == 1 { "y" } else { "ies" },
-        if opts.verify_content { " (checksums recomputed)" } else { "" }
+        if opts.verify_content {
+            " (checksums recomputed)"
+        } else {
+            ""
+        }
     ));
     for (key, why) in &wrong {
         if opts.repair {
             cache.remove(key);
         } else {
-            out.issues
-                .push(format!("checksum cache entry {key}: {why} (`--repair` drops it)"));
+            out.issues.push(format!(
+                "checksum cache entry {key}: {why} (`--repair` drops it)"
+            ));
         }
     }
     if opts.repair && !wrong.is_empty() {
         cache.save(sysroot)?;
-        out.notes
-            .push(format!("checksum cache: {} wrong entr{} dropped", wrong.len(), if wrong.len() == 1 { "y" } else { "ies" }));
+        out.notes.push(format!(
+            "checksum cache: {} wrong entr{} dropped",
+            wrong.len(),
+            if wrong.len() == 1 { "y" } else { "ies" }
+        ));
     }
     Ok(())
 }

@@ -92,10 +92,24 @@ pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Res
         Some((probe, decided_by))
     };
     let mut created = Created::new(&sysroot);
-    for p in ["ostree", BOOT_DIR, "boot/loader", crate::sysroot::COMPOSEFS_DIR] {
+    for p in [
+        "ostree",
+        BOOT_DIR,
+        "boot/loader",
+        crate::sysroot::COMPOSEFS_DIR,
+    ] {
         created.track(p)?;
     }
-    let r = install_inner(&sysroot, opts, stateroot, &host_config, unified, probe, progress).await;
+    let r = install_inner(
+        &sysroot,
+        opts,
+        stateroot,
+        &host_config,
+        unified,
+        probe,
+        progress,
+    )
+    .await;
     if r.is_err() {
         let _ = staging::remove(&sysroot);
     } else {
@@ -118,7 +132,8 @@ async fn install_inner(
         UnifiedMode::Disabled => Source::Staging,
         m => Source::Host(Some(m)),
     };
-    let staged = staging::pull(sysroot, &opts.source, &opts.fetch, source, progress.clone()).await?;
+    let staged =
+        staging::pull(sysroot, &opts.source, &opts.fetch, source, progress.clone()).await?;
     let kernel = bootloader::find_kernel(&staged.fs)?;
     let mut kargs = install_config::image_kargs(&staged.fs, &staged.repo, &staged.architecture)
         .context("reading the image's kernel arguments")?;

@@ -20,12 +20,12 @@ use anyhow::{Context, Result};
 use composefs::tree::FileSystem;
 
 use crate::imgref::ImageRef;
-use crate::unified::UnifiedMode;
 use crate::progress::Progress;
 use crate::stores::composefs_repo::{self, FetchConfig, ObjectId, Repo};
 use crate::stores::ostree_repo::checksum_cache::ChecksumCache;
 use crate::stores::ostree_repo::{self, commit::ImageCommit, commit::Imported};
 use crate::sysroot::Sysroot;
+use crate::unified::UnifiedMode;
 use crate::util;
 
 /// Where the staging repository lives (same filesystem as `ostree/repo`).
@@ -86,8 +86,7 @@ pub async fn pull(
             let pulled = match mode {
                 Some(m) => {
                     crate::stores::containers_storage::ensure_ostree_layout(sysroot)?;
-                    crate::unified::fetch_unified(sysroot, &repo, image, fetch, m, progress)
-                        .await?
+                    crate::unified::fetch_unified(sysroot, &repo, image, fetch, m, progress).await?
                 }
                 None => composefs_repo::pull(&repo, image, fetch, progress).await?,
             };

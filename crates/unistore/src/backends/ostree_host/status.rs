@@ -194,8 +194,29 @@ pub fn image_list(sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList
             in_ostree: Some(true),
         });
     }
+    // Bound or unified: where else each image is.
+    if super::unified::has_composefs(sysroot)? {
+        let cfs = crate::stores::composefs_repo::open(sysroot)?;
+        let owned = crate::unified::owned_images(sysroot).unwrap_or_default();
+        for h in &mut images {
+            let Some(m) = super::unified::composefs_digest_of(&cfs, &h.manifest_digest)? else {
+                continue;
+            };
+            h.in_composefs = true;
+            let Ok(img) = crate::stores::composefs_repo::open_image(&cfs, &m) else {
+                continue;
+            };
+            let config = img.config_digest().to_string();
+            if let Some(si) = crate::unified::store_image(sysroot, &config)? {
+                h.in_containers_storage = true;
+                h.store_names = si.names;
+            }
+            h.owned_by_unistore = owned.iter().any(|o| o.manifest_digest == m);
+            h.config_digest = Some(config);
+        }
+    }
     Ok(ImageList {
-        unified: None,
+        unified: crate::unified::unified_mode(sysroot)?,
         images,
         errors,
     })

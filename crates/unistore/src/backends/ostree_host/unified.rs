@@ -316,16 +316,18 @@ pub fn walk_objects(
             continue;
         }
         match share {
-            Some(policy) => match reflink::share_identical(&src, &dst, policy)
-                .with_context(|| format!("sharing ostree object {csum} with its composefs object"))?
-            {
-                Method::Reflinked => out.reflinked += 1,
-                Method::AlreadyShared => out.already_shared += 1,
-                Method::Copied => {
-                    out.unshared += 1;
-                    out.unshared_bytes += size;
+            Some(policy) => {
+                match reflink::share_identical(&src, &dst, policy).with_context(|| {
+                    format!("sharing ostree object {csum} with its composefs object")
+                })? {
+                    Method::Reflinked => out.reflinked += 1,
+                    Method::AlreadyShared => out.already_shared += 1,
+                    Method::Copied => {
+                        out.unshared += 1;
+                        out.unshared_bytes += size;
+                    }
                 }
-            },
+            }
             None => {
                 if reflink::already_shared(&src, &dst) {
                     out.already_shared += 1;
@@ -396,7 +398,10 @@ pub async fn set_unified(
         );
         let m = ensure_in_composefs(&cfs, l, &fetch, &progress).await?;
         crashpoint::hit("ostree-set-unified:after-composefs");
-        progress::step(&progress, "Sharing the ostree objects' extents with composefs");
+        progress::step(
+            &progress,
+            "Sharing the ostree objects' extents with composefs",
+        );
         let sharing = walk_objects(sysroot, &cfs, &m, &mut cache, Walk::Share(policy))?;
         cache.save(sysroot)?;
         if !sharing.missing.is_empty() {
@@ -486,7 +491,10 @@ mod tests {
     fn pinning_keeps_the_repository_and_drops_the_tag() {
         let d = "sha256:abc";
         let p = |s: &str| pinned(&ImageRef::parse(s).unwrap(), d).to_string();
-        assert_eq!(p("docker://127.0.0.1:5000/os:v1"), "docker://127.0.0.1:5000/os@sha256:abc");
+        assert_eq!(
+            p("docker://127.0.0.1:5000/os:v1"),
+            "docker://127.0.0.1:5000/os@sha256:abc"
+        );
         assert_eq!(p("docker://quay.io/a/b"), "docker://quay.io/a/b@sha256:abc");
         assert_eq!(
             p("docker://quay.io/a/b@sha256:old"),

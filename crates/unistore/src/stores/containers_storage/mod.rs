@@ -75,7 +75,10 @@ pub fn ensure_ostree_layout(sysroot: &Sysroot) -> Result<()> {
     let dir = sysroot.dir();
     dir.create_dir_all(format!("{OSTREE_BOOTC_LINK}/storage"))
         .with_context(|| format!("creating {OSTREE_BOOTC_LINK}/storage"))?;
-    if dir.symlink_metadata(crate::sysroot::BOOTC_STATE_DIR).is_err() {
+    if dir
+        .symlink_metadata(crate::sysroot::BOOTC_STATE_DIR)
+        .is_err()
+    {
         dir.create_dir_all(crate::sysroot::COMPOSEFS_DIR)?;
         dir.symlink("../ostree/bootc", crate::sysroot::BOOTC_STATE_DIR)
             .with_context(|| format!("creating the {} link", crate::sysroot::BOOTC_STATE_DIR))?;

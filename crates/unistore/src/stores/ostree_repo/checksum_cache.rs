@@ -98,7 +98,11 @@ impl ChecksumCache {
             Ok(b) => {
                 let f: CacheFile = serde_json::from_slice(&b)
                     .with_context(|| format!("{CACHE_FILE} is not a checksum cache"))?;
-                anyhow::ensure!(f.version == 1, "{CACHE_FILE}: unknown version {}", f.version);
+                anyhow::ensure!(
+                    f.version == 1,
+                    "{CACHE_FILE}: unknown version {}",
+                    f.version
+                );
                 Ok(Some(Self {
                     entries: f.entries,
                     dirty: false,
@@ -162,9 +166,8 @@ impl ChecksumCache {
     /// a prune) or for which `keep` says no.
     pub fn retain(&mut self, repo_dir: &Dir, mut keep: impl FnMut(&str, &str) -> bool) {
         let before = self.entries.len();
-        self.entries.retain(|k, c| {
-            keep(k, c) && repo_dir.try_exists(object_path(c)).unwrap_or(false)
-        });
+        self.entries
+            .retain(|k, c| keep(k, c) && repo_dir.try_exists(object_path(c)).unwrap_or(false));
         self.dirty |= self.entries.len() != before;
     }
 
@@ -195,7 +198,10 @@ mod tests {
     fn keys_cover_object_and_metadata() {
         let none = BTreeMap::new();
         let mut caps: BTreeMap<Box<OsStr>, Box<[u8]>> = BTreeMap::new();
-        caps.insert(OsStr::new("security.capability").into(), b"x".to_vec().into());
+        caps.insert(
+            OsStr::new("security.capability").into(),
+            b"x".to_vec().into(),
+        );
         let k = key("ab", 0, 0, 0o100644, &none);
         assert_ne!(k, key("ac", 0, 0, 0o100644, &none));
         assert_ne!(k, key("ab", 1, 0, 0o100644, &none));

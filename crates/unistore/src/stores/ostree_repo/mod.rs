@@ -151,8 +151,7 @@ pub fn is_bound(repo: &ostree::Repo) -> bool {
 /// Records the binding in the repository's config (libostree replaces
 /// the file atomically).
 pub fn bind(repo: &ostree::Repo) -> Result<()> {
-    let c = repo
-        .copy_config();
+    let c = repo.copy_config();
     c.set_boolean("composefs", "unified", true);
     repo.write_config(&c)
         .map_err(|e| anyhow!("writing the ostree repository's config: {e}"))?;

@@ -141,7 +141,9 @@ impl<'r> ContentWriter<'r> {
             if self.share_reused && size >= 4096 {
                 let dst = self.repo_dir.open(&rel)?.into_std();
                 if reflink::share_identical(src, &dst, reflink::Policy::ReflinkOrCopy)
-                    .with_context(|| format!("sharing ostree object {checksum} with its composefs object"))?
+                    .with_context(|| {
+                        format!("sharing ostree object {checksum} with its composefs object")
+                    })?
                     == reflink::Method::Reflinked
                 {
                     self.reused_shared += 1;
