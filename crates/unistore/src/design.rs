@@ -239,3 +239,29 @@
 //! libostree stages only on a booted host; on a root that is not running,
 //! `upgrade` and `switch` write the new deployment as the next boot at once
 //! (as `ostree admin deploy` does), and `finalize-staged` has nothing to do.
+//!
+//! ## Unified storage on ostree hosts
+//!
+//! A bound host ([`crate::backends::ostree_host::unified`]) keeps its
+//! composefs repository instead of a staging one, and its commits are
+//! *synthesized* from it (marked in the commit metadata, so status and
+//! fsck can tell a classic commit, which stays `pending` until an upgrade).
+//! Two choices differ from bootc's proposal (PRs #2205/#2236):
+//!
+//! * **Checksums are cached** by composefs object id + owner + mode +
+//!   xattrs ([`crate::stores::ostree_repo::checksum_cache`]): the pair
+//!   determines the ostree checksum, so an upgrade reads only new files
+//!   (v1 -> v2 of the test image: 3 files read, 8 from the cache). A cached
+//!   checksum is used only while its object exists; fsck compares each
+//!   entry with the object it names.
+//! * **Objects already in the repository are deduplicated, not
+//!   rewritten**: a classic commit's objects have the same checksums as the
+//!   synthesized ones, so the synthesis reuses them and makes them share
+//!   the composefs object's extents (`FIDEDUPERANGE`, which compares the
+//!   bytes in the kernel). `set-unified full` does the same for live
+//!   classic commits without redeploying them. A failed reflink does not
+//!   stop reflinking for the rest (each file falls back on its own).
+//!
+//! On an ostree host the store is bootc's `ostree/bootc/storage`, and
+//! `composefs/bootc` links to `ostree/bootc`, so the unified code's paths
+//! (store, ownership record) are the same on both kinds of host.
