@@ -592,3 +592,35 @@ fn ostree_fsck_repairs_between_the_three_stores() {
         0
     );
 }
+
+/// The image's own install config asks for unified storage: the staging
+/// repository becomes the host's composefs repository and the image goes
+/// into the store; the commit is synthesized.
+#[test]
+fn image_install_config_makes_an_ostree_host_unified() {
+    let work = tempfile::tempdir().unwrap();
+    let img = image(
+        &work.path().join("oci"),
+        "1.0",
+        1,
+        8,
+        Some("[install.storage]\nunified = \"enabled\"\n"),
+    );
+    let src = format!("oci:{}:latest", work.path().join("oci").display());
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    let r = json(&mut install_cmd(root, None, &src, &[]));
+    assert_eq!(r["unified"]["decided_by"], "image-config", "{r}");
+    assert!(!root.join("ostree/unistore-staging").exists());
+    let st = status(root);
+    assert_eq!(st["status"]["storage"]["unified"], "enabled");
+    assert!(check_objects_shared(root, &checkout(root, &st, "booted")) >= 3);
+    assert!(check_shared(root, &img.config_digest) >= 3);
+    let f = fsck_images(root);
+    assert_eq!(f["ok"], true, "{f}");
+    assert!(
+        !notes(image_report(&f, &img.manifest_digest)).contains("pending"),
+        "{f}"
+    );
+    ostree_fsck(root);
+}

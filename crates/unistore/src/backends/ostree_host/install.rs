@@ -132,8 +132,20 @@ async fn install_inner(
         UnifiedMode::Disabled => Source::Staging,
         m => Source::Host(Some(m)),
     };
-    let staged =
+    let mut staged =
         staging::pull(sysroot, &opts.source, &opts.fetch, source, progress.clone()).await?;
+    // Neither `--unified` nor the host decided: the image's own install
+    // config may ask for unified storage.
+    let (unified, probe) = match probe {
+        Some(p) => (unified, Some(p)),
+        None => match image_unified(&staged)? {
+            Some(m) => {
+                let p = adopt_staging(sysroot, &mut staged, &opts.source, m, &progress).await?;
+                (m, Some((p, "image-config")))
+            }
+            None => (unified, None),
+        },
+    };
     let kernel = bootloader::find_kernel(&staged.fs)?;
     let mut kargs = install_config::image_kargs(&staged.fs, &staged.repo, &staged.architecture)
         .context("reading the image's kernel arguments")?;
@@ -234,6 +246,74 @@ async fn install_inner(
         unified: unified_summary,
         deployment_files: files,
     })
+}
+
+/// The unified mode the image's own install config asks for, if any.
+fn image_unified(staged: &staging::Staged) -> Result<Option<UnifiedMode>> {
+    let cfg =
+        install_config::InstallConfig::from_image(&staged.fs, &staged.repo, &staged.architecture)
+            .context("reading the image's install config")?;
+    Ok(cfg.unified.filter(|m| *m != UnifiedMode::Disabled))
+}
+
+/// The image asked for unified storage after it was pulled into the
+/// staging repository: that repository becomes the host's composefs
+/// repository (a rename on the same filesystem), and the image goes into
+/// the host containers-storage from it, as a unified pull would have put it.
+async fn adopt_staging(
+    sysroot: &Sysroot,
+    staged: &mut staging::Staged,
+    image: &crate::imgref::ImageRef,
+    mode: UnifiedMode,
+    progress: &Progress,
+) -> Result<crate::reflink::ReflinkProbe> {
+    let probe = crate::unified::probe_reflinks(sysroot)?;
+    mode.require_reflinks(&probe, sysroot.path())?;
+    let policy = mode
+        .policy()
+        .ok_or_else(|| anyhow!("unified mode {mode} has no policy"))?;
+    progress::step(
+        progress,
+        format!("The image's install config asks for unified storage ({mode})"),
+    );
+    let dir = sysroot.dir();
+    if dir.try_exists(crate::sysroot::COMPOSEFS_DIR)? {
+        bail!(
+            "{} already has a composefs repository",
+            sysroot.path().display()
+        );
+    }
+    dir.rename(staging::STAGING_DIR, dir, crate::sysroot::COMPOSEFS_DIR)
+        .context("making the staging repository the host's composefs repository")?;
+    staged.source = Source::Host(Some(mode));
+    let registry = (staged.composefs_digest != staged.manifest_digest).then(|| {
+        crate::stores::composefs_repo::RegistryManifest {
+            digest: staged.manifest_digest.clone(),
+            bytes: staged.manifest_json.clone().into_bytes(),
+        }
+    });
+    if let Some(r) = &registry {
+        composefs_oci::oci_image::tag_image(
+            staged.repo.as_ref(),
+            &staged.composefs_digest.parse()?,
+            &crate::stores::composefs_repo::bootc_tag(&r.digest),
+        )?;
+    }
+    crate::stores::containers_storage::ensure_ostree_layout(sysroot)?;
+    let r = crate::unified::import_into_store(
+        sysroot,
+        &staged.repo,
+        &staged.composefs_digest,
+        Some(image),
+        crate::unified::NameRule::Take,
+        policy,
+        &probe,
+        progress,
+        registry.as_ref(),
+    )
+    .await?;
+    progress::step(progress, crate::unified::import_message(mode, &probe, &r));
+    Ok(probe)
 }
 
 /// Fills the stateroot's `var/` with the image's `/var` (libostree 2022.7
