@@ -106,11 +106,10 @@ fn name_str<'n>(name: &'n OsStr, path: &str) -> Result<&'n str> {
 
 struct Walker<'a> {
     ostree: &'a ostree::Repo,
-    cfs: &'a Repo,
     fs: &'a FileSystem<ObjectId>,
-    writer: ContentWriter<'a>,
     leaves: HashMap<usize, String>,
-    /// Checksums of content leaves computed ahead ([`precompute_checksums`]).
+    /// Checksums of content leaves, their objects written ahead
+    /// ([`prepare_content`]).
     precomputed: HashMap<usize, String>,
     dirmetas: HashMap<String, String>,
     libostree_written: u64,
@@ -204,14 +203,10 @@ impl Walker<'_> {
             LeafContent::Regular(
                 RegularFile::External(obj, size) | RegularFile::ExternalNoVerity(obj, size),
             ) => {
-                let f = std::fs::File::from(
-                    self.cfs
-                        .open_object(obj)
-                        .with_context(|| format!("{path}: opening its composefs object"))?,
-                );
-                self.writer
-                    .write_from_object(&meta, &f, *size, self.precomputed.remove(&id))
-                    .with_context(|| format!("{path}: writing its ostree object"))?
+                let _ = (obj, size);
+                self.precomputed
+                    .remove(&id)
+                    .ok_or_else(|| anyhow!("{path}: its ostree object was not written"))?
             }
             LeafContent::Regular(RegularFile::Sparse(size)) => {
                 bail!("{path}: a sparse file of {size} bytes without content cannot be committed")
@@ -243,8 +238,8 @@ impl Walker<'_> {
     }
 }
 
-/// What [`precompute_checksums`] found.
-struct Precomputed {
+/// What [`prepare_content`] did.
+struct Prepared {
     /// Leaf index -> ostree checksum.
     checksums: HashMap<usize, String>,
     /// Files read (their checksum was not cached), and their bytes.
@@ -252,6 +247,11 @@ struct Precomputed {
     bytes_read: u64,
     /// Files whose checksum came from the cache.
     cached: u64,
+    /// How content reached the objects written.
+    tally: Tally,
+    written: u64,
+    reused: u64,
+    reused_shared: u64,
 }
 
 /// The cache key of a leaf with a composefs object.
@@ -266,61 +266,115 @@ fn leaf_key(obj: &ObjectId, st: &Stat) -> String {
     )
 }
 
-/// The ostree checksums of every leaf whose content is a composefs object:
-/// from the cache when it knows the object with that metadata (and the
-/// repository still has the ostree object), else computed on all CPUs:
-/// reading and hashing the content is most of a commit's time, and each
-/// checksum is independent (libostree's `checksum_file_from_input`, one
-/// stream per file and thread). New checksums go into the cache.
-fn precompute_checksums(
+/// The leaves the commit keeps: everything but what lies below the
+/// top-level directories it keeps empty.
+fn kept_leaves(fs: &FileSystem<ObjectId>) -> std::collections::HashSet<usize> {
+    fn walk(d: &Directory<ObjectId>, out: &mut std::collections::HashSet<usize>) {
+        for (_, inode) in d.entries() {
+            match inode {
+                Inode::Directory(sub) => walk(sub, out),
+                Inode::Leaf(id, _) => {
+                    out.insert(id.0);
+                }
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    for (name, inode) in fs.root.entries() {
+        match inode {
+            Inode::Directory(d) if !EMPTIED.iter().any(|e| OsStr::new(e) == name) => {
+                walk(d, &mut out)
+            }
+            Inode::Directory(_) => {}
+            Inode::Leaf(id, _) => {
+                out.insert(id.0);
+            }
+        }
+    }
+    out
+}
+
+/// The ostree content object of every kept leaf whose content is a
+/// composefs object, written on all CPUs before the tree is built (each is
+/// independent: reading and hashing the content, then an `O_TMPFILE`
+/// reflink, is most of a commit's time). Checksums come from the cache when
+/// it knows the object with that metadata and the repository still has the
+/// ostree object (then nothing is read, and with `share_reused` the object
+/// is only made to share the composefs object's extents); otherwise they
+/// are computed (`ContentWriter::checksum`) and go into the cache.
+fn prepare_content(
     cfs: &Repo,
     fs: &FileSystem<ObjectId>,
     repo_dir: &Dir,
     cache: &mut ChecksumCache,
-) -> Result<Precomputed> {
-    let mut map = HashMap::new();
-    let mut cached = 0;
-    let mut work: Vec<(usize, &ObjectId, u64, String)> = vec![];
+    share_reused: bool,
+) -> Result<Prepared> {
+    let kept = kept_leaves(fs);
+    let mut work: Vec<(usize, &ObjectId, u64, String, Option<String>)> = vec![];
     for (i, l) in fs.leaves.iter().enumerate() {
+        if !kept.contains(&i) {
+            continue;
+        }
         if let LeafContent::Regular(
             RegularFile::External(o, size) | RegularFile::ExternalNoVerity(o, size),
         ) = &l.content
         {
             let k = leaf_key(o, &l.stat);
-            match cache.lookup(repo_dir, &k) {
-                Some(c) => {
-                    map.insert(i, c);
-                    cached += 1;
-                }
-                None => work.push((i, o, *size, k)),
-            }
+            let known = cache.lookup(repo_dir, &k);
+            work.push((i, o, *size, k, known));
         }
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Result<Vec<(usize, String)>>> = std::thread::scope(|s| {
+    type Out = (Vec<(usize, String)>, Tally, u64, u64, u64);
+    let results: Vec<Result<Out>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                s.spawn(|| {
+                s.spawn(|| -> Result<Out> {
                     let mut out = vec![];
+                    let mut writer = ContentWriter::new(repo_dir);
+                    writer.share_reused = share_reused;
                     loop {
                         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(i, obj, size, _)) = work.get(k) else {
+                        let Some((i, obj, size, _, known)) = work.get(k) else {
                             break;
                         };
-                        let st = &fs.leaves[i].stat;
+                        if let Some(c) = known
+                            && !share_reused
+                        {
+                            writer.reused += 1;
+                            out.push((*i, c.clone()));
+                            continue;
+                        }
+                        let st = &fs.leaves[*i].stat;
                         let meta = FileMeta {
                             uid: st.st_uid,
                             gid: st.st_gid,
                             mode: (st.st_mode & 0o7777) | libc::S_IFREG,
                             xattrs: &st.xattrs,
                         };
-                        let f = std::fs::File::from(cfs.open_object(obj)?);
-                        out.push((i, ContentWriter::checksum(&meta, &f, size)?));
+                        let f = std::fs::File::from(cfs.open_object(obj).with_context(|| {
+                            use composefs::fsverity::FsVerityHashValue;
+                            format!("opening composefs object {}", obj.to_hex())
+                        })?);
+                        let c = match known {
+                            Some(c) => c.clone(),
+                            None => ContentWriter::checksum(&meta, &f, *size)?,
+                        };
+                        let c = writer
+                            .write_from_object(&meta, &f, *size, Some(c))
+                            .context("writing an ostree content object")?;
+                        out.push((*i, c));
                     }
-                    Ok(out)
+                    Ok((
+                        out,
+                        writer.tally,
+                        writer.written,
+                        writer.reused,
+                        writer.reused_shared,
+                    ))
                 })
             })
             .collect();
@@ -328,26 +382,38 @@ fn precompute_checksums(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a checksum thread panicked")))
+                    .unwrap_or_else(|_| Err(anyhow!("a content object thread panicked")))
             })
             .collect()
     });
+    let mut p = Prepared {
+        checksums: HashMap::with_capacity(work.len()),
+        files_read: 0,
+        bytes_read: 0,
+        cached: 0,
+        tally: Tally::default(),
+        written: 0,
+        reused: 0,
+        reused_shared: 0,
+    };
     for r in results {
-        map.extend(r?);
+        let (out, tally, written, reused, shared) = r?;
+        p.checksums.extend(out);
+        p.tally.merge(&tally);
+        p.written += written;
+        p.reused += reused;
+        p.reused_shared += shared;
     }
-    let mut bytes_read = 0;
-    for (i, _, size, k) in &work {
-        if let Some(c) = map.get(i) {
-            cache.insert(k.clone(), c.clone());
+    for (i, _, size, k, known) in work {
+        if known.is_some() {
+            p.cached += 1;
+        } else if let Some(c) = p.checksums.get(&i) {
+            cache.insert(k, c.clone());
+            p.files_read += 1;
+            p.bytes_read += size;
         }
-        bytes_read += size;
     }
-    Ok(Precomputed {
-        checksums: map,
-        files_read: work.len() as u64,
-        bytes_read,
-        cached,
-    })
+    Ok(p)
 }
 
 /// Counts the entries below `d` (recursively).
@@ -400,18 +466,19 @@ fn write_tree(
     c: &ImageCommit<'_>,
     cache: &mut ChecksumCache,
 ) -> Result<Imported> {
-    let pre = precompute_checksums(cfs, fs, repo_dir, cache)?;
+    let t0 = std::time::Instant::now();
+    let mut pre = prepare_content(cfs, fs, repo_dir, cache, c.composefs_manifest.is_some())?;
+    tracing::info!(
+        "checksums: {} read, {} cached, {:?}",
+        pre.files_read,
+        pre.cached,
+        t0.elapsed()
+    );
     let mut w = Walker {
         ostree,
-        cfs,
         fs,
-        writer: {
-            let mut w = ContentWriter::new(repo_dir);
-            w.share_reused = c.composefs_manifest.is_some();
-            w
-        },
         leaves: HashMap::new(),
-        precomputed: pre.checksums,
+        precomputed: std::mem::take(&mut pre.checksums),
         dirmetas: HashMap::new(),
         libostree_written: 0,
     };
@@ -496,6 +563,7 @@ fn write_tree(
             w.dir(var, &mt, "/var")?;
         }
     }
+    tracing::debug!("tree walk: {:?}", t0.elapsed());
     let tree = ostree
         .write_mtree(&root, gio::Cancellable::NONE)
         .map_err(glib_err("writing the tree"))?;
@@ -524,13 +592,14 @@ fn write_tree(
         )
         .map_err(glib_err("writing the commit"))?
         .to_string();
+    tracing::debug!("tree and commit written: {:?}", t0.elapsed());
     Ok(Imported {
         checksum,
         synthesized: c.composefs_manifest.is_some(),
-        content: w.writer.tally,
-        objects_written: w.writer.written,
-        objects_reused: w.writer.reused,
-        objects_reused_shared: w.writer.reused_shared,
+        content: pre.tally,
+        objects_written: pre.written,
+        objects_reused: pre.reused,
+        objects_reused_shared: pre.reused_shared,
         small_objects: w.libostree_written,
         files_read: pre.files_read,
         bytes_read: pre.bytes_read,

@@ -69,6 +69,28 @@ pub fn file_info(meta: &FileMeta<'_>, size: u64, symlink_target: Option<&str>) -
     info
 }
 
+/// The bytes libostree puts before a regular file's content, in its
+/// content stream and its checksum alike: the size-prefixed `(uuuus
+/// a(ayay))` header. Taken from libostree (`raw_file_to_content_stream` of
+/// an empty input), so the format is libostree's, not reimplemented.
+pub fn file_header(meta: &FileMeta<'_>, size: u64) -> Result<Vec<u8>> {
+    use gio::prelude::InputStreamExtManual;
+    let empty = gio::MemoryInputStream::new();
+    let (stream, len) = ostree::raw_file_to_content_stream(
+        &empty,
+        &file_info(meta, size, None),
+        Some(&xattrs_variant(meta.xattrs)),
+        gio::Cancellable::NONE,
+    )
+    .map_err(|e| anyhow::anyhow!("building an ostree file header: {e}"))?;
+    let mut out = vec![0u8; len as usize];
+    let (n, _) = stream
+        .read_all(&mut out, gio::Cancellable::NONE)
+        .map_err(|e| anyhow::anyhow!("reading an ostree file header: {e}"))?;
+    out.truncate(n);
+    Ok(out)
+}
+
 /// Relative path of a content object below the repository.
 pub fn object_path(checksum: &str) -> String {
     format!("objects/{}/{}.file", &checksum[..2], &checksum[2..])
@@ -105,8 +127,34 @@ impl<'r> ContentWriter<'r> {
     }
 
     /// The checksum libostree gives a regular file with `meta` and the
-    /// content of `src` (read from its start).
+    /// content of `src` (read from offset 0, whatever the file's offset): SHA-256 over libostree's
+    /// file header (serialized by libostree itself,
+    /// [`file_header`]) and the content, hashed with the `sha2` crate (which
+    /// uses the CPU's SHA extensions; GLib's checksum does not). The unit
+    /// tests check it against libostree's `checksum_file_from_input`.
     pub fn checksum(meta: &FileMeta<'_>, src: &File, size: u64) -> Result<String> {
+        use sha2::Digest;
+        use std::os::unix::fs::FileExt;
+        let mut h = sha2::Sha256::new();
+        h.update(file_header(meta, size)?);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut off = 0u64;
+        while off < size {
+            let want = buf.len().min((size - off) as usize);
+            let n = src
+                .read_at(&mut buf[..want], off)
+                .context("reading a file to checksum")?;
+            if n == 0 {
+                anyhow::bail!("the file ended {} bytes before its size", size - off);
+            }
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// [`Self::checksum`] computed by libostree alone (for tests).
+    pub fn checksum_by_libostree(meta: &FileMeta<'_>, src: &File, size: u64) -> Result<String> {
         let dup = src.try_clone().context("duplicating a file descriptor")?;
         // SAFETY: the stream owns the duplicated descriptor and closes it.
         let stream = unsafe { gio::UnixInputStream::take_fd(dup) };
@@ -224,6 +272,41 @@ mod tests {
         let back: Vec<(Vec<u8>, Vec<u8>)> = v.get().unwrap();
         assert_eq!(back[0].0, b"security.capability\0");
         assert_eq!(back[1].0, b"user.b\0");
+    }
+
+    /// The header + `sha2` checksum is libostree's, for files with and
+    /// without xattrs, set-id bits, other owners, empty and multi-chunk.
+    #[test]
+    fn checksums_match_libostree() {
+        use std::io::{Seek, Write};
+        let mut caps: BTreeMap<Box<OsStr>, Box<[u8]>> = BTreeMap::new();
+        caps.insert(
+            OsStr::new("security.capability").into(),
+            vec![1, 0, 0, 2, 0, 32, 0, 0].into(),
+        );
+        caps.insert(OsStr::new("user.x").into(), b"y".to_vec().into());
+        let none = BTreeMap::new();
+        for (len, uid, gid, mode, x) in [
+            (0usize, 0, 0, 0o100644, &none),
+            (1, 0, 0, 0o100644, &none),
+            (70_000, 1000, 100, 0o104755, &caps),
+            (600_000, 0, 0, 0o100600, &none),
+        ] {
+            let mut f = tempfile::tempfile().unwrap();
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            f.write_all(&data).unwrap();
+            let meta = FileMeta {
+                uid,
+                gid,
+                mode,
+                xattrs: x,
+            };
+            f.rewind().unwrap();
+            let ours = ContentWriter::checksum(&meta, &f, len as u64).unwrap();
+            f.rewind().unwrap();
+            let theirs = ContentWriter::checksum_by_libostree(&meta, &f, len as u64).unwrap();
+            assert_eq!(ours, theirs, "len {len} mode {mode:o}");
+        }
     }
 
     #[test]
