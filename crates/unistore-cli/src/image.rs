@@ -67,7 +67,7 @@ pub async fn run(sysroot: &Sysroot, cmd: ImageCmd) -> Result<()> {
                 } else {
                     UnifiedMode::Enabled
                 },
-                registries_conf: crate::fetch_config().registries_conf,
+                fetch: crate::fetch_config(),
             };
             let p = progress::reporter();
             let backend = unistore::backends::detect(sysroot)?;

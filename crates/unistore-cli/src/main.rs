@@ -354,6 +354,7 @@ pub(crate) fn fetch_config() -> unistore::stores::composefs_repo::FetchConfig {
         authfile: authfile(),
         signature_policy: SIGPOLICY.get().and_then(|(p, _)| p.clone()),
         enforce_sigpolicy: SIGPOLICY.get().is_some_and(|(_, e)| *e),
+        no_boot_image: false,
     }
 }
 

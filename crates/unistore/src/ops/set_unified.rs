@@ -41,8 +41,9 @@ pub struct SetUnifiedOpts {
     pub target: Target,
     /// `enabled` (reflinks required) or `enabled-with-copy`.
     pub mode: UnifiedMode,
-    /// Registry settings, passed to podman and skopeo.
-    pub registries_conf: Option<std::path::PathBuf>,
+    /// How to reach registries (ostree hosts pull live images that are not
+    /// in composefs yet).
+    pub fetch: composefs_repo::FetchConfig,
 }
 
 /// One live image and its role.

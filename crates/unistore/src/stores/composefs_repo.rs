@@ -88,7 +88,8 @@ pub struct Pulled {
     pub manifest_digest: String,
     /// `sha256:...` of the config.
     pub config_digest: String,
-    /// Hex id of the boot EROFS image (the deployment id).
+    /// Hex id of the boot EROFS image (the deployment id); empty when
+    /// [`FetchConfig::no_boot_image`].
     pub boot_image_id: String,
     /// Bytes and objects stored, as composefs-oci counted them.
     pub stats: composefs_oci::ImportStats,
@@ -138,6 +139,9 @@ pub struct FetchConfig {
     /// Refuse a policy that accepts anything, and images the policy
     /// rejects, before writing (`--enforce-container-sigpolicy`).
     pub enforce_sigpolicy: bool,
+    /// Skip the boot EROFS image (ostree hosts boot from their ostree
+    /// deployments; the composefs repository only backs their objects).
+    pub no_boot_image: bool,
 }
 
 impl FetchConfig {
@@ -283,7 +287,7 @@ async fn pull_as_is(
     };
     let opts = PullOptions {
         progress: Some(progress),
-        bootable: true,
+        bootable: !fetch.no_boot_image,
         local_fetch,
         storage_root: store_root.as_deref(),
         img_proxy_config: fetch.proxy_config(),
@@ -292,7 +296,7 @@ async fn pull_as_is(
     let result = composefs_oci::pull(repo, &spec, None, opts)
         .await
         .with_context(|| format!("pulling {spec}"))?;
-    finish_pull(repo, result)
+    finish_pull(repo, result, !fetch.no_boot_image)
 }
 
 /// Boot image, `localhost/bootc-<digest>` tag and sync after a composefs-oci
@@ -300,21 +304,27 @@ async fn pull_as_is(
 pub fn finish_pull(
     repo: &Arc<Repo>,
     result: composefs_oci::PullResult<ObjectId>,
+    boot_image: bool,
 ) -> Result<Pulled> {
     let manifest_digest = result.manifest_digest.to_string();
     let digest: OciDigest = result.manifest_digest.clone();
     // The verity composefs-oci returns can be stale: re-resolve through the
     // manifest digest, which is what the tag points at.
-    let boot_id = composefs_oci::boot::boot_image(repo, &digest)?
-        .map(Ok)
-        .unwrap_or_else(|| {
-            composefs_oci::generate_boot_image(
-                repo,
-                &digest,
-                &composefs::generic_tree::OciTransformOptions::default(),
-            )
-        })
-        .context("generating the boot EROFS image")?;
+    let boot_id = if boot_image {
+        composefs_oci::boot::boot_image(repo, &digest)?
+            .map(Ok)
+            .unwrap_or_else(|| {
+                composefs_oci::generate_boot_image(
+                    repo,
+                    &digest,
+                    &composefs::generic_tree::OciTransformOptions::default(),
+                )
+            })
+            .context("generating the boot EROFS image")?
+            .to_hex()
+    } else {
+        String::new()
+    };
     composefs_oci::oci_image::tag_image(repo.as_ref(), &digest, &bootc_tag(&manifest_digest))
         .context("tagging the image")?;
     repo.sync().context("syncing the repository")?;
@@ -322,7 +332,7 @@ pub fn finish_pull(
         registry: None,
         manifest_digest,
         config_digest: result.config_digest.to_string(),
-        boot_image_id: boot_id.to_hex(),
+        boot_image_id: boot_id,
         stats: result.stats,
     })
 }

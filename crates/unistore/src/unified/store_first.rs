@@ -321,14 +321,14 @@ pub(super) async fn fetch_store_first(
         PullOptions {
             local_fetch,
             storage_root: Some(&store),
-            bootable: true,
+            bootable: !fetch.no_boot_image,
             progress: Some(progress.clone()),
             ..Default::default()
         },
     )
     .await
     .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
-    let mut pulled = composefs_repo::finish_pull(repo, result)?;
+    let mut pulled = composefs_repo::finish_pull(repo, result, !fetch.no_boot_image)?;
     // composefs-oci counted the layers imported above as already present.
     let n = done.len() as u64;
     pulled.stats.layers_already_present = pulled.stats.layers_already_present.saturating_sub(n);

@@ -144,6 +144,7 @@ pub async fn upgrade(
             )
             .map_err(|e| anyhow!("deploying commit {}: {e}", imported.checksum))?;
         crashpoint::hit("ostree-upgrade:after-deploy");
+        progress::step(&progress, "Writing the boot entries");
         os.simple_write_deployment(
             Some(&stateroot),
             &new,
@@ -156,6 +157,7 @@ pub async fn upgrade(
     };
     crashpoint::hit("ostree-upgrade:after-write");
     drop(_lock);
+    progress::step(&progress, "Collecting garbage");
     let gc = super::gc::run(sysroot, GcOpts::default())?;
     let (image, deployment_id) = (target.to_string(), name(&new));
     let gc = Some(Box::new(gc));

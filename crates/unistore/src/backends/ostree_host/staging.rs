@@ -75,6 +75,11 @@ pub async fn pull(
 ) -> Result<Staged> {
     remove(sysroot)?;
     sysroot.dir().create_dir_all("ostree")?;
+    // An ostree host boots from its deployments: no boot EROFS image.
+    let fetch = &FetchConfig {
+        no_boot_image: true,
+        ..fetch.clone()
+    };
     let (repo, pulled) = match source {
         Source::Staging => {
             let (repo, _) = composefs_repo::init_at(sysroot, STAGING_DIR)?;

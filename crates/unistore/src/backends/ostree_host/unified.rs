@@ -385,8 +385,8 @@ pub async fn set_unified(
     containers_storage::ensure_ostree_layout(sysroot)?;
     let (cfs, _) = composefs_repo::init(sysroot)?;
     let fetch = FetchConfig {
-        registries_conf: opts.registries_conf.clone(),
-        ..Default::default()
+        no_boot_image: true,
+        ..opts.fetch.clone()
     };
     let mut cache = ChecksumCache::load(sysroot);
     let mut reports = vec![];

@@ -468,8 +468,8 @@ fn write_tree(
 ) -> Result<Imported> {
     let t0 = std::time::Instant::now();
     let mut pre = prepare_content(cfs, fs, repo_dir, cache, c.composefs_manifest.is_some())?;
-    tracing::info!(
-        "checksums: {} read, {} cached, {:?}",
+    tracing::debug!(
+        "content objects: {} files read, {} checksums cached, {:?}",
         pre.files_read,
         pre.cached,
         t0.elapsed()
