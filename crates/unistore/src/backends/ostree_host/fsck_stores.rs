@@ -23,7 +23,9 @@ use composefs::fsverity::FsVerityHashValue;
 use std::os::unix::fs::MetadataExt;
 
 use super::unified::{Walk, composefs_digest_of, has_composefs, walk_objects};
-use crate::ops::fsck::{Binding, FsckOpts, ImageReport, check_image_sharing, write_into_store};
+use crate::ops::fsck::{
+    Binding, FsckOpts, ImageReport, check_composefs_image, check_image_sharing, write_into_store,
+};
 use crate::reflink::Policy;
 use crate::stores::composefs_repo::{self, ObjectId, Repo};
 use crate::stores::containers_storage::{self, writer::WriteOptions};
@@ -108,7 +110,22 @@ pub fn check(
             }
             continue;
         };
-        r.in_composefs = true;
+        // The image in composefs; objects restored from the ostree objects
+        // the cache pairs them with, or from the store.
+        let repo_path = sysroot.join(REPO_DIR);
+        let sources = |id: &ObjectId| -> Vec<std::path::PathBuf> {
+            let prefix = format!("{}:", id.to_hex());
+            cache
+                .entries()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, c)| repo_path.join(object_path(c)))
+                .filter(|p| p.is_file())
+                .collect()
+        };
+        r.in_composefs = check_composefs_image(sysroot, cfs, &m, opts, sources, r);
+        if !r.in_composefs {
+            continue;
+        }
         if classic {
             r.notes.push(pending_note(r, booted));
         }

@@ -598,3 +598,68 @@ fn note_sharing(c: &SharingCheck, opts: FsckOpts, r: &mut ImageReport) {
         ));
     }
 }
+
+/// The image `manifest_digest` in the composefs repository of a host that
+/// keeps it beside other stores (an ostree host): checked, and with
+/// `opts.repair` each missing or damaged object restored from the first of
+/// `sources(object)` (files that may hold its content, such as ostree
+/// objects) or the store that holds it; the digest decides
+/// ([`restore_object`]). Problems left go to `r.issues`. Returns whether
+/// the image is whole.
+pub(crate) fn check_composefs_image(
+    sysroot: &Sysroot,
+    repo: &Repo,
+    manifest_digest: &str,
+    opts: FsckOpts,
+    sources: impl Fn(&composefs_repo::ObjectId) -> Vec<PathBuf>,
+    r: &mut ImageReport,
+) -> bool {
+    let objects = sysroot.join(COMPOSEFS_DIR).join("objects");
+    // No boot EROFS images: the host boots from its other store.
+    let check = || check_composefs(repo, &objects, manifest_digest, &[], opts.verify_content);
+    let mut c = check();
+    if opts.repair && !c.bad_objects.is_empty() {
+        let store = read_store(&sysroot.join(HOST_STORAGE_DIR)).ok().flatten();
+        for bad in &c.bad_objects {
+            let mut candidates = sources(&bad.id);
+            candidates.extend(store.as_ref().and_then(|s| find_in_store(s, bad)));
+            let done = candidates.iter().find_map(|src| {
+                restore_object(sysroot, repo, &bad.id, src)
+                    .ok()
+                    .map(|rl| (src, rl))
+            });
+            match done {
+                Some((src, reflinked)) => {
+                    r.repaired = true;
+                    r.repairs.push(format!(
+                        "composefs: restored object objects/{} (/{}) from {} ({})",
+                        bad.id.to_object_pathname(),
+                        String::from_utf8_lossy(&bad.path),
+                        src.display(),
+                        if reflinked { "reflinked" } else { "copied" }
+                    ));
+                }
+                None => r.issues.push(format!(
+                    "composefs: could not restore object objects/{}: no other store holds its content",
+                    bad.id.to_object_pathname()
+                )),
+            }
+        }
+        c = check();
+    }
+    for p in &c.problems {
+        r.issues.push(format!("composefs: {p}"));
+    }
+    for b in &c.bad_objects {
+        r.issues.push(format!(
+            "composefs: {}{}",
+            b.describe(),
+            if opts.repair {
+                ""
+            } else {
+                " (`--repair` restores it from ostree or the store)"
+            }
+        ));
+    }
+    c.ok()
+}
