@@ -18,6 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::stores::image_report;
 use common::*;
 use serde_json::Value;
 use unistore_fixtures::env::{FsKind, LoopFs, podman_env, shared_extents, unmount_all_under};
@@ -252,15 +253,6 @@ fn object_of(root: &Path, file: &Path) -> PathBuf {
         .into_iter()
         .find(|o| sha256_file(o) == want)
         .unwrap_or_else(|| panic!("no object holds {}", file.display()))
-}
-
-fn image_report<'a>(r: &'a Value, digest: &str) -> &'a Value {
-    r["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["manifestDigest"] == digest)
-        .unwrap_or_else(|| panic!("{digest} not in the report: {r:#}"))
 }
 
 /// `podman rmi` of the booted image, `fsck images` fails and changes

@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::ostree::*;
 use common::*;
 use serde_json::Value;
 use unistore_fixtures::env::{FsKind, LoopFs, Registry};
@@ -43,79 +44,10 @@ fn setup(kind: FsKind, mib: u64, tag: &str) -> Setup {
     Setup { fs, work, oci, v1 }
 }
 
-fn install_cmd(root: &Path, src: &str, reg: Option<&Registry>) -> Command {
-    let mut c = unistore();
-    if let Some(r) = reg {
-        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
-    }
-    c.args([
-        "install",
-        "to-filesystem",
-        "--backend",
-        "ostree",
-        "--json",
-        "--source-imgref",
-        src,
-    ])
-    .arg(root);
-    c
-}
-
-fn cmd(root: &Path, reg: Option<&Registry>) -> Command {
-    let mut c = unistore();
-    if let Some(r) = reg {
-        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
-    }
-    c.arg("--sysroot").arg(root);
-    c
-}
-
-fn status(root: &Path) -> Value {
-    serde_json::from_str(&run_ok(cmd(root, None).args(["status", "--json"]))).unwrap()
-}
-
-/// The real `ostree fsck` must pass.
-fn ostree_fsck(root: &Path) {
-    let out = Command::new("ostree")
-        .arg(format!("--repo={}", root.join("ostree/repo").display()))
-        .arg("fsck")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ostree fsck failed: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("no errors found"), "{text}");
-}
-
-/// `ostree admin status` lines `<stateroot> <commit>.<serial>`.
-fn admin_status(root: &Path) -> String {
-    let out = Command::new("ostree")
-        .args(["admin", "status"])
-        .arg(format!("--sysroot={}", root.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn digest(st: &Value, which: &str) -> Option<String> {
     st["status"][which]["image"]["imageDigest"]
         .as_str()
         .map(str::to_string)
-}
-
-fn checksum(st: &Value, which: &str) -> String {
-    st["status"][which]["ostree"]["checksum"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// Checks an installed ostree host; returns the booted commit.
@@ -222,7 +154,7 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     } = setup(FsKind::Xfs, 1536, "os");
     let root = fs.path();
     let src = format!("oci:{}:os", oci.display());
-    let r: Value = serde_json::from_str(&run_ok(&mut install_cmd(root, &src, None))).unwrap();
+    let r: Value = serde_json::from_str(&run_ok(&mut install_cmd(root, &src, None, &[]))).unwrap();
     assert_eq!(r["manifest_digest"], v1.manifest_digest.as_str());
     let c1 = check_host(root, &v1, &format!("{}:os", oci.display()), "oci");
     assert_eq!(r["deployment_id"], format!("{c1}.0"));
@@ -243,7 +175,7 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     run_ok(cmd(root, None).args(["image", "list"]));
     assert_snapshots_equal(&before, &snapshot(root), "status/fsck/image list");
     run_fails(
-        &mut install_cmd(root, &src, None),
+        &mut install_cmd(root, &src, None, &[]),
         "already holds a deployment",
     );
     assert_snapshots_equal(&before, &snapshot(root), "a second install");
@@ -433,7 +365,7 @@ fn ostree_install_from_registry_and_oci_on_ext4_and_xfs_gives_the_same_commit() 
         (FsKind::Xfs, &layout),
     ] {
         let fs = LoopFs::new(kind, 1024).unwrap();
-        run_ok(&mut install_cmd(fs.path(), src, Some(&reg)));
+        run_ok(&mut install_cmd(fs.path(), src, Some(&reg), &[]));
         let (name, transport) = match src.strip_prefix("docker://") {
             Some(n) => (n.to_string(), "registry"),
             None => (src.trim_start_matches("oci:").to_string(), "oci"),
@@ -482,7 +414,7 @@ fn ostree_full_disk_is_a_clear_error_and_leaves_nothing() {
         build_test_image(&oci, "v1", &opts).unwrap();
         let before = snapshot(fs.path());
         run_fails(
-            &mut install_cmd(fs.path(), &format!("oci:{}:v1", oci.display()), None),
+            &mut install_cmd(fs.path(), &format!("oci:{}:v1", oci.display()), None, &[]),
             "space",
         );
         assert_snapshots_equal(
@@ -504,7 +436,7 @@ fn ostree_bad_inputs_leave_root_unchanged() {
     let root = fs.path();
     let before = snapshot(root);
     let install = |src: &str, needle: &str| {
-        run_fails(&mut install_cmd(root, src, None), needle);
+        run_fails(&mut install_cmd(root, src, None, &[]), needle);
         assert_snapshots_equal(&before, &snapshot(root), src);
     };
     install("ftp:/nowhere", "unknown transport");
@@ -529,7 +461,7 @@ fn ostree_bad_inputs_leave_root_unchanged() {
 
     unistore_fixtures::image::add_hostile_layer(&oci, "v1", "hostile", "../../escape").unwrap();
     run_fails(
-        &mut install_cmd(root, &format!("oci:{}:hostile", oci.display()), None),
+        &mut install_cmd(root, &format!("oci:{}:hostile", oci.display()), None, &[]),
         "",
     );
     assert_snapshots_equal(&before, &snapshot(root), "hostile tar path");
@@ -598,6 +530,7 @@ fn ostree_bad_inputs_leave_root_unchanged() {
         root,
         &format!("oci:{}:devnull", oci.display()),
         None,
+        &[],
     ));
     assert!(out.status.success());
     assert!(
@@ -621,7 +554,12 @@ fn ostree_bad_inputs_leave_root_unchanged() {
     );
     let before = snapshot(other.path());
     run_fails(
-        &mut install_cmd(other.path(), &format!("oci:{}:v1", oci.display()), None),
+        &mut install_cmd(
+            other.path(),
+            &format!("oci:{}:v1", oci.display()),
+            None,
+            &[],
+        ),
         "not bare",
     );
     assert_snapshots_equal(&before, &snapshot(other.path()), "archive repo");
@@ -645,7 +583,7 @@ fn ostree_kills_leave_the_old_deployment_booting() {
         "ostree-install:after-commit",
         "ostree-install:after-deploy",
     ] {
-        run_killed(install_cmd(root, &src, None), point);
+        run_killed(install_cmd(root, &src, None, &[]), point);
         assert!(
             !root
                 .join("boot/loader/entries/ostree-1-default.conf")
@@ -653,7 +591,7 @@ fn ostree_kills_leave_the_old_deployment_booting() {
             "{point}"
         );
     }
-    run_ok(&mut install_cmd(root, &src, None));
+    run_ok(&mut install_cmd(root, &src, None, &[]));
     let c1 = check_host(root, &v1, &format!("{}:os", oci.display()), "oci");
 
     let v2 = image(&oci, "os", 2);

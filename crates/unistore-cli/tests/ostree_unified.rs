@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::ostree::*;
 use common::stores::*;
 use common::*;
 use composefs::fsverity::{FsVerityHashValue, Sha512HashValue, compute_verity};
@@ -18,45 +19,6 @@ use unistore_fixtures::env::{FsKind, LoopFs, Registry, shared_extents};
 
 fn json(cmd: &mut Command) -> Value {
     serde_json::from_str(&run_ok(cmd)).unwrap()
-}
-
-fn cmd(root: &Path, reg: Option<&Registry>) -> Command {
-    let mut c = unistore();
-    if let Some(r) = reg {
-        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
-    }
-    c.arg("--sysroot").arg(root);
-    c
-}
-
-fn install_cmd(root: &Path, reg: Option<&Registry>, src: &str, extra: &[&str]) -> Command {
-    let mut c = unistore();
-    if let Some(r) = reg {
-        c.env("CONTAINERS_REGISTRIES_CONF", r.registries_conf());
-    }
-    c.args([
-        "install",
-        "to-filesystem",
-        "--backend",
-        "ostree",
-        "--json",
-        "--source-imgref",
-        src,
-    ])
-    .args(extra)
-    .arg(root);
-    c
-}
-
-fn status(root: &Path) -> Value {
-    json(cmd(root, None).args(["status", "--json"]))
-}
-
-fn checksum(st: &Value, which: &str) -> String {
-    st["status"][which]["ostree"]["checksum"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {which} deployment: {st}"))
-        .to_string()
 }
 
 /// The checkout of the `which` deployment.
@@ -70,44 +32,10 @@ fn checkout(root: &Path, st: &Value, which: &str) -> PathBuf {
     ))
 }
 
-/// The real `ostree fsck` must pass.
-fn ostree_fsck(root: &Path) {
-    let out = Command::new("ostree")
-        .arg(format!("--repo={}", root.join("ostree/repo").display()))
-        .arg("fsck")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("no errors found"),
-        "ostree fsck: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn admin_status(root: &Path) -> String {
-    let out = Command::new("ostree")
-        .args(["admin", "status"])
-        .arg(format!("--sysroot={}", root.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn fsck_images(root: &Path) -> Value {
     let out = run(cmd(root, None).args(["internals", "fsck", "images", "--json"]));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("fsck images: {e}: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn image_report<'a>(r: &'a Value, digest: &str) -> &'a Value {
-    r["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["manifestDigest"] == digest)
-        .unwrap_or_else(|| panic!("{digest} not in {r}"))
 }
 
 /// The report of the image the `which` deployment uses.
@@ -182,7 +110,7 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
         .unwrap();
     let fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
     let root = fs.path();
-    run_ok(&mut install_cmd(root, Some(&reg), &src, &[]));
+    run_ok(&mut install_cmd(root, &src, Some(&reg), &[]));
     let st = status(root);
     let classic = checksum(&st, "booted");
     let v1_digest = st["status"]["booted"]["image"]["imageDigest"]
@@ -348,8 +276,8 @@ fn unified_ostree_install_on_xfs_uses_one_copy() {
     let free_before = free_bytes(&fs);
     let r = json(&mut install_cmd(
         root,
-        None,
         &src,
+        None,
         &["--unified", "enabled"],
     ));
     assert_eq!(r["unified"]["mode"], "enabled", "{r}");
@@ -403,8 +331,8 @@ fn unified_ostree_install_on_xfs_uses_one_copy() {
     let fs2 = LoopFs::new(FsKind::Xfs, 2048).unwrap();
     run_ok(&mut install_cmd(
         fs2.path(),
-        None,
         &src,
+        None,
         &["--unified", "enabled"],
     ));
     assert_eq!(checksum(&status(fs2.path()), "booted"), commit);
@@ -421,7 +349,7 @@ fn unified_ostree_install_on_ext4() {
     let root = fs.path();
     let before = snapshot(root);
     let err = run_fails(
-        &mut install_cmd(root, None, &src, &["--unified", "enabled"]),
+        &mut install_cmd(root, &src, None, &["--unified", "enabled"]),
         "reflink",
     );
     assert!(!err.contains("panicked"), "{err}");
@@ -429,8 +357,8 @@ fn unified_ostree_install_on_ext4() {
 
     let r = json(&mut install_cmd(
         root,
-        None,
         &src,
+        None,
         &["--unified", "enabled-with-copy"],
     ));
     let msg = r["unified"]["message"].as_str().unwrap();
@@ -468,7 +396,7 @@ fn ostree_unification_survives_kills() {
     let layout = |tag: &str| format!("oci:{}:latest", work.path().join(tag).display());
     let fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
     let root = fs.path();
-    run_ok(&mut install_cmd(root, None, &layout("v1"), &[]));
+    run_ok(&mut install_cmd(root, &layout("v1"), None, &[]));
     run_ok(cmd(root, None).args(["switch", &layout("v2")]));
     let booted = checksum(&status(root), "booted");
     let full = || {
@@ -542,8 +470,8 @@ fn ostree_fsck_repairs_between_the_three_stores() {
     let root = fs.path();
     run_ok(&mut install_cmd(
         root,
-        None,
         &src,
+        None,
         &["--unified", "enabled"],
     ));
     let objects = root.join("ostree/repo/objects");
@@ -622,7 +550,7 @@ fn image_install_config_makes_an_ostree_host_unified() {
     let src = format!("oci:{}:latest", work.path().join("oci").display());
     let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
     let root = fs.path();
-    let r = json(&mut install_cmd(root, None, &src, &[]));
+    let r = json(&mut install_cmd(root, &src, None, &[]));
     assert_eq!(r["unified"]["decided_by"], "image-config", "{r}");
     assert!(!root.join("ostree/unistore-staging").exists());
     let st = status(root);

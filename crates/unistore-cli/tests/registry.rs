@@ -26,30 +26,8 @@ fn image(dir: &Path, tag: &str, v: u32) -> BuiltImage {
 }
 
 /// `podman run IMAGE cat /usr/lib/os-release` on the host store of `root`.
-fn podman_run_os_release(root: &Path, work: &Path, runroot: &Path, image: &str) -> String {
-    let conf = work.join("podman-conf");
-    let out = Command::new("podman")
-        .envs(unistore_fixtures::env::podman_env(&conf))
-        .arg("--root")
-        .arg(root.join("composefs/bootc/storage"))
-        .arg("--runroot")
-        .arg(runroot)
-        .args([
-            "run",
-            "--rm",
-            "--network=none",
-            image,
-            "cat",
-            "/usr/lib/os-release",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "podman run {image}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+fn podman_run_os_release(root: &Path, _work: &Path, _runroot: &Path, image: &str) -> String {
+    common::stores::Podman::new(root).cat_os_release(image)
 }
 
 fn cmd(reg: &Registry) -> Command {

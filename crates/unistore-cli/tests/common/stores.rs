@@ -243,3 +243,13 @@ pub fn check_space(fs: &LoopFs, free_before: u64, unpacked: u64) {
         "both stores use {stores} bytes for an image of {unpacked} bytes (ratio {ratio:.3})"
     );
 }
+
+/// The `fsck images --json` report of the image with `digest`.
+pub fn image_report<'a>(r: &'a Value, digest: &str) -> &'a Value {
+    r["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["manifestDigest"] == digest)
+        .unwrap_or_else(|| panic!("{digest} not in the report: {r:#}"))
+}

@@ -70,6 +70,24 @@ impl GcReport {
     pub fn bytes_freed(&self) -> u64 {
         self.object_bytes + self.other_bytes
     }
+
+    /// Prunes the host containers-storage to the images of `live` (manifest
+    /// digests in composefs) among those unistore put there, and records
+    /// what went. A dry run decides the same way from the same record and
+    /// JSON, and only reads.
+    pub fn prune_store(&mut self, sysroot: &Sysroot, live: &[String]) -> Result<()> {
+        let pruned = if self.dry_run {
+            crate::unified::preview_prune_store(sysroot, live)?
+        } else {
+            crate::unified::prune_store(sysroot, live)?
+        };
+        self.store_images_removed = pruned.removed;
+        self.store_images_untagged = pruned.untagged;
+        self.store_layers_removed = pruned.layers_removed;
+        self.store_layer_bytes = pruned.layer_bytes;
+        self.store_errors = pruned.errors;
+        Ok(())
+    }
 }
 
 /// What removing `path` frees: allocated bytes, without the extents its
@@ -185,16 +203,7 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     // only those no live deployment uses. A dry run decides the same way
     // from the same record and JSON, and only reads.
     let live: Vec<String> = live_digests.iter().cloned().collect();
-    let pruned = if opts.dry_run {
-        crate::unified::preview_prune_store(sysroot, &live)?
-    } else {
-        crate::unified::prune_store(sysroot, &live)?
-    };
-    report.store_images_removed = pruned.removed;
-    report.store_images_untagged = pruned.untagged;
-    report.store_layers_removed = pruned.layers_removed;
-    report.store_layer_bytes = pruned.layer_bytes;
-    report.store_errors = pruned.errors;
+    report.prune_store(sysroot, &live)?;
     crate::crashpoint::hit("gc:before-repo-gc");
 
     // 5. Repository GC.

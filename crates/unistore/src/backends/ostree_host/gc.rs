@@ -161,16 +161,7 @@ fn collect_composefs(
     }
     live_manifests.sort();
     live_manifests.dedup();
-    let pruned = if report.dry_run {
-        crate::unified::preview_prune_store(sysroot, &live_manifests)?
-    } else {
-        crate::unified::prune_store(sysroot, &live_manifests)?
-    };
-    report.store_images_removed = pruned.removed;
-    report.store_images_untagged = pruned.untagged;
-    report.store_layers_removed = pruned.layers_removed;
-    report.store_layer_bytes = pruned.layer_bytes;
-    report.store_errors = pruned.errors;
+    report.prune_store(sysroot, &live_manifests)?;
     crate::crashpoint::hit("ostree-gc:before-composefs-gc");
     let r = if report.dry_run {
         cfs.gc_dry_run(&[])?
