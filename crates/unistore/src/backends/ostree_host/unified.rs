@@ -286,7 +286,7 @@ pub fn walk_objects(
             None => {
                 out.files_read += 1;
                 let c = ContentWriter::checksum(&meta, &src, *size)?;
-                cache.insert(key, c.clone());
+                cache.insert(key.clone(), c.clone());
                 c
             }
         };
@@ -315,27 +315,34 @@ pub fn walk_objects(
             out.already_shared += 1;
             continue;
         }
-        match share {
+        let shared = match share {
             Some(policy) => {
                 match reflink::share_identical(&src, &dst, policy).with_context(|| {
                     format!("sharing ostree object {csum} with its composefs object")
                 })? {
-                    Method::Reflinked => out.reflinked += 1,
-                    Method::AlreadyShared => out.already_shared += 1,
-                    Method::Copied => {
-                        out.unshared += 1;
-                        out.unshared_bytes += size;
+                    Method::Reflinked => {
+                        out.reflinked += 1;
+                        true
                     }
+                    Method::AlreadyShared => {
+                        out.already_shared += 1;
+                        true
+                    }
+                    Method::Copied => false,
                 }
             }
             None => {
-                if reflink::already_shared(&src, &dst) {
-                    out.already_shared += 1;
-                } else {
-                    out.unshared += 1;
-                    out.unshared_bytes += size;
-                }
+                let s = reflink::already_shared(&src, &dst);
+                out.already_shared += u64::from(s);
+                s
             }
+        };
+        if shared {
+            cache.mark_shared(&key);
+        } else {
+            out.unshared += 1;
+            out.unshared_bytes += size;
+            cache.mark_unshared(&key);
         }
     }
     Ok(out)

@@ -14,7 +14,7 @@
 //! entry's object with its key's metadata and size (and, with
 //! `--verify-content`, recomputes the checksum from the composefs object).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 
 use anyhow::{Context, Result};
@@ -64,12 +64,18 @@ pub fn parse_key(key: &str) -> Option<(&str, u32, u32, u32)> {
 struct CacheFile {
     version: u32,
     entries: HashMap<String, String>,
+    /// Keys whose ostree object was seen sharing its composefs object's
+    /// extents (written by reflink, or deduplicated): a synthesized commit
+    /// need not check them again.
+    #[serde(default)]
+    shared: HashSet<String>,
 }
 
 /// The cache, in memory.
 #[derive(Debug, Default)]
 pub struct ChecksumCache {
     entries: HashMap<String, String>,
+    shared: HashSet<String>,
     dirty: bool,
 }
 
@@ -78,16 +84,16 @@ impl ChecksumCache {
     /// (it is only a cache: the unreadable one is replaced at the next
     /// save).
     pub fn load(sysroot: &Sysroot) -> Self {
-        let entries = sysroot
+        let f = sysroot
             .dir()
             .read(CACHE_FILE)
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
             .filter(|f| f.version == 1)
-            .map(|f| f.entries)
             .unwrap_or_default();
         Self {
-            entries,
+            entries: f.entries,
+            shared: f.shared,
             dirty: false,
         }
     }
@@ -105,6 +111,7 @@ impl ChecksumCache {
                 );
                 Ok(Some(Self {
                     entries: f.entries,
+                    shared: f.shared,
                     dirty: false,
                 }))
             }
@@ -136,15 +143,36 @@ impl ChecksumCache {
 
     /// Forgets `key`.
     pub fn remove(&mut self, key: &str) {
+        self.shared.remove(key);
         self.dirty |= self.entries.remove(key).is_some();
     }
 
     /// Remembers a computed checksum.
     pub fn insert(&mut self, key: String, checksum: String) {
         if self.entries.get(&key) != Some(&checksum) {
+            self.shared.remove(&key);
             self.entries.insert(key, checksum);
             self.dirty = true;
         }
+    }
+
+    /// Whether `key`'s ostree object was seen sharing its composefs
+    /// object's extents.
+    pub fn is_shared(&self, key: &str) -> bool {
+        self.shared.contains(key)
+    }
+
+    /// Records that `key`'s ostree object shares its composefs object's
+    /// extents.
+    pub fn mark_shared(&mut self, key: &str) {
+        if self.entries.contains_key(key) && self.shared.insert(key.to_string()) {
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets that `key`'s object shares (it was seen holding a copy).
+    pub fn mark_unshared(&mut self, key: &str) {
+        self.dirty |= self.shared.remove(key);
     }
 
     /// Every entry.
@@ -168,6 +196,8 @@ impl ChecksumCache {
         let before = self.entries.len();
         self.entries
             .retain(|k, c| keep(k, c) && repo_dir.try_exists(object_path(c)).unwrap_or(false));
+        let entries = &self.entries;
+        self.shared.retain(|k| entries.contains_key(k));
         self.dirty |= self.entries.len() != before;
     }
 
@@ -179,11 +209,13 @@ impl ChecksumCache {
         let f = CacheFile {
             version: 1,
             entries: std::mem::take(&mut self.entries),
+            shared: std::mem::take(&mut self.shared),
         };
         let r = serde_json::to_vec(&f)
             .map_err(anyhow::Error::from)
             .and_then(|b| util::atomic_write(sysroot.dir(), CACHE_FILE, &b));
         self.entries = f.entries;
+        self.shared = f.shared;
         r.with_context(|| format!("writing {CACHE_FILE}"))?;
         self.dirty = false;
         Ok(())

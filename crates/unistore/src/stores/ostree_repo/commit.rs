@@ -310,7 +310,7 @@ fn prepare_content(
     share_reused: bool,
 ) -> Result<Prepared> {
     let kept = kept_leaves(fs);
-    let mut work: Vec<(usize, &ObjectId, u64, String, Option<String>)> = vec![];
+    let mut work: Vec<(usize, &ObjectId, u64, String, Option<String>, bool)> = vec![];
     for (i, l) in fs.leaves.iter().enumerate() {
         if !kept.contains(&i) {
             continue;
@@ -321,14 +321,16 @@ fn prepare_content(
         {
             let k = leaf_key(o, &l.stat);
             let known = cache.lookup(repo_dir, &k);
-            work.push((i, o, *size, k, known));
+            let shared = known.is_some() && cache.is_shared(&k);
+            work.push((i, o, *size, k, known, shared));
         }
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    type Out = (Vec<(usize, String)>, Tally, u64, u64, u64);
+    /// (leaf, checksum, shares its composefs object's extents).
+    type Out = (Vec<(usize, String, bool)>, Tally, u64, u64, u64);
     let results: Vec<Result<Out>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -338,14 +340,15 @@ fn prepare_content(
                     writer.share_reused = share_reused;
                     loop {
                         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((i, obj, size, _, known)) = work.get(k) else {
+                        let Some((i, obj, size, _, known, shared)) = work.get(k) else {
                             break;
                         };
+                        // Known, and nothing to check: not even opened.
                         if let Some(c) = known
-                            && !share_reused
+                            && (!share_reused || *shared)
                         {
                             writer.reused += 1;
-                            out.push((*i, c.clone()));
+                            out.push((*i, c.clone(), *shared));
                             continue;
                         }
                         let st = &fs.leaves[*i].stat;
@@ -366,7 +369,7 @@ fn prepare_content(
                         let c = writer
                             .write_from_object(&meta, &f, *size, Some(c))
                             .context("writing an ostree content object")?;
-                        out.push((*i, c));
+                        out.push((*i, c, writer.last_shared));
                     }
                     Ok((
                         out,
@@ -396,21 +399,35 @@ fn prepare_content(
         reused: 0,
         reused_shared: 0,
     };
+    let mut shared_leaves = std::collections::HashSet::new();
     for r in results {
         let (out, tally, written, reused, shared) = r?;
-        p.checksums.extend(out);
+        for (i, c, s) in out {
+            if s {
+                shared_leaves.insert(i);
+            }
+            p.checksums.insert(i, c);
+        }
         p.tally.merge(&tally);
         p.written += written;
         p.reused += reused;
         p.reused_shared += shared;
     }
-    for (i, _, size, k, known) in work {
+    for (i, _, size, k, known, _) in work {
         if known.is_some() {
             p.cached += 1;
         } else if let Some(c) = p.checksums.get(&i) {
-            cache.insert(k, c.clone());
+            cache.insert(k.clone(), c.clone());
             p.files_read += 1;
             p.bytes_read += size;
+        }
+        // Only a synthesized commit's objects share the host's composefs
+        // objects (a classic commit's were reflinked from a staging
+        // repository that is gone).
+        if share_reused && shared_leaves.contains(&i) {
+            cache.mark_shared(&k);
+        } else {
+            cache.mark_unshared(&k);
         }
     }
     Ok(p)

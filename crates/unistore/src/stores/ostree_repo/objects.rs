@@ -111,6 +111,9 @@ pub struct ContentWriter<'r> {
     pub share_reused: bool,
     /// Reused objects made to share by that.
     pub reused_shared: u64,
+    /// Whether the object of the last [`Self::write_from_object`] shares
+    /// its composefs object's extents (reflinked, or found or made so).
+    pub last_shared: bool,
 }
 
 impl<'r> ContentWriter<'r> {
@@ -123,6 +126,7 @@ impl<'r> ContentWriter<'r> {
             reused: 0,
             share_reused: false,
             reused_shared: 0,
+            last_shared: false,
         }
     }
 
@@ -209,6 +213,7 @@ impl<'r> ContentWriter<'r> {
         let tmp = File::from(tmp);
         let method = reflink::clone_or_copy(src, &tmp, reflink::Policy::ReflinkOrCopy)?;
         self.tally.record(method, size);
+        self.last_shared = method != reflink::Method::Copied || size < 4096;
         // Owner first (chown clears set-id bits and capabilities), then
         // xattrs, then the mode.
         rustix::fs::fchown(
