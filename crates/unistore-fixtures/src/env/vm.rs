@@ -181,7 +181,10 @@ pub fn append_line(spec: &BootSpec, opts: &VmOpts) -> String {
 /// the returned console.
 pub fn boot(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-no-reboot", "-nic", "none"])
+    // Without CMPXCHG16B: Debian 12's QEMU 7.2 TCG runs the 6.12 kernel's
+    // SLUB fast path (cmpxchg16b with a %gs prefix) into a double fault at
+    // boot, with the default CPU model and with `max` alike (docs/boot.md).
+    cmd.args(["-accel", "tcg", "-cpu", "max,-cx16", "-no-reboot", "-nic", "none"])
         .args(["-m", &opts.memory_mib.to_string()])
         .args(["-smp", &opts.cpus.to_string()])
         .arg("-kernel")
