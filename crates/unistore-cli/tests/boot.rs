@@ -206,6 +206,7 @@ fn composefs_host_boots_and_says_so() {
 
     let r = host.boot("check", None);
     let ok = boot_ok(&r);
+    assert_eq!(ok["backend"], "composefs");
     assert_eq!(ok["id"], id);
     assert_eq!(ok["image"], format!("oci:{}:v1", boot_image().display()));
     assert_eq!(ok["version"], "1.0");
@@ -354,4 +355,52 @@ fn upgrade_finalize_and_rollback_across_reboots() {
     assert_eq!(ok["id"], v1);
     assert_eq!(ok["version"], "1.0");
     assert_eq!(ok["rollback"], staged);
+}
+
+#[test]
+fn ostree_host_boots_and_says_so() {
+    // `rw`: the ostree backend's entries do not have it yet (the composefs
+    // ones do), and without it the initramfs mounts the root read-only and
+    // nothing remounts it (docs/boot.md).
+    let mut host = Host::install(
+        "ostree_host_boots_and_says_so",
+        "v1",
+        &["--backend", "ostree", "--karg", "rw"],
+    );
+    let spec = host.entry();
+    let uuid = fs_uuid(&host.fs.image());
+    assert!(
+        spec.options.contains(&format!("root=UUID={uuid}")),
+        "{:?}",
+        spec.options
+    );
+    let ostree_arg = spec
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("ostree="))
+        .expect("an ostree= argument")
+        .to_string();
+    // ostree=/ostree/boot.N/<stateroot>/<boot checksum>/<serial> -> the deployment.
+    let deploy = std::fs::canonicalize(host.fs.path().join(ostree_arg.trim_start_matches('/')))
+        .unwrap();
+    let commit = deploy
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+
+    let r = host.boot("check", None);
+    let ok = boot_ok(&r);
+    assert_eq!(ok["backend"], "ostree");
+    assert_eq!(ok["id"], commit);
+    assert_eq!(ok["stateroot"], "default");
+    assert_eq!(ok["image"], format!("oci:{}:v1", boot_image().display()));
+    assert_eq!(ok["version"], "1.0");
+    assert!(
+        !r.lines_with("UNISTORE-INITRAMFS: ostree deployment mounted").is_empty(),
+        "the initramfs script did not say it prepared the ostree root"
+    );
 }

@@ -85,8 +85,16 @@ pub fn primary_entry(root: &Path, out_dir: &Path) -> Result<BootSpec> {
         bail!("boot entry {} has no linux or no initrd line", e.file);
     }
     std::fs::create_dir_all(out_dir)?;
+    // Paths are the boot file system's: the root when they start with
+    // /boot (one file system, as unistore writes them), else /boot as its
+    // own partition would be (libostree without `sysroot.bootprefix`).
     let copy = |p: &str, name: &str| -> Result<PathBuf> {
-        let src = root.join(p.trim_start_matches('/'));
+        let rel = p.trim_start_matches('/');
+        let src = if rel.starts_with("boot/") {
+            root.join(rel)
+        } else {
+            root.join("boot").join(rel)
+        };
         let dst = out_dir.join(name);
         std::fs::copy(&src, &dst).with_context(|| {
             format!("boot entry {}: copying {}", e.file, src.display())
