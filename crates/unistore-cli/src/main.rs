@@ -428,8 +428,8 @@ fn filesystem_uuid(path: &Path) -> Result<String> {
         ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff),
         ((dev >> 12) & 0xffff_ff00) | (dev & 0xff),
     );
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let want = format!("{major}:{minor}");
     // <id> <parent> <maj:min> <root> <mountpoint> <options> [<optional>...] - <fstype> <source> <super options>
     let (fstype, source) = mountinfo

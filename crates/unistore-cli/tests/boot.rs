@@ -213,7 +213,8 @@ fn composefs_host_boots_and_says_so() {
     assert_eq!(ok["rollback"], "none");
     assert_eq!(ok["staged"], "none");
     assert!(
-        !r.lines_with("UNISTORE-INITRAMFS: composefs root mounted").is_empty(),
+        !r.lines_with("UNISTORE-INITRAMFS: composefs root mounted")
+            .is_empty(),
         "the initramfs script did not say it mounted the root"
     );
     // The finalize unit ran at shutdown (nothing was staged).
@@ -224,7 +225,11 @@ fn composefs_host_boots_and_says_so() {
 
 #[test]
 fn a_root_that_is_not_composefs_fails_with_the_reason() {
-    let mut host = Host::install("a_root_that_is_not_composefs_fails_with_the_reason", "v1", &[]);
+    let mut host = Host::install(
+        "a_root_that_is_not_composefs_fails_with_the_reason",
+        "v1",
+        &[],
+    );
     let id = host.entry().composefs_id().unwrap().to_string();
 
     // A composefs= id naming no image: the initramfs stops the boot and
@@ -381,8 +386,8 @@ fn ostree_host_boots_and_says_so() {
         .expect("an ostree= argument")
         .to_string();
     // ostree=/ostree/boot.N/<stateroot>/<boot checksum>/<serial> -> the deployment.
-    let deploy = std::fs::canonicalize(host.fs.path().join(ostree_arg.trim_start_matches('/')))
-        .unwrap();
+    let deploy =
+        std::fs::canonicalize(host.fs.path().join(ostree_arg.trim_start_matches('/'))).unwrap();
     let commit = deploy
         .file_name()
         .unwrap()
@@ -400,7 +405,8 @@ fn ostree_host_boots_and_says_so() {
     assert_eq!(ok["image"], format!("oci:{}:v1", boot_image().display()));
     assert_eq!(ok["version"], "1.0");
     assert!(
-        !r.lines_with("UNISTORE-INITRAMFS: ostree deployment mounted").is_empty(),
+        !r.lines_with("UNISTORE-INITRAMFS: ostree deployment mounted")
+            .is_empty(),
         "the initramfs script did not say it prepared the ostree root"
     );
 }

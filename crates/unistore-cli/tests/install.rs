@@ -553,7 +553,10 @@ fn root_mount_spec_in_the_boot_entry() {
         let e = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
         let text = std::fs::read_to_string(e.path()).unwrap();
         let line = text.lines().find(|l| l.starts_with("options ")).unwrap();
-        line.split_whitespace().skip(1).map(str::to_string).collect()
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
     };
     for (spec, want) in [
         (None, None),
@@ -573,10 +576,14 @@ fn root_mount_spec_in_the_boot_entry() {
             .collect();
         match want {
             None => {
-                let uuid = run_ok(
-                    std::process::Command::new("blkid")
-                        .args(["-p", "-o", "value", "-s", "UUID", fs.device()]),
-                );
+                let uuid = run_ok(std::process::Command::new("blkid").args([
+                    "-p",
+                    "-o",
+                    "value",
+                    "-s",
+                    "UUID",
+                    fs.device(),
+                ]));
                 assert_eq!(roots, vec![format!("root=UUID={}", uuid.trim())]);
             }
             Some("") => assert!(roots.is_empty(), "{roots:?}"),
@@ -586,7 +593,11 @@ fn root_mount_spec_in_the_boot_entry() {
     // A tmpfs has no device, so no UUID: say so, and name the way out.
     let tmp = work.path().join("tmpfs");
     std::fs::create_dir(&tmp).unwrap();
-    run_ok(std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&tmp));
+    run_ok(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&tmp),
+    );
     let before = snapshot(&tmp);
     run_fails(
         unistore()

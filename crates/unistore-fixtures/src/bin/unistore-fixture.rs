@@ -174,7 +174,11 @@ fn boot(
     let r = vm::boot(&disk, &spec, &opts)?;
     eprintln!(
         "{} after {:.0} s{}",
-        if r.exited { "QEMU exited" } else { "timed out, killed" },
+        if r.exited {
+            "QEMU exited"
+        } else {
+            "timed out, killed"
+        },
         r.elapsed.as_secs_f64(),
         log.map(|l| format!("; console in {}", l.display()))
             .unwrap_or_default()

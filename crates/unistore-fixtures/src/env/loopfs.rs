@@ -98,7 +98,9 @@ impl LoopFs {
         if self.mounted {
             return Ok(());
         }
-        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(self.image()))?;
+        let dev = run(Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(self.image()))?;
         let dev = dev.trim().to_string();
         anyhow::ensure!(dev.starts_with("/dev/"), "losetup printed {dev:?}");
         self.device = Some(dev.clone());

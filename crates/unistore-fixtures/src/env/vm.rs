@@ -51,7 +51,10 @@ fn parse_entry(file: &str, text: &str) -> Entry {
         ..Default::default()
     };
     for line in text.lines() {
-        let (k, v) = line.trim().split_once(char::is_whitespace).unwrap_or((line, ""));
+        let (k, v) = line
+            .trim()
+            .split_once(char::is_whitespace)
+            .unwrap_or((line, ""));
         let v = v.trim();
         match k {
             "sort-key" => e.sort_key = v.to_string(),
@@ -96,9 +99,8 @@ pub fn primary_entry(root: &Path, out_dir: &Path) -> Result<BootSpec> {
             root.join("boot").join(rel)
         };
         let dst = out_dir.join(name);
-        std::fs::copy(&src, &dst).with_context(|| {
-            format!("boot entry {}: copying {}", e.file, src.display())
-        })?;
+        std::fs::copy(&src, &dst)
+            .with_context(|| format!("boot entry {}: copying {}", e.file, src.display()))?;
         Ok(dst)
     };
     Ok(BootSpec {
@@ -192,14 +194,22 @@ pub fn boot(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
     // Without CMPXCHG16B: Debian 12's QEMU 7.2 TCG runs the 6.12 kernel's
     // SLUB fast path (cmpxchg16b with a %gs prefix) into a double fault at
     // boot, with the default CPU model and with `max` alike (docs/boot.md).
-    cmd.args(["-accel", "tcg", "-cpu", "max,-cx16", "-no-reboot", "-nic", "none"])
-        .args(["-m", &opts.memory_mib.to_string()])
-        .args(["-smp", &opts.cpus.to_string()])
-        .arg("-kernel")
-        .arg(&spec.kernel)
-        .arg("-initrd")
-        .arg(&spec.initrd)
-        .args(["-append", &append_line(spec, opts)]);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-cx16",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .args(["-m", &opts.memory_mib.to_string()])
+    .args(["-smp", &opts.cpus.to_string()])
+    .arg("-kernel")
+    .arg(&spec.kernel)
+    .arg("-initrd")
+    .arg(&spec.initrd)
+    .args(["-append", &append_line(spec, opts)]);
     for d in std::iter::once(disk).chain(opts.extra_disks.iter().map(PathBuf::as_path)) {
         cmd.arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", d.display()));
@@ -282,14 +292,19 @@ pub fn primary_entry_of_image(image: &Path, out_dir: &Path) -> Result<BootSpec> 
     let mnt = tempfile::Builder::new()
         .prefix("unistore-vm-")
         .tempdir_in("/var/tmp")?;
-    let dev = run(Command::new("losetup").args(["-f", "--show", "-r"]).arg(image))?;
+    let dev = run(Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(image))?;
     let dev = dev.trim().to_string();
-    let r = run(Command::new("mount").args(["-o", "ro"]).arg(&dev).arg(mnt.path()))
-        .and_then(|_| {
-            let spec = primary_entry(mnt.path(), out_dir);
-            run(Command::new("umount").arg(mnt.path()))?;
-            spec
-        });
+    let r = run(Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&dev)
+        .arg(mnt.path()))
+    .and_then(|_| {
+        let spec = primary_entry(mnt.path(), out_dir);
+        run(Command::new("umount").arg(mnt.path()))?;
+        spec
+    });
     let _ = run(Command::new("losetup").arg("-d").arg(&dev));
     r
 }
