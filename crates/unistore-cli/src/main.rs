@@ -109,6 +109,11 @@ struct InstallArgs {
     /// The ostree stateroot (`--backend ostree`; default `default`).
     #[arg(long)]
     stateroot: Option<String>,
+    /// What the boot entry's `root=` names, e.g. `UUID=...` or
+    /// `/dev/vda2`; empty: no `root=`. Default: `UUID=<uuid>` of the
+    /// filesystem ROOT is on (as bootc's install to-filesystem).
+    #[arg(long)]
+    root_mount_spec: Option<String>,
     /// The mounted target filesystem.
     root: PathBuf,
 }
@@ -380,6 +385,12 @@ async fn install(a: InstallArgs) -> Result<()> {
             v
         },
         stateroot: a.stateroot.clone(),
+        root_mount_spec: match a.root_mount_spec {
+            Some(spec) => Some(spec),
+            // A root that is not a directory gets the library's error.
+            None if a.root.is_dir() => Some(format!("UUID={}", filesystem_uuid(&a.root)?)),
+            None => None,
+        },
     };
     if a.stateroot.is_some() && a.backend != unistore::backends::BackendKind::Ostree {
         bail!("--stateroot applies to --backend ostree only");
@@ -403,6 +414,58 @@ async fn install(a: InstallArgs) -> Result<()> {
         println!("  files   {}", r.deployment_files.describe());
     }
     Ok(())
+}
+
+/// The UUID of the filesystem `path` is on: its device from
+/// /proc/self/mountinfo (by the `st_dev` of `path`), then `blkid` probing that
+/// device (no udev needed).
+fn filesystem_uuid(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let hint = "pass --root-mount-spec (empty for no root=)";
+    let dev = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .dev();
+    let (major, minor) = (
+        ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff),
+        ((dev >> 12) & 0xffff_ff00) | (dev & 0xff),
+    );
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let want = format!("{major}:{minor}");
+    // <id> <parent> <maj:min> <root> <mountpoint> <options> [<optional>...] - <fstype> <source> <super options>
+    let (fstype, source) = mountinfo
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" - ")?;
+            let mut f = rest.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
+        .with_context(|| {
+            format!(
+                "the filesystem of {} (device {want}) is not in /proc/self/mountinfo; {hint}",
+                path.display()
+            )
+        })?;
+    if !source.starts_with("/dev/") {
+        bail!(
+            "{} is on a {fstype} filesystem without a block device ({source}): no UUID for root=; {hint}",
+            path.display()
+        );
+    }
+    let out = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID", &source])
+        .output()
+        .context("running blkid")?;
+    let uuid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || uuid.is_empty() {
+        bail!(
+            "blkid found no filesystem UUID on {source} (the device of {}): {}; {hint}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(uuid)
 }
 
 fn status(sysroot: &Sysroot, a: StatusArgs) -> Result<()> {

@@ -538,3 +538,73 @@ fn deployment_files_reflink_objects_on_xfs_and_copy_on_ext4() {
         }
     }
 }
+
+/// The boot entry's `root=`: `UUID=<uuid of the target filesystem>` by
+/// default (what blkid reads from the device), `--root-mount-spec` as given,
+/// empty for none; a root on a filesystem without a device is a clear error.
+#[test]
+fn root_mount_spec_in_the_boot_entry() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", "1.0");
+    let src = format!("oci:{}:v1", oci.display());
+    let options = |root: &Path| -> Vec<String> {
+        let dir = root.join("boot/loader/entries");
+        let e = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let line = text.lines().find(|l| l.starts_with("options ")).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    for (spec, want) in [
+        (None, None),
+        (Some("/dev/vda2"), Some("root=/dev/vda2")),
+        (Some(""), Some("")),
+    ] {
+        let fs = LoopFs::new(FsKind::Ext4, 512).unwrap();
+        let mut cmd = unistore();
+        cmd.args(["install", "to-filesystem", "--source-imgref", &src]);
+        if let Some(s) = spec {
+            cmd.args(["--root-mount-spec", s]);
+        }
+        run_ok(cmd.arg(fs.path()));
+        let roots: Vec<String> = options(fs.path())
+            .into_iter()
+            .filter(|o| o.starts_with("root="))
+            .collect();
+        match want {
+            None => {
+                let uuid = run_ok(std::process::Command::new("blkid").args([
+                    "-p",
+                    "-o",
+                    "value",
+                    "-s",
+                    "UUID",
+                    fs.device(),
+                ]));
+                assert_eq!(roots, vec![format!("root=UUID={}", uuid.trim())]);
+            }
+            Some("") => assert!(roots.is_empty(), "{roots:?}"),
+            Some(w) => assert_eq!(roots, vec![w.to_string()]),
+        }
+    }
+    // A tmpfs has no device, so no UUID: say so, and name the way out.
+    let tmp = work.path().join("tmpfs");
+    std::fs::create_dir(&tmp).unwrap();
+    run_ok(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&tmp),
+    );
+    let before = snapshot(&tmp);
+    run_fails(
+        unistore()
+            .args(["install", "to-filesystem", "--source-imgref", &src])
+            .arg(&tmp),
+        "--root-mount-spec",
+    );
+    assert_eq!(before, snapshot(&tmp));
+    umount_all(&tmp);
+}

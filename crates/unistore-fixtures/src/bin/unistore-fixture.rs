@@ -3,10 +3,13 @@
 //! * `unistore-fixture test-image --out DIR --tag TAG [--version V] [--variant N] [--no-kernel]`
 //! * `unistore-fixture from-rootfs ROOTFS --out DIR --tag TAG [--version V]`
 //! * `unistore-fixture compare TREE --oci DIR --tag TAG [--xattrs MODE] [--ignore PATH]...`
+//! * `unistore-fixture boot DISK [--log FILE] [--extra-disk IMG]... [--append ARG]...`
 //!
 //! The first two print the manifest digest on stdout; `compare` prints the differences
 //! between a real tree (a mount, an unpacked bundle) and the image's merged layers, and
-//! exits with status 1 if there are any.
+//! exits with status 1 if there are any. `boot` boots an installed disk image in
+//! QEMU (TCG) from its primary boot entry (docs/boot.md); without `--log` the
+//! serial console is this terminal.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -74,6 +77,24 @@ enum Cmd {
         #[arg(long)]
         expected_json: Option<PathBuf>,
     },
+    /// Boot an installed disk image in QEMU (TCG), playing the boot loader:
+    /// the primary BLS entry's kernel, initrd and options (+ console=ttyS0).
+    Boot {
+        /// The raw disk image (a whole-disk filesystem holding an installed root).
+        disk: PathBuf,
+        /// Write the serial console here (default: this terminal, interactive).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Another raw disk image for the VM (repeatable).
+        #[arg(long = "extra-disk")]
+        extra_disks: Vec<PathBuf>,
+        /// A kernel argument after the entry's (repeatable).
+        #[arg(long)]
+        append: Vec<String>,
+        /// Kill the VM after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
     /// Compare a real directory tree with the merged layers of an image.
     Compare {
         /// The tree to check (e.g. a composefs mount).
@@ -129,6 +150,45 @@ fn compare(
     Ok(())
 }
 
+fn boot(
+    disk: PathBuf,
+    log: Option<PathBuf>,
+    extra_disks: Vec<PathBuf>,
+    append: Vec<String>,
+    timeout: u64,
+) -> Result<()> {
+    use unistore_fixtures::env::vm;
+    let work = tempfile::tempdir()?;
+    let spec = vm::primary_entry_of_image(&disk, work.path())?;
+    let mut opts = vm::VmOpts::new(log.as_deref().unwrap_or(std::path::Path::new("")));
+    opts.interactive = log.is_none();
+    opts.extra_disks = extra_disks;
+    opts.extra_append = append;
+    opts.timeout = std::time::Duration::from_secs(timeout);
+    eprintln!(
+        "booting {} ({}): {}",
+        disk.display(),
+        spec.entry_file,
+        vm::append_line(&spec, &opts)
+    );
+    let r = vm::boot(&disk, &spec, &opts)?;
+    eprintln!(
+        "{} after {:.0} s{}",
+        if r.exited {
+            "QEMU exited"
+        } else {
+            "timed out, killed"
+        },
+        r.elapsed.as_secs_f64(),
+        log.map(|l| format!("; console in {}", l.display()))
+            .unwrap_or_default()
+    );
+    if !r.exited {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (built, expected_json) = match cli.cmd {
@@ -139,6 +199,13 @@ fn main() -> Result<()> {
             xattrs,
             ignore,
         } => return compare(tree, oci, tag, xattrs, ignore),
+        Cmd::Boot {
+            disk,
+            log,
+            extra_disks,
+            append,
+            timeout,
+        } => return boot(disk, log, extra_disks, append, timeout),
         Cmd::TestImage {
             out,
             tag,

@@ -51,12 +51,7 @@ impl LoopFs {
                 .arg(&image))?,
             FsKind::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?,
         };
-        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
-        let dev = dev.trim().to_string();
-        anyhow::ensure!(dev.starts_with("/dev/"), "losetup printed {dev:?}");
-        fs.device = Some(dev.clone());
-        run(Command::new("mount").arg(&dev).arg(&fs.mountpoint))?;
-        fs.mounted = true;
+        fs.attach()?;
         Ok(fs)
     }
 
@@ -73,6 +68,45 @@ impl LoopFs {
     /// The loop device, e.g. `/dev/loop3`.
     pub fn device(&self) -> &str {
         self.device.as_deref().unwrap_or("")
+    }
+
+    /// The image file (a whole-disk filesystem, no partition table), e.g.
+    /// for a VM's virtual disk.
+    pub fn image(&self) -> PathBuf {
+        self.workdir
+            .as_ref()
+            .map(|w| w.path().join("disk.img"))
+            .unwrap_or_default()
+    }
+
+    /// Unmounts and detaches the loop device, so that something else (a VM)
+    /// may use the image; [`LoopFs::attach`] mounts it again.
+    pub fn detach(&mut self) -> Result<()> {
+        if self.mounted {
+            run(Command::new("umount").arg(&self.mountpoint))?;
+            self.mounted = false;
+        }
+        if let Some(dev) = self.device.take() {
+            run(Command::new("losetup").arg("-d").arg(&dev))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the image to a fresh loop device (no stale block cache of an
+    /// earlier one) and mounts it at the same mount point.
+    pub fn attach(&mut self) -> Result<()> {
+        if self.mounted {
+            return Ok(());
+        }
+        let dev = run(Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(self.image()))?;
+        let dev = dev.trim().to_string();
+        anyhow::ensure!(dev.starts_with("/dev/"), "losetup printed {dev:?}");
+        self.device = Some(dev.clone());
+        run(Command::new("mount").arg(&dev).arg(&self.mountpoint))?;
+        self.mounted = true;
+        Ok(())
     }
 
     /// Bytes available to unprivileged users (statvfs `f_bavail * f_frsize`).

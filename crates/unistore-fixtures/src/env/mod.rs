@@ -5,6 +5,7 @@
 //! * [`podman_env`]: the configuration podman needs to run containers here;
 //!   [`PodmanStore`]: a private podman store using it.
 //! * [`shared_extents`]: FIEMAP check that two files share their physical extents.
+//! * [`vm`]: boot an installed disk image in QEMU, playing the boot loader.
 
 pub mod cmd;
 pub mod extents;
@@ -12,6 +13,7 @@ pub mod loopfs;
 pub mod mounts;
 pub mod podman;
 pub mod registry;
+pub mod vm;
 
 pub use extents::{Extent, file_extents, shared_extents};
 pub use loopfs::{FsKind, LoopFs};

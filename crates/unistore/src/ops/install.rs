@@ -53,6 +53,23 @@ pub struct InstallOpts {
     pub host_config_files: Vec<PathBuf>,
     /// The ostree stateroot (`--stateroot`; ostree hosts only).
     pub stateroot: Option<String>,
+    /// What the boot entry's `root=` names (bootc's `--root-mount-spec`),
+    /// e.g. `UUID=<uuid of the target filesystem>`; `None` or empty: no
+    /// `root=`. The CLI finds the target's filesystem; the library only
+    /// writes what it is given.
+    pub root_mount_spec: Option<String>,
+}
+
+impl InstallOpts {
+    /// The `root=` kernel argument, if any (the initramfs mounts the
+    /// physical root from it); it comes before the host's and the command
+    /// line's extra arguments.
+    pub fn root_karg(&self) -> Option<String> {
+        self.root_mount_spec
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("root={s}"))
+    }
 }
 
 /// How the installed host stores its images, when unified.
@@ -311,7 +328,8 @@ async fn install_inner(
             message,
         });
     }
-    let mut extra_kargs = host_config.kargs.clone();
+    let mut extra_kargs: Vec<String> = opts.root_karg().into_iter().collect();
+    extra_kargs.extend(host_config.kargs.iter().cloned());
     extra_kargs.extend(opts.kargs.iter().cloned());
 
     progress::step(&progress, format!("Deploying {id}"));

@@ -149,6 +149,7 @@ async fn install_inner(
     let kernel = bootloader::find_kernel(&staged.fs)?;
     let mut kargs = install_config::image_kargs(&staged.fs, &staged.repo, &staged.architecture)
         .context("reading the image's kernel arguments")?;
+    kargs.extend(opts.root_karg());
     kargs.extend(host_config.kargs.iter().cloned());
     kargs.extend(opts.kargs.iter().cloned());
     crashpoint::hit("ostree-install:after-pull");

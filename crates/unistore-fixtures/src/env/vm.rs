@@ -1,0 +1,310 @@
+//! Booting an installed disk image in QEMU (TCG), playing the boot loader:
+//! the primary BLS Type 1 entry of the installed root gives the kernel, the
+//! initrd and the kernel command line (docs/boot.md).
+//!
+//! The entry is read here with its own small parser (not unistore's), so a
+//! boot checks what unistore wrote the way a boot loader would read it.
+
+use super::cmd::run;
+use anyhow::{Context, Result, bail};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a boot loader takes from the primary entry.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    /// The entry's file name under `boot/loader/entries/`.
+    pub entry_file: String,
+    /// The kernel, copied out of the disk.
+    pub kernel: PathBuf,
+    /// The initrd, copied out of the disk.
+    pub initrd: PathBuf,
+    /// The entry's `options`.
+    pub options: Vec<String>,
+}
+
+impl BootSpec {
+    /// The `composefs=` id of the options (without a `?`).
+    pub fn composefs_id(&self) -> Option<&str> {
+        self.options
+            .iter()
+            .find_map(|o| o.strip_prefix("composefs="))
+            .map(|v| v.trim_start_matches('?'))
+    }
+}
+
+/// One entry file's keys.
+#[derive(Debug, Default)]
+struct Entry {
+    file: String,
+    sort_key: String,
+    linux: String,
+    initrd: String,
+    options: Vec<String>,
+}
+
+fn parse_entry(file: &str, text: &str) -> Entry {
+    let mut e = Entry {
+        file: file.to_string(),
+        ..Default::default()
+    };
+    for line in text.lines() {
+        let (k, v) = line
+            .trim()
+            .split_once(char::is_whitespace)
+            .unwrap_or((line, ""));
+        let v = v.trim();
+        match k {
+            "sort-key" => e.sort_key = v.to_string(),
+            "linux" => e.linux = v.to_string(),
+            "initrd" => e.initrd = v.to_string(),
+            "options" => e.options.extend(v.split_whitespace().map(str::to_string)),
+            _ => {}
+        }
+    }
+    e
+}
+
+/// Reads the primary entry of the root mounted at `root` (the one a BLS boot
+/// loader shows first: the smallest sort-key, then the file name) and copies
+/// its kernel and initrd into `out_dir`.
+pub fn primary_entry(root: &Path, out_dir: &Path) -> Result<BootSpec> {
+    let dir = root.join("boot/loader/entries");
+    let mut entries = vec![];
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".conf") {
+            entries.push(parse_entry(&name, &std::fs::read_to_string(e.path())?));
+        }
+    }
+    entries.sort_by(|a, b| (&a.sort_key, &a.file).cmp(&(&b.sort_key, &b.file)));
+    let Some(e) = entries.into_iter().next() else {
+        bail!("no boot entry in {}", dir.display());
+    };
+    if e.linux.is_empty() || e.initrd.is_empty() {
+        bail!("boot entry {} has no linux or no initrd line", e.file);
+    }
+    std::fs::create_dir_all(out_dir)?;
+    // Paths are the boot file system's: the root when they start with
+    // /boot (one file system, as unistore writes them), else /boot as its
+    // own partition would be (libostree without `sysroot.bootprefix`).
+    let copy = |p: &str, name: &str| -> Result<PathBuf> {
+        let rel = p.trim_start_matches('/');
+        let src = if rel.starts_with("boot/") {
+            root.join(rel)
+        } else {
+            root.join("boot").join(rel)
+        };
+        let dst = out_dir.join(name);
+        std::fs::copy(&src, &dst)
+            .with_context(|| format!("boot entry {}: copying {}", e.file, src.display()))?;
+        Ok(dst)
+    };
+    Ok(BootSpec {
+        kernel: copy(&e.linux, "vmlinuz")?,
+        initrd: copy(&e.initrd, "initrd")?,
+        options: e.options.clone(),
+        entry_file: e.file,
+    })
+}
+
+/// How to run one boot.
+#[derive(Debug, Clone)]
+pub struct VmOpts {
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// Virtual CPUs (TCG runs one host thread per CPU).
+    pub cpus: u32,
+    /// Kill the VM after this long.
+    pub timeout: Duration,
+    /// Extra disks after the root disk (raw images, `/dev/vdb`, ...).
+    pub extra_disks: Vec<PathBuf>,
+    /// Arguments appended after the entry's options, `console=ttyS0` and
+    /// `panic=1` (the initramfs reboots, and so QEMU exits, on a failure).
+    pub extra_append: Vec<String>,
+    /// Where the serial console goes (created or truncated).
+    pub log: PathBuf,
+    /// Serial console on this process's stdin/stdout instead of `log`.
+    pub interactive: bool,
+}
+
+impl VmOpts {
+    /// Defaults for a TCG boot logging to `log`.
+    pub fn new(log: &Path) -> Self {
+        VmOpts {
+            memory_mib: 2048,
+            cpus: 2,
+            timeout: Duration::from_secs(600),
+            extra_disks: vec![],
+            extra_append: vec![],
+            log: log.to_path_buf(),
+            interactive: false,
+        }
+    }
+}
+
+/// How a boot ended.
+#[derive(Debug)]
+pub struct VmRun {
+    /// The serial console, whole.
+    pub console: String,
+    /// QEMU exited by itself (the guest powered off or rebooted) before the
+    /// timeout.
+    pub exited: bool,
+    /// From QEMU's start to its exit (or to the kill).
+    pub elapsed: Duration,
+    /// The serial log file (kept).
+    pub log: PathBuf,
+}
+
+impl VmRun {
+    /// The last `n` lines of the console.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.console.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The lines of the console that start with `prefix` (after any
+    /// systemd/kernel noise before it on the same line).
+    pub fn lines_with(&self, prefix: &str) -> Vec<String> {
+        self.console
+            .lines()
+            .filter_map(|l| l.find(prefix).map(|i| l[i..].trim_end().to_string()))
+            .collect()
+    }
+}
+
+/// The kernel command line a boot of `spec` gets.
+pub fn append_line(spec: &BootSpec, opts: &VmOpts) -> String {
+    let mut args = spec.options.clone();
+    args.extend(["console=ttyS0".to_string(), "panic=1".to_string()]);
+    args.extend(opts.extra_append.iter().cloned());
+    args.join(" ")
+}
+
+/// Boots `disk` (raw, the first virtio disk) with `spec` in
+/// `qemu-system-x86_64 -accel tcg` and waits for QEMU to exit or for the
+/// timeout. Errors only when QEMU cannot run; how the guest fared is in
+/// the returned console.
+pub fn boot(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    // Without CMPXCHG16B: Debian 12's QEMU 7.2 TCG runs the 6.12 kernel's
+    // SLUB fast path (cmpxchg16b with a %gs prefix) into a double fault at
+    // boot, with the default CPU model and with `max` alike (docs/boot.md).
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-cx16",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .args(["-m", &opts.memory_mib.to_string()])
+    .args(["-smp", &opts.cpus.to_string()])
+    .arg("-kernel")
+    .arg(&spec.kernel)
+    .arg("-initrd")
+    .arg(&spec.initrd)
+    .args(["-append", &append_line(spec, opts)]);
+    for d in std::iter::once(disk).chain(opts.extra_disks.iter().map(PathBuf::as_path)) {
+        cmd.arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", d.display()));
+    }
+    if opts.interactive {
+        cmd.args(["-nographic", "-serial", "mon:stdio"]);
+    } else {
+        cmd.args(["-display", "none", "-monitor", "none", "-serial"])
+            .arg(format!("file:{}", opts.log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context("starting qemu-system-x86_64 (is qemu-system-x86 installed? scripts/setup)")?;
+    let exited = loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("qemu-system-x86_64 failed ({status}): {}", err.trim());
+            }
+            break true;
+        }
+        if start.elapsed() > opts.timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let elapsed = start.elapsed();
+    let console = if opts.interactive {
+        String::new()
+    } else {
+        read_lossy(&opts.log)?
+    };
+    Ok(VmRun {
+        console,
+        exited,
+        elapsed,
+        log: opts.log.clone(),
+    })
+}
+
+fn read_lossy(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    f.seek(SeekFrom::Start(0))?;
+    let mut b = vec![];
+    f.read_to_end(&mut b)?;
+    Ok(String::from_utf8_lossy(&b).replace('\r', ""))
+}
+
+/// A raw ext4 disk image labelled `label` holding a copy of `content`
+/// (mkfs.ext4 -d: no mount needed), sized for it.
+pub fn ext4_disk_from_dir(content: &Path, label: &str, image: &Path) -> Result<()> {
+    let du = run(Command::new("du").args(["-sm"]).arg(content))?;
+    let mib: u64 = du
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("du printed no size")?;
+    let size = mib + mib / 4 + 64;
+    let _ = std::fs::remove_file(image);
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-d"])
+        .arg(content)
+        .arg(image)
+        .arg(format!("{size}M")))?;
+    Ok(())
+}
+
+/// Reads the primary entry of a disk image (mounted read-only for the
+/// moment on a loop device) and copies its kernel and initrd to `out_dir`.
+pub fn primary_entry_of_image(image: &Path, out_dir: &Path) -> Result<BootSpec> {
+    let mnt = tempfile::Builder::new()
+        .prefix("unistore-vm-")
+        .tempdir_in("/var/tmp")?;
+    let dev = run(Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(image))?;
+    let dev = dev.trim().to_string();
+    let r = run(Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&dev)
+        .arg(mnt.path()))
+    .and_then(|_| {
+        let spec = primary_entry(mnt.path(), out_dir);
+        run(Command::new("umount").arg(mnt.path()))?;
+        spec
+    });
+    let _ = run(Command::new("losetup").arg("-d").arg(&dev));
+    r
+}
