@@ -364,13 +364,12 @@ fn upgrade_finalize_and_rollback_across_reboots() {
 
 #[test]
 fn ostree_host_boots_and_says_so() {
-    // `rw`: the ostree backend's entries do not have it yet (the composefs
-    // ones do), and without it the initramfs mounts the root read-only and
-    // nothing remounts it (docs/boot.md).
+    // The entry has `rw` (without it the initramfs mounts the root
+    // read-only and nothing remounts it: /etc would not be writable).
     let mut host = Host::install(
         "ostree_host_boots_and_says_so",
         "v1",
-        &["--backend", "ostree", "--karg", "rw"],
+        &["--backend", "ostree"],
     );
     let spec = host.entry();
     let uuid = fs_uuid(&host.fs.image());
@@ -379,6 +378,7 @@ fn ostree_host_boots_and_says_so() {
         "{:?}",
         spec.options
     );
+    assert!(spec.options.iter().any(|o| o == "rw"), "{:?}", spec.options);
     let ostree_arg = spec
         .options
         .iter()

@@ -150,6 +150,11 @@ async fn install_inner(
     let mut kargs = install_config::image_kargs(&staged.fs, &staged.repo, &staged.architecture)
         .context("reading the image's kernel arguments")?;
     kargs.extend(opts.root_karg());
+    // The root filesystem is mounted read-write (as bootc's install does):
+    // the deployment's /etc and the stateroot's /var live on it.
+    if !kargs.iter().any(|k| k == "rw" || k == "ro") {
+        kargs.push("rw".into());
+    }
     kargs.extend(host_config.kargs.iter().cloned());
     kargs.extend(opts.kargs.iter().cloned());
     crashpoint::hit("ostree-install:after-pull");
