@@ -314,10 +314,12 @@ fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
                     "this system was not booted from a composefs or ostree deployment; use --sysroot DIR"
                 );
             };
-            Ok(
-                Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })?
-                    .with_run_dir("/run"),
-            )
+            let ostree = id.starts_with('/');
+            let s = Sysroot::open_with_mode("/sysroot", BootedMode::Running { booted_id: id })?
+                .with_run_dir("/run");
+            // libostree recognizes the booted deployment (and stages) only
+            // when it opens `/`.
+            Ok(if ostree { s.with_ostree_root("/") } else { s })
         }
     }
 }

@@ -300,6 +300,11 @@ rollback)
     say release "$(cat /etc/unistore-sample/release)"
     unistore rollback
     ;;
+ostree-upgrade)
+    echo edited-in-v1 >/etc/unistore-test-edit
+    unistore upgrade
+    say staged "$(unistore status --json | jq -r .status.staged.ostree.checksum)"
+    ;;
 *)
     echo "unknown phase $1"
     exit 1
@@ -362,15 +367,25 @@ fn upgrade_finalize_and_rollback_across_reboots() {
     assert_eq!(ok["rollback"], staged);
 }
 
+/// An ostree host boots from the deployment `ostree=` names; inside it,
+/// `unistore upgrade` stages through libostree, the deployment is finalized
+/// at shutdown, the next boot is v2 with the /etc edit kept, and `unistore
+/// rollback` brings v1 back at the boot after.
 #[test]
-fn ostree_host_boots_and_says_so() {
+fn ostree_host_boots_upgrades_and_rolls_back_across_reboots() {
     // The entry has `rw` (without it the initramfs mounts the root
     // read-only and nothing remounts it: /etc would not be writable).
     let mut host = Host::install(
-        "ostree_host_boots_and_says_so",
+        "ostree_host_boots_upgrades_and_rolls_back_across_reboots",
         "v1",
-        &["--backend", "ostree"],
+        &[
+            "--backend",
+            "ostree",
+            "--target-imgref",
+            "oci:/run/unistore-test/oci:latest",
+        ],
     );
+    let disk = test_disk(host.work.path());
     let spec = host.entry();
     let uuid = fs_uuid(&host.fs.image());
     assert!(
@@ -379,34 +394,69 @@ fn ostree_host_boots_and_says_so() {
         spec.options
     );
     assert!(spec.options.iter().any(|o| o == "rw"), "{:?}", spec.options);
-    let ostree_arg = spec
-        .options
-        .iter()
-        .find_map(|o| o.strip_prefix("ostree="))
-        .expect("an ostree= argument")
-        .to_string();
-    // ostree=/ostree/boot.N/<stateroot>/<boot checksum>/<serial> -> the deployment.
-    let deploy =
-        std::fs::canonicalize(host.fs.path().join(ostree_arg.trim_start_matches('/'))).unwrap();
-    let commit = deploy
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .split('.')
-        .next()
-        .unwrap()
-        .to_string();
+    let commit = entry_commit(&host);
 
-    let r = host.boot("check", None);
+    // Boot 1: v1; /etc edited; the upgrade staged by libostree; finalized
+    // at shutdown.
+    let r = host.boot("ostree-upgrade", Some(&disk));
     let ok = boot_ok(&r);
     assert_eq!(ok["backend"], "ostree");
     assert_eq!(ok["id"], commit);
     assert_eq!(ok["stateroot"], "default");
-    assert_eq!(ok["image"], format!("oci:{}:v1", boot_image().display()));
+    assert_eq!(ok["image"], "oci:/run/unistore-test/oci:latest");
     assert_eq!(ok["version"], "1.0");
     assert!(
         !r.lines_with("UNISTORE-INITRAMFS: ostree deployment mounted")
             .is_empty(),
         "the initramfs script did not say it prepared the ostree root"
     );
+    let out = agent_ok(&r);
+    let staged = out
+        .iter()
+        .find_map(|l| l.strip_prefix("staged="))
+        .unwrap_or_else(|| fail_with(&r, "the upgrade printed no staged commit"))
+        .to_string();
+    assert_eq!(staged.len(), 64, "{out:?}");
+    assert_ne!(staged, commit);
+    assert_eq!(entry_commit(&host), staged, "finalized at shutdown");
+
+    // Boot 2: v2 with the /etc edit, v1 as rollback; roll back.
+    let r = host.boot("rollback", Some(&disk));
+    let ok = boot_ok(&r);
+    assert_eq!(ok["id"], staged);
+    assert_eq!(ok["version"], "2.0");
+    assert_eq!(ok["rollback"], commit);
+    let out = agent_ok(&r);
+    assert!(out.contains(&"edit=edited-in-v1".to_string()), "{out:?}");
+    assert!(out.contains(&"release=v2".to_string()), "{out:?}");
+    assert_eq!(entry_commit(&host), commit);
+
+    // Boot 3: v1 again, v2 as rollback.
+    let r = host.boot("check", None);
+    let ok = boot_ok(&r);
+    assert_eq!(ok["id"], commit);
+    assert_eq!(ok["version"], "1.0");
+    assert_eq!(ok["rollback"], staged);
+}
+
+/// The commit of the deployment the primary entry's `ostree=` leads to
+/// (`/ostree/boot.N/<stateroot>/<boot checksum>/<serial>` -> the
+/// deployment `<commit>.<serial>`).
+fn entry_commit(host: &Host) -> String {
+    let spec = host.entry();
+    let arg = spec
+        .options
+        .iter()
+        .find_map(|o| o.strip_prefix("ostree="))
+        .expect("an ostree= argument")
+        .to_string();
+    let deploy = std::fs::canonicalize(host.fs.path().join(arg.trim_start_matches('/'))).unwrap();
+    deploy
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string()
 }

@@ -53,6 +53,7 @@ pub struct Sysroot {
     path: PathBuf,
     mode: BootedMode,
     run: PathBuf,
+    ostree_root: Option<PathBuf>,
 }
 
 impl Sysroot {
@@ -82,7 +83,23 @@ impl Sysroot {
             path,
             mode,
             run,
+            ostree_root: None,
         })
+    }
+
+    /// The root libostree is to open on a booted ostree host: `/` (the
+    /// booted deployment, whose `/ostree` leads to the physical root's and
+    /// whose `/boot` is the physical `/boot`), where libostree recognizes
+    /// the booted deployment and can stage. The caller passes it.
+    pub fn with_ostree_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.ostree_root = Some(root.into());
+        self
+    }
+
+    /// The root libostree opens: [`Self::with_ostree_root`]'s, else this
+    /// root.
+    pub fn ostree_path(&self) -> &Path {
+        self.ostree_root.as_deref().unwrap_or(&self.path)
     }
 
     /// Uses `run` as the runtime directory (`/run` on the running system).

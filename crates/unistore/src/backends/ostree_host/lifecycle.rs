@@ -228,7 +228,7 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
     // one ostree-finalize-staged.service runs at shutdown.
     let out = std::process::Command::new("ostree")
         .args(["admin", "finalize-staged", "--sysroot"])
-        .arg(sysroot.path())
+        .arg(sysroot.ostree_path())
         .output()
         .context("running ostree admin finalize-staged")?;
     if !out.status.success() {

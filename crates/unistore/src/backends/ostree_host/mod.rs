@@ -145,11 +145,11 @@ pub fn name(d: &ostree::Deployment) -> String {
 
 /// Opens and loads the libostree sysroot of an installed ostree host.
 pub fn load(sysroot: &Sysroot) -> Result<ostree::Sysroot> {
-    let os = ostree::Sysroot::new(Some(&gio::File::for_path(sysroot.path())));
+    let os = ostree::Sysroot::new(Some(&gio::File::for_path(sysroot.ostree_path())));
     os.load(gio::Cancellable::NONE).map_err(|e| {
         anyhow!(
             "loading the ostree sysroot {}: {e}",
-            sysroot.path().display()
+            sysroot.ostree_path().display()
         )
     })?;
     crate::stores::ostree_repo::check_mode(

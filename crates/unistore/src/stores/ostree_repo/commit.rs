@@ -20,7 +20,7 @@
 //! there ([`COMPOSEFS_MANIFEST_KEY`]). Checksums of files seen before come
 //! from the [`ChecksumCache`] instead of a re-read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -538,6 +538,35 @@ fn write_tree(
         st_mode: 0o755,
         ..Stat::uninitialized()
     };
+    // What a booted ostree deployment needs at its top, as ostree images
+    // carry it: `/sysroot` (the physical root is mounted there), `/boot`
+    // (the physical /boot is bound there) and `/ostree -> sysroot/ostree`
+    // (where libostree finds its repository on the running system).
+    let has = |n: &str| fs.root.entries().any(|(name, _)| name == OsStr::new(n));
+    for d in ["sysroot", "boot"] {
+        if !has(d) {
+            let mt = root.ensure_dir(d).map_err(glib_err(d))?;
+            mt.set_metadata_checksum(&w.dirmeta(&default_meta)?);
+            notes.push(format!("/{d}: added (an ostree deployment needs it)"));
+        }
+    }
+    if !has("ostree") {
+        let none = BTreeMap::new();
+        let csum = ostree
+            .write_symlink(
+                None,
+                0,
+                0,
+                Some(&xattrs_variant(&none)),
+                "sysroot/ostree",
+                gio::Cancellable::NONE,
+            )
+            .map_err(glib_err("/ostree"))?
+            .to_string();
+        root.replace_file("ostree", &csum)
+            .map_err(glib_err("ostree"))?;
+        w.libostree_written += 1;
+    }
     // `ensure_dir` along `path` below the root, giving directories the
     // image does not have default metadata.
     let ensure = |w: &mut Walker<'_>, path: &[&str]| -> Result<ostree::MutableTree> {
