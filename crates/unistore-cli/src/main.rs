@@ -1,6 +1,7 @@
 //! `unistore`: the porcelain. Parses arguments, calls one library function
 //! per command, prints the result, renders progress.
 
+mod docs;
 mod fsck;
 mod image;
 mod lifecycle;
@@ -175,6 +176,18 @@ enum InternalsCmd {
     },
     /// Make the staged deployment the next boot (the shutdown step).
     FinalizeStaged(lifecycle::JsonArg),
+    /// Write the man pages (one per command, section 8) into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Where to write `unistore.8`, `unistore-install.8`, ...
+        dir: PathBuf,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Remove what no boot entry needs.
     Gc(lifecycle::GcArgs),
     /// Check the host's storage (everything, or only `images`); repair
@@ -284,6 +297,8 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(image::run(&sysroot, c))
         }
         Cmd::Rollback(a) => lifecycle::rollback(&open_sysroot(cli.sysroot.as_deref())?, a),
+        Cmd::Internals(InternalsCmd::Man { dir }) => docs::man_pages(&dir),
+        Cmd::Internals(InternalsCmd::Completions { shell }) => docs::completions(shell),
         Cmd::Internals(InternalsCmd::FinalizeStaged(a)) => {
             lifecycle::finalize(&open_sysroot(cli.sysroot.as_deref())?, a)
         }
