@@ -378,9 +378,14 @@ fn ostree_host_boots_upgrades_and_rolls_back_across_reboots() {
     let mut host = Host::install(
         "ostree_host_boots_upgrades_and_rolls_back_across_reboots",
         "v1",
+        // Unified (bound, with the store): the upgrade pulls only the
+        // layer v2 changes into composefs (a classic host would import the
+        // whole image again: minutes under TCG).
         &[
             "--backend",
             "ostree",
+            "--unified",
+            "enabled",
             "--target-imgref",
             "oci:/run/unistore-test/oci:latest",
         ],

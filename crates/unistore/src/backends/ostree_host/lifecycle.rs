@@ -218,12 +218,15 @@ pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
 }
 
 /// Writes a deployment libostree staged; on a root that is not running
-/// nothing is ever staged.
+/// nothing is ever staged. The result is checked: the staged deployment
+/// must now be the first (`ostree admin finalize-staged` exits 0 when it
+/// decides not to finalize).
 pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
     let os = super::load(sysroot)?;
     let Some(staged) = os.staged_deployment() else {
         return Ok(FinalizeOutcome::NothingStaged);
     };
+    let want = name(&staged);
     // libostree 2022.7 finalizes only through its (hidden) admin verb, the
     // one ostree-finalize-staged.service runs at shutdown.
     let out = std::process::Command::new("ostree")
@@ -231,14 +234,26 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
         .arg(sysroot.ostree_path())
         .output()
         .context("running ostree admin finalize-staged")?;
+    let said = format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     if !out.status.success() {
-        bail!(
-            "ostree admin finalize-staged failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ostree admin finalize-staged failed: {}", said.trim());
     }
-    Ok(FinalizeOutcome::Finalized {
-        deployment_id: name(&staged),
-        etc_local_changes_kept: 0,
-    })
+    let os = super::load(sysroot)?;
+    let first = os.deployments().into_iter().find(|d| !d.is_staged());
+    match first {
+        Some(d) if name(&d) == want && os.staged_deployment().is_none() => {
+            Ok(FinalizeOutcome::Finalized {
+                deployment_id: want,
+                etc_local_changes_kept: 0,
+            })
+        }
+        _ => bail!(
+            "ostree admin finalize-staged did not make {want} the next boot ({})",
+            said.trim()
+        ),
+    }
 }
