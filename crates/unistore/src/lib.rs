@@ -37,5 +37,6 @@ pub mod sysroot;
 pub mod tar_walk;
 pub mod unified;
 pub mod util;
+pub mod xfs_prealloc;
 
 pub use sysroot::Sysroot;

@@ -355,6 +355,7 @@ async fn install_inner(
     if let Some(u) = &unified_summary {
         unified::write_flag(sysroot, u.mode)?;
     }
+    crate::xfs_prealloc::trim_quietly(sysroot);
     let dir = sysroot.dir();
     // The writers' lock file exists from the start, so that a failed later
     // operation leaves the root exactly as it was.

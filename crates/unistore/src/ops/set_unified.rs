@@ -254,6 +254,7 @@ pub async fn set_unified(
     crashpoint::hit("set-unified:before-flag");
     unified::write_flag(sysroot, opts.mode)?;
     crashpoint::hit("set-unified:after-flag");
+    crate::xfs_prealloc::trim_quietly(sysroot);
     Ok(SetUnifiedOutcome::Unified {
         mode: opts.mode,
         reflinks: probe.supported,

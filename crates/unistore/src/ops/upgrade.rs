@@ -262,6 +262,7 @@ pub async fn upgrade(
     drop(repo);
     progress::step(&progress, "Collecting garbage");
     let gc_report = gc::gc(sysroot, GcOpts::default())?;
+    crate::xfs_prealloc::trim_quietly(sysroot);
     let version = composefs_repo::open(sysroot)
         .ok()
         .and_then(|r| composefs_repo::open_image(&r, &pulled.manifest_digest).ok())

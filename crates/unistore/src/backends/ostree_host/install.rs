@@ -237,6 +237,7 @@ async fn install_inner(
         }
         None => None,
     };
+    crate::xfs_prealloc::trim_quietly(sysroot);
     let entry_file = util::list_names(sysroot.dir(), crate::sysroot::ENTRIES_DIR)?
         .into_iter()
         .find(|n| n.ends_with(&format!("-{stateroot}.conf")))

@@ -159,6 +159,7 @@ pub async fn upgrade(
     drop(_lock);
     progress::step(&progress, "Collecting garbage");
     let gc = super::gc::run(sysroot, GcOpts::default())?;
+    crate::xfs_prealloc::trim_quietly(sysroot);
     let (image, deployment_id) = (target.to_string(), name(&new));
     let gc = Some(Box::new(gc));
     let commit = Some(Box::new(imported));

@@ -458,6 +458,7 @@ pub async fn set_unified(
     }
     unified::write_flag(sysroot, opts.mode)?;
     crashpoint::hit("ostree-set-unified:after-flag");
+    crate::xfs_prealloc::trim_quietly(sysroot);
     Ok(SetUnifiedOutcome::Unified {
         mode: opts.mode,
         reflinks: probe.supported,
