@@ -608,3 +608,63 @@ fn root_mount_spec_in_the_boot_entry() {
     assert_eq!(before, snapshot(&tmp));
     umount_all(&tmp);
 }
+
+/// No XFS speculative preallocation is left behind: the space `df` shows
+/// right after an install (and after an upgrade) is what stays once XFS has
+/// settled (unmount and mount drop any left).
+#[test]
+fn df_right_after_install_is_what_stays() {
+    let work = tempfile::tempdir().unwrap();
+    let opts = TestImageOpts {
+        payload_mib: 64,
+        ..Default::default()
+    };
+    build_test_image(&work.path().join("oci"), "v1", &opts).unwrap();
+    let opts2 = TestImageOpts {
+        version: "2.0".into(),
+        variant: 2,
+        payload_mib: 72,
+        ..Default::default()
+    };
+    build_test_image(&work.path().join("oci"), "v2", &opts2).unwrap();
+    let mut fs = LoopFs::new(FsKind::Xfs, 2048).unwrap();
+    let settled = |fs: &mut LoopFs| {
+        fs.detach().unwrap();
+        fs.attach().unwrap();
+        fs.free_bytes()
+    };
+    let total = settled(&mut fs);
+    for (what, args) in [
+        (
+            "install",
+            vec![
+                "install".to_string(),
+                "to-filesystem".into(),
+                "--unified".into(),
+                "enabled".into(),
+                "--source-imgref".into(),
+                format!("oci:{}:v1", work.path().join("oci").display()),
+                fs.path().display().to_string(),
+            ],
+        ),
+        (
+            "switch",
+            vec![
+                "--sysroot".to_string(),
+                fs.path().display().to_string(),
+                "switch".into(),
+                format!("oci:{}:v2", work.path().join("oci").display()),
+            ],
+        ),
+    ] {
+        run_ok(unistore().args(&args));
+        fs.sync();
+        let right_after = total - fs.free_bytes();
+        let stays = total - settled(&mut fs);
+        eprintln!("{what}: {right_after} bytes used right after, {stays} once settled");
+        assert!(
+            right_after as f64 <= stays as f64 * 1.02 + 4.0 * 1024.0 * 1024.0,
+            "{what}: df shows {right_after} bytes right after, {stays} once settled"
+        );
+    }
+}
