@@ -40,6 +40,7 @@ impl BootSpec {
 struct Entry {
     file: String,
     sort_key: String,
+    version: String,
     linux: String,
     initrd: String,
     options: Vec<String>,
@@ -58,6 +59,7 @@ fn parse_entry(file: &str, text: &str) -> Entry {
         let v = v.trim();
         match k {
             "sort-key" => e.sort_key = v.to_string(),
+            "version" => e.version = v.to_string(),
             "linux" => e.linux = v.to_string(),
             "initrd" => e.initrd = v.to_string(),
             "options" => e.options.extend(v.split_whitespace().map(str::to_string)),
@@ -67,9 +69,54 @@ fn parse_entry(file: &str, text: &str) -> Entry {
     e
 }
 
+/// Compares two strings as versions (runs of digits by value), as the Boot
+/// Loader Specification orders `version` fields and file names.
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = vec![];
+        let mut start = 0;
+        let b = s.as_bytes();
+        for i in 1..=b.len() {
+            if i == b.len() || b[i].is_ascii_digit() != b[start].is_ascii_digit() {
+                out.push((b[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(&cb) {
+        let o = match (x, y) {
+            ((true, x), (true, y)) => x
+                .trim_start_matches('0')
+                .len()
+                .cmp(&y.trim_start_matches('0').len())
+                .then_with(|| x.trim_start_matches('0').cmp(y.trim_start_matches('0'))),
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    ca.len().cmp(&cb.len())
+}
+
+/// The order a BLS boot loader shows entries in: entries with a sort-key
+/// first, by sort-key; then by version, highest first; then by file name,
+/// highest version first (libostree's `ostree-<N>-<os>.conf`, whose primary
+/// has the highest N and `version`, have no sort-key).
+fn bls_order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    a.sort_key
+        .is_empty()
+        .cmp(&b.sort_key.is_empty())
+        .then_with(|| a.sort_key.cmp(&b.sort_key))
+        .then_with(|| version_cmp(&b.version, &a.version))
+        .then_with(|| version_cmp(&b.file, &a.file))
+}
+
 /// Reads the primary entry of the root mounted at `root` (the one a BLS boot
-/// loader shows first: the smallest sort-key, then the file name) and copies
-/// its kernel and initrd into `out_dir`.
+/// loader shows first, [`bls_order`]) and copies its kernel and initrd into
+/// `out_dir`.
 pub fn primary_entry(root: &Path, out_dir: &Path) -> Result<BootSpec> {
     let dir = root.join("boot/loader/entries");
     let mut entries = vec![];
@@ -80,7 +127,7 @@ pub fn primary_entry(root: &Path, out_dir: &Path) -> Result<BootSpec> {
             entries.push(parse_entry(&name, &std::fs::read_to_string(e.path())?));
         }
     }
-    entries.sort_by(|a, b| (&a.sort_key, &a.file).cmp(&(&b.sort_key, &b.file)));
+    entries.sort_by(bls_order);
     let Some(e) = entries.into_iter().next() else {
         bail!("no boot entry in {}", dir.display());
     };
@@ -307,4 +354,40 @@ pub fn primary_entry_of_image(image: &Path, out_dir: &Path) -> Result<BootSpec> 
     });
     let _ = run(Command::new("losetup").arg("-d").arg(&dev));
     r
+}
+
+#[cfg(test)]
+mod bls_tests {
+    use super::*;
+
+    #[test]
+    fn entries_sort_as_a_bls_boot_loader_shows_them() {
+        let e = |file: &str, sort_key: &str, version: &str| Entry {
+            file: file.into(),
+            sort_key: sort_key.into(),
+            version: version.into(),
+            ..Default::default()
+        };
+        // libostree: no sort-key, the primary has the highest N.
+        let mut v = vec![
+            e("ostree-1-default.conf", "", "1"),
+            e("ostree-2-default.conf", "", "2"),
+        ];
+        v.sort_by(bls_order);
+        assert_eq!(v[0].file, "ostree-2-default.conf");
+        // composefs (bootc): sort-keys, smallest first, before key-less ones.
+        let mut v = vec![
+            e("z.conf", "", "9"),
+            e("bootc_os-2-1.conf", "bootc-os-1", "2"),
+            e("bootc_os-1-1.conf", "bootc-os-0", "1"),
+        ];
+        v.sort_by(bls_order);
+        assert_eq!(v[0].file, "bootc_os-1-1.conf");
+        assert_eq!(v[2].file, "z.conf");
+        assert_eq!(version_cmp("10", "9"), std::cmp::Ordering::Greater);
+        assert_eq!(
+            version_cmp("ostree-10-a", "ostree-9-a"),
+            std::cmp::Ordering::Greater
+        );
+    }
 }
