@@ -78,6 +78,7 @@ pub fn migrate(sysroot: &Sysroot) -> Result<MigrateReport> {
             .collect();
         // Keep positions: entries are sorted primary first already.
         bootloader::replace_entries_dir(sysroot, rel, &fixed)?;
+        crashpoint::hit("migrate:after-entries");
         report.rewritten.push(rel.to_string());
     }
     Ok(report)

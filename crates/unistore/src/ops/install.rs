@@ -256,6 +256,7 @@ async fn install_inner(
         progress.clone(),
     )
     .await?;
+    crate::crashpoint::hit("install:after-pull");
 
     // The image's own install config is known only now.
     let image_config = effective_config(&repo, &manifest_digest, host_config)?;
@@ -334,8 +335,10 @@ async fn install_inner(
     // written (`deployment_files`).
     let entry = deployed.entry;
     drop(repo);
+    crate::crashpoint::hit("install:after-deploy");
     if let Some(u) = &unified_summary {
         unified::write_flag(sysroot, u.mode)?;
+        crate::crashpoint::hit("install:after-flag");
     }
     let dir = sysroot.dir();
     // The writers' lock file exists from the start, so that a failed later

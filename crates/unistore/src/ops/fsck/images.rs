@@ -235,12 +235,14 @@ pub(crate) fn write_into_store(
     };
     crate::stores::containers_storage::ensure_store(sysroot)?;
     unified::record_upsert(sysroot, entry(true))?;
+    crate::crashpoint::hit("fsck-repair:after-record-pending");
     let stats = writer::write_image(
         repo,
         manifest_digest,
         &crate::stores::containers_storage::store_path(sysroot),
         wo,
     )?;
+    crate::crashpoint::hit("fsck-repair:after-store-write");
     unified::record_upsert(sysroot, entry(false))?;
     Ok(stats)
 }
@@ -630,6 +632,7 @@ pub(crate) fn check_composefs_image(
             });
             match done {
                 Some((src, reflinked)) => {
+                    crate::crashpoint::hit("fsck-repair:after-object-restore");
                     r.repaired = true;
                     r.repairs.push(format!(
                         "composefs: restored object objects/{} (/{}) from {} ({})",
