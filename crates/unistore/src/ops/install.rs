@@ -125,7 +125,10 @@ impl Drop for Created<'_> {
     }
 }
 
-/// Refuses a root that already holds a deployment.
+/// Refuses a root that already holds a deployment (a boot entry). State
+/// directories without any boot entry are what an interrupted install
+/// left (it writes the entry last): garbage, removed, so that running the
+/// install again completes (found by the crash walk).
 pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
     let entries = util::list_names(sysroot.dir(), ENTRIES_DIR)?;
     if let Some(e) = entries.iter().find(|n| n.ends_with(".conf")) {
@@ -134,11 +137,9 @@ pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
             sysroot.path().display()
         );
     }
-    if let Some(id) = deployment::list_state_dirs(sysroot)?.first() {
-        bail!(
-            "{} already holds a deployment ({STATE_DEPLOY_DIR}/{id})",
-            sysroot.path().display()
-        );
+    for id in deployment::list_state_dirs(sysroot)? {
+        tracing::info!("removing {STATE_DEPLOY_DIR}/{id}, left by an interrupted install");
+        util::remove_all(sysroot.dir(), &format!("{STATE_DEPLOY_DIR}/{id}"))?;
     }
     Ok(())
 }
