@@ -138,16 +138,28 @@ pub fn check_host(
         c.mounted += 1;
     }
 
-    // A staged deployment only with its marker (and the other way round).
+    // A staged deployment only with its marker. A marker without a staged
+    // deployment may only name the deployment that boots next (a finalize
+    // interrupted before its cleanup).
     if !ostree {
-        let marker = root.join("run/composefs/staged-deployment").exists();
-        assert_eq!(
-            !st["status"]["staged"].is_null(),
-            marker,
-            "staged deployment and marker disagree: {st}"
-        );
-        if marker {
+        let marker = root.join("run/composefs/staged-deployment");
+        if !st["status"]["staged"].is_null() {
+            assert!(
+                marker.exists(),
+                "a staged deployment without its marker: {st}"
+            );
             assert!(root.join("boot/loader/entries.staged").is_dir());
+        } else if marker.exists() {
+            let m: Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+            let next = if st["status"]["rollbackQueued"] == true {
+                &st["status"]["rollback"]
+            } else {
+                &st["status"]["booted"]
+            };
+            assert_eq!(
+                m["depl_id"], next["composefs"]["verity"],
+                "a marker naming a deployment that is not staged: {st}"
+            );
         }
     }
 

@@ -348,13 +348,16 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                         continue;
                     };
                     match restore_object(sysroot, &repo, &bad.id, &src) {
-                        Ok(reflinked) => r.repairs.push(format!(
-                            "restored object objects/{} (/{}) from {} ({})",
-                            bad.id.to_object_pathname(),
-                            String::from_utf8_lossy(&bad.path),
-                            src.display(),
-                            if reflinked { "reflinked" } else { "copied" }
-                        )),
+                        Ok(reflinked) => r.repairs.push({
+                            crate::crashpoint::hit("fsck-repair:after-object-restore");
+                            format!(
+                                "restored object objects/{} (/{}) from {} ({})",
+                                bad.id.to_object_pathname(),
+                                String::from_utf8_lossy(&bad.path),
+                                src.display(),
+                                if reflinked { "reflinked" } else { "copied" }
+                            )
+                        }),
                         Err(e) => r.issues.push(format!(
                             "could not restore object objects/{}: {e:#}",
                             bad.id.to_object_pathname()
