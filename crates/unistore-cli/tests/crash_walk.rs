@@ -242,7 +242,8 @@ fn prepare(w: &World, s: Scenario) -> (Vec<String>, bool) {
             (v(&["rollback"]), false)
         }
         Scenario::OstreeGc => {
-            install(&["--backend", "ostree"]);
+            // Unified: the gc has a composefs repository to collect too.
+            install(&["--backend", "ostree", "--unified", "enabled"]);
             for n in [2, 3] {
                 w.push(n, "os");
                 w.ok(&["upgrade"]);

@@ -52,7 +52,7 @@ pub enum Scenario {
     OstreeUpgrade,
     /// `rollback` of an ostree host.
     OstreeRollback,
-    /// `internals gc` of an ostree host with a dead image.
+    /// `internals gc` of a unified ostree host with a dead image.
     OstreeGc,
     /// `image set-unified full` of an ostree host.
     OstreeSetUnified,

@@ -92,7 +92,15 @@ impl LoopFs {
 
     fn umount(&mut self) -> Result<()> {
         if self.mounted {
-            run(Command::new("umount").arg("-R").arg(&self.mountpoint))?;
+            // A process that just exited may still hold it for a moment.
+            let mut tries = 0;
+            while let Err(e) = run(Command::new("umount").arg("-R").arg(&self.mountpoint)) {
+                tries += 1;
+                if tries == 50 {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             self.mounted = false;
         }
         Ok(())
