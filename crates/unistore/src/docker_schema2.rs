@@ -258,7 +258,8 @@ fn with_sniffed_compression(oci_manifest: &[u8], blobs: &Path) -> Result<Vec<u8>
     Ok(serde_json::to_vec(&v)?)
 }
 
-fn blob_digests(manifest: &[u8]) -> Result<Vec<String>> {
+/// The config and layer digests a manifest names.
+pub fn blob_digests(manifest: &[u8]) -> Result<Vec<String>> {
     let v: Value = serde_json::from_slice(manifest)?;
     let mut out = vec![
         v["config"]["digest"]

@@ -118,10 +118,11 @@ impl ImageRef {
         if let Some(rest) = value.strip_prefix(ORIGIN_IMAGE_PREFIX) {
             Self::parse(rest)
         } else if let Some(rest) = value.strip_prefix(ORIGIN_REGISTRY_PREFIX) {
-            Ok(Self {
-                transport: Transport::Registry,
-                name: rest.to_string(),
-            })
+            // Checked like any registry reference: a name, and nothing
+            // that reads as another transport (found by fuzzing: an empty
+            // name was accepted, and written back as `docker://`, which
+            // no longer parses).
+            Self::parse(&format!("{}{rest}", Transport::Registry.prefix()))
         } else {
             Self::parse(value)
         }
@@ -186,6 +187,13 @@ mod tests {
         assert_eq!(r.transport, Transport::OciArchive);
         let r = ImageRef::parse("containers-storage:localhost/os").unwrap();
         assert_eq!(r.transport, Transport::ContainersStorage);
+        assert!(ImageRef::from_origin("ostree-unverified-registry:").is_err());
+        assert_eq!(
+            ImageRef::from_origin("ostree-unverified-registry:quay.io/a/b:1")
+                .unwrap()
+                .to_string(),
+            "docker://quay.io/a/b:1"
+        );
         let r = ImageRef::parse("quay.io/org/img:tag").unwrap();
         assert_eq!(r.transport, Transport::Registry);
         let r = ImageRef::parse("localhost:5000/img").unwrap();

@@ -3,14 +3,19 @@
 //!
 //! Older installs named kernel directories `boot/<name>` without the
 //! `bootc_composefs-` prefix. Steps, each one a no-op when already done:
-//! 1. rename every such directory an entry names to the prefixed name
-//!    (skipped when the prefixed one exists already);
+//! 1. give every such directory an entry names its prefixed name too: a
+//!    `.tmp-` directory of hard links to its files, renamed into place
+//!    (skipped when the prefixed one exists already); the old one stays;
 //! 2. rewrite the entries that name an unprefixed directory into a new
-//!    loader directory and exchange it with the old one.
+//!    loader directory and exchange it with the old one;
+//! 3. remove the unprefixed directories no entry names any more.
 //!
-//! Interrupted after (1), the entries name a directory that is gone, the
-//! prefixed one exists, and the next run does (2). Reads never migrate:
-//! only writing operations call [`migrate`].
+//! At every step each entry names a kernel that exists: interrupted after
+//! (1), the entries still name the old directories (the crash walk found
+//! that renaming them first left a boot menu naming kernels that were
+//! gone); after (2), the old directories are garbage that the next run's
+//! step (3) removes. Reads never migrate: only writing operations call
+//! [`migrate`].
 
 use anyhow::Result;
 use serde::Serialize;
@@ -65,7 +70,14 @@ pub fn migrate(sysroot: &Sysroot) -> Result<MigrateReport> {
             let old = format!("{BOOT_DIR}/{kd}");
             let new = format!("{BOOT_DIR}/{KERNEL_DIR_PREFIX}{kd}");
             if dir.try_exists(&old)? && !dir.try_exists(&new)? {
-                dir.rename(&old, dir, &new)?;
+                let tmp = format!("{BOOT_DIR}/.tmp-{KERNEL_DIR_PREFIX}{kd}");
+                crate::util::remove_all(dir, &tmp)?;
+                dir.create_dir(&tmp)?;
+                for name in crate::util::list_names(dir, &old)? {
+                    dir.hard_link(format!("{old}/{name}"), dir, format!("{tmp}/{name}"))?;
+                }
+                crate::util::fsync_dir(dir, Some(std::path::Path::new(&tmp)))?;
+                dir.rename(&tmp, dir, &new)?;
                 crate::util::fsync_dir(dir, Some(std::path::Path::new(BOOT_DIR)))?;
                 report.renamed.push(kd.to_string());
             }
@@ -78,7 +90,25 @@ pub fn migrate(sysroot: &Sysroot) -> Result<MigrateReport> {
             .collect();
         // Keep positions: entries are sorted primary first already.
         bootloader::replace_entries_dir(sysroot, rel, &fixed)?;
+        crashpoint::hit("migrate:after-entries");
         report.rewritten.push(rel.to_string());
+    }
+    // 3. Old directories no entry names, whose prefixed copy exists.
+    let mut named = std::collections::BTreeSet::new();
+    for rel in [ENTRIES_DIR, STAGED_ENTRIES_DIR] {
+        for e in bootloader::read_entries(sysroot, rel)? {
+            if let Some(kd) = e.kernel_dir() {
+                named.insert(kd.to_string());
+            }
+        }
+    }
+    for name in crate::util::list_names(dir, BOOT_DIR)? {
+        if crate::deployment::is_deployment_id(&name)
+            && !named.contains(&name)
+            && dir.try_exists(format!("{BOOT_DIR}/{KERNEL_DIR_PREFIX}{name}"))?
+        {
+            crate::util::remove_all(dir, format!("{BOOT_DIR}/{name}"))?;
+        }
     }
     Ok(report)
 }

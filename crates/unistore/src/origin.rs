@@ -10,7 +10,7 @@
 //! manifest_digest=sha256:<hex>
 //! ```
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use ini::Ini;
 
 use crate::imgref::ImageRef;
@@ -49,11 +49,26 @@ impl Origin {
         if let Some(d) = &registry_digest {
             validate_digest(d).context("bad [image] registry_digest")?;
         }
+        let boot_type = get("boot", "boot_type").unwrap_or_else(|| "bls".into());
+        ensure!(
+            !boot_type.is_empty()
+                && boot_type
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "bad [boot] boot_type {boot_type:?}"
+        );
+        let boot_digest = get("boot", "digest");
+        if let Some(d) = &boot_digest {
+            ensure!(
+                d.bytes().all(|b| b.is_ascii_hexdigit()),
+                "bad [boot] digest {d:?}"
+            );
+        }
         Ok(Self {
             registry_digest,
             image,
-            boot_type: get("boot", "boot_type").unwrap_or_else(|| "bls".into()),
-            boot_digest: get("boot", "digest"),
+            boot_type,
+            boot_digest,
             manifest_digest,
         })
     }
@@ -62,8 +77,8 @@ impl Origin {
     pub fn to_text(&self) -> String {
         let mut s = format!(
             "[origin]\ncontainer-image-reference={}\n\n[boot]\nboot_type={}\n",
-            self.image.to_origin(),
-            self.boot_type
+            ini_escape(&self.image.to_origin()),
+            ini_escape(&self.boot_type)
         );
         if let Some(d) = &self.boot_digest {
             s.push_str(&format!("digest={d}\n"));
@@ -95,6 +110,26 @@ pub fn validate_digest(d: &str) -> Result<()> {
         return Err(anyhow!("{d:?} is not a sha256 digest"));
     }
     Ok(())
+}
+
+/// Escapes a value for an INI file the way `rust-ini` and GLib's key
+/// files read escapes back (found by fuzzing: a reference with a
+/// backslash did not read back the same).
+fn ini_escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            ';' => out.push_str("\\;"),
+            '#' => out.push_str("\\#"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// What the legacy `<id>.imginfo` JSON (`{config, manifest}`, written by old

@@ -23,12 +23,17 @@ fn path(sysroot: &Sysroot) -> PathBuf {
     sysroot.run_dir().join("composefs/staged-deployment")
 }
 
+/// Parses the marker's bytes.
+pub fn parse(bytes: &[u8]) -> Result<StagedMarker> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
 /// Reads the marker, if any.
 pub fn read(sysroot: &Sysroot) -> Result<Option<StagedMarker>> {
     let p = path(sysroot);
     match std::fs::read(&p) {
         Ok(b) => Ok(Some(
-            serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))?,
+            parse(&b).with_context(|| format!("parsing {}", p.display()))?,
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),

@@ -176,6 +176,23 @@ pub fn walk_layer(
     walker.finish()
 }
 
+/// Walks a layer given as chunks of its splitstream: `Ok(bytes)` for
+/// inline tar bytes, `Err(id)` for a reference to an object holding a
+/// file's whole content (what [`walk_layer`] reads from the repository).
+pub fn walk_chunks<'a>(
+    chunks: impl IntoIterator<Item = std::result::Result<&'a [u8], &'a ObjectId>>,
+    visitor: &mut dyn LayerVisitor,
+) -> Result<()> {
+    let mut walker = Walker::new(visitor);
+    for c in chunks {
+        match c {
+            Ok(bytes) => walker.inline(bytes)?,
+            Err(id) => walker.external(id)?,
+        }
+    }
+    walker.finish()
+}
+
 enum State {
     /// Expecting a header.
     Header,

@@ -116,6 +116,66 @@ impl LoopFs {
             .unwrap_or(0)
     }
 
+    fn umount(&mut self) -> Result<()> {
+        if self.mounted {
+            // A process that just exited may still hold it for a moment.
+            let mut tries = 0;
+            while let Err(e) = run(Command::new("umount").arg("-R").arg(&self.mountpoint)) {
+                tries += 1;
+                if tries == 50 {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            self.mounted = false;
+        }
+        Ok(())
+    }
+
+    fn mount(&mut self) -> Result<()> {
+        run(Command::new("mount")
+            .arg(self.device())
+            .arg(&self.mountpoint))?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    /// Unmounts and mounts again: after a shutdown (a simulated power
+    /// cut), the mount replays the log as after a real one.
+    pub fn remount(&mut self) -> Result<()> {
+        self.umount()?;
+        self.mount()
+    }
+
+    /// Saves the filesystem as it is now to `to` (a sparse copy of the
+    /// image, taken unmounted so it is consistent).
+    pub fn save(&mut self, to: &Path) -> Result<()> {
+        self.umount()?;
+        run(Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(self.image())
+            .arg(to))?;
+        self.mount()
+    }
+
+    /// Puts back a filesystem saved by [`Self::save`]: the loop device is
+    /// detached (no stale cached blocks), the image replaced, attached
+    /// again and mounted.
+    pub fn restore(&mut self, from: &Path) -> Result<()> {
+        self.umount()?;
+        if let Some(dev) = self.device.take() {
+            run(Command::new("losetup").arg("-d").arg(&dev))?;
+        }
+        let image = self.image();
+        run(Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(from)
+            .arg(&image))?;
+        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(&image))?;
+        self.device = Some(dev.trim().to_string());
+        self.mount()
+    }
+
     /// Flush this filesystem (syncfs), so space accounting is up to date.
     pub fn sync(&self) {
         if let Ok(d) = std::fs::File::open(&self.mountpoint) {

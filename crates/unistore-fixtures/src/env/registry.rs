@@ -235,6 +235,16 @@ impl Registry {
     }
 
     /// `127.0.0.1:PORT`.
+    /// The blob file the registry serves for `digest` (`sha256:<hex>`),
+    /// for tests that make it serve bad bytes.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir.path().join(format!(
+            "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    }
+
     pub fn addr(&self) -> String {
         self.addr.clone()
     }

@@ -52,6 +52,7 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
     let dir = sysroot.dir();
     let cleanup = || -> Result<()> {
         staged::remove(sysroot)?;
+        crashpoint::hit("finalize:after-unmark");
         util::remove_all(dir, STAGED_ENTRIES_DIR)?;
         Ok(())
     };

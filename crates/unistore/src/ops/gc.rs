@@ -150,6 +150,7 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
             report.kernel_dirs.push(name);
         }
     }
+    crate::crashpoint::hit("gc:after-kernels");
     // 2. State directories (and interrupted temporaries).
     for name in util::list_names(dir, STATE_DEPLOY_DIR)? {
         let id = name.strip_prefix(".tmp-").unwrap_or(&name);
@@ -169,6 +170,7 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         util::remove_all(dir, crate::sysroot::STAGED_ENTRIES_DIR)?;
     }
 
+    crate::crashpoint::hit("gc:after-state-dirs");
     // 3. Tags.
     let repo = composefs_repo::open(sysroot)?;
     let mut live_digests = BTreeSet::new();
@@ -199,6 +201,7 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         }
     }
 
+    crate::crashpoint::hit("gc:after-tags");
     // 4. The host containers-storage: only images unistore put there, and
     // only those no live deployment uses. A dry run decides the same way
     // from the same record and JSON, and only reads.

@@ -142,7 +142,10 @@ impl Drop for Created<'_> {
     }
 }
 
-/// Refuses a root that already holds a deployment.
+/// Refuses a root that already holds a deployment (a boot entry). State
+/// directories without any boot entry are what an interrupted install
+/// left (it writes the entry last): garbage, removed, so that running the
+/// install again completes (found by the crash walk).
 pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
     let entries = util::list_names(sysroot.dir(), ENTRIES_DIR)?;
     if let Some(e) = entries.iter().find(|n| n.ends_with(".conf")) {
@@ -151,11 +154,9 @@ pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
             sysroot.path().display()
         );
     }
-    if let Some(id) = deployment::list_state_dirs(sysroot)?.first() {
-        bail!(
-            "{} already holds a deployment ({STATE_DEPLOY_DIR}/{id})",
-            sysroot.path().display()
-        );
+    for id in deployment::list_state_dirs(sysroot)? {
+        tracing::info!("removing {STATE_DEPLOY_DIR}/{id}, left by an interrupted install");
+        util::remove_all(sysroot.dir(), &format!("{STATE_DEPLOY_DIR}/{id}"))?;
     }
     Ok(())
 }
@@ -273,6 +274,7 @@ async fn install_inner(
         progress.clone(),
     )
     .await?;
+    crate::crashpoint::hit("install:after-pull");
 
     // The image's own install config is known only now.
     let image_config = effective_config(&repo, &manifest_digest, host_config)?;
@@ -352,8 +354,10 @@ async fn install_inner(
     // written (`deployment_files`).
     let entry = deployed.entry;
     drop(repo);
+    crate::crashpoint::hit("install:after-deploy");
     if let Some(u) = &unified_summary {
         unified::write_flag(sysroot, u.mode)?;
+        crate::crashpoint::hit("install:after-flag");
     }
     crate::xfs_prealloc::trim_quietly(sysroot);
     let dir = sysroot.dir();

@@ -49,6 +49,7 @@ pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
     entries.swap(0, 1);
     crashpoint::hit("rollback:before-swap");
     bootloader::replace_entries_dir(sysroot, ENTRIES_DIR, &entries)?;
+    crashpoint::hit("rollback:after-swap");
     let id = |i: usize| entries[i].deployment_id().unwrap_or_default().to_string();
     let after = HostState::read(sysroot)?;
     Ok(RollbackReport {

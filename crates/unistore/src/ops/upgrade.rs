@@ -156,6 +156,7 @@ pub async fn upgrade(
     {
         let previous = std::mem::replace(&mut origin.image, imgref.clone());
         deployment::write_origin(sysroot, &id, &origin)?;
+        crashpoint::hit("switch:after-origin");
         return Ok(UpgradeOutcome::OriginUpdated {
             image: imgref.to_string(),
             previous_image: previous.to_string(),

@@ -28,7 +28,7 @@
 //! anything else.
 
 mod prune;
-mod record;
+pub mod record;
 mod share;
 mod store_first;
 mod store_import;
@@ -79,15 +79,18 @@ struct FlagFile {
     unified: UnifiedMode,
 }
 
+/// Parses the flag file's bytes: the mode it marks, `None` for `disabled`.
+pub fn parse_flag(bytes: &[u8]) -> Result<Option<UnifiedMode>> {
+    let f: FlagFile =
+        serde_json::from_slice(bytes).with_context(|| format!("parsing {UNIFIED_FLAG}"))?;
+    Ok((f.unified != UnifiedMode::Disabled).then_some(f.unified))
+}
+
 /// The unified mode the host is marked with; `None` when not marked.
 /// Reads only.
 pub fn unified_mode(sysroot: &Sysroot) -> Result<Option<UnifiedMode>> {
     match sysroot.dir().read(UNIFIED_FLAG) {
-        Ok(b) => {
-            let f: FlagFile =
-                serde_json::from_slice(&b).with_context(|| format!("parsing {UNIFIED_FLAG}"))?;
-            Ok((f.unified != UnifiedMode::Disabled).then_some(f.unified))
-        }
+        Ok(b) => parse_flag(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {UNIFIED_FLAG}")),
     }

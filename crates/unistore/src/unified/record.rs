@@ -26,7 +26,7 @@ pub struct OwnedImage {
 pub(super) type SharedLayers = BTreeMap<String, Option<String>>;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct Record {
+pub struct Record {
     #[serde(default)]
     pub(super) images: Vec<OwnedImage>,
     /// Layers unistore wrote from composefs or passed over: a later share
@@ -36,9 +36,21 @@ pub(super) struct Record {
     pub(super) shared_layers: SharedLayers,
 }
 
+/// Parses the record's bytes.
+pub fn parse_record(bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes).with_context(|| format!("parsing {RECORD_FILE}"))
+}
+
+impl Record {
+    /// The images recorded.
+    pub fn images(&self) -> &[OwnedImage] {
+        &self.images
+    }
+}
+
 pub(super) fn read_record(sysroot: &Sysroot) -> Result<Record> {
     match sysroot.dir().read(RECORD_FILE) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {RECORD_FILE}")),
+        Ok(b) => parse_record(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
         Err(e) => Err(e).with_context(|| format!("reading {RECORD_FILE}")),
     }

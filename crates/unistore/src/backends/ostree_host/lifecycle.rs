@@ -207,6 +207,7 @@ pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
     crashpoint::hit("ostree-rollback:before-write");
     os.write_deployments(&deps, gio::Cancellable::NONE)
         .map_err(|e| anyhow!("writing the boot entries: {e}"))?;
+    crashpoint::hit("ostree-rollback:after-write");
     os.load(gio::Cancellable::NONE)
         .map_err(|e| anyhow!("reloading the ostree sysroot: {e}"))?;
     let (after, booted) = super::deployments(sysroot, &os);

@@ -235,12 +235,14 @@ pub(crate) fn write_into_store(
     };
     crate::stores::containers_storage::ensure_store(sysroot)?;
     unified::record_upsert(sysroot, entry(true))?;
+    crate::crashpoint::hit("fsck-repair:after-record-pending");
     let stats = writer::write_image(
         repo,
         manifest_digest,
         &crate::stores::containers_storage::store_path(sysroot),
         wo,
     )?;
+    crate::crashpoint::hit("fsck-repair:after-store-write");
     unified::record_upsert(sysroot, entry(false))?;
     Ok(stats)
 }
@@ -346,13 +348,16 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                         continue;
                     };
                     match restore_object(sysroot, &repo, &bad.id, &src) {
-                        Ok(reflinked) => r.repairs.push(format!(
-                            "restored object objects/{} (/{}) from {} ({})",
-                            bad.id.to_object_pathname(),
-                            String::from_utf8_lossy(&bad.path),
-                            src.display(),
-                            if reflinked { "reflinked" } else { "copied" }
-                        )),
+                        Ok(reflinked) => r.repairs.push({
+                            crate::crashpoint::hit("fsck-repair:after-object-restore");
+                            format!(
+                                "restored object objects/{} (/{}) from {} ({})",
+                                bad.id.to_object_pathname(),
+                                String::from_utf8_lossy(&bad.path),
+                                src.display(),
+                                if reflinked { "reflinked" } else { "copied" }
+                            )
+                        }),
                         Err(e) => r.issues.push(format!(
                             "could not restore object objects/{}: {e:#}",
                             bad.id.to_object_pathname()
@@ -630,6 +635,7 @@ pub(crate) fn check_composefs_image(
             });
             match done {
                 Some((src, reflinked)) => {
+                    crate::crashpoint::hit("fsck-repair:after-object-restore");
                     r.repaired = true;
                     r.repairs.push(format!(
                         "composefs: restored object objects/{} (/{}) from {} ({})",

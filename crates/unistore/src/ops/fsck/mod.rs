@@ -243,8 +243,12 @@ fn check_entries(sysroot: &Sysroot, host: &HostState) -> Result<Vec<EntryReport>
             issues,
         });
     }
+    // A marker naming the deployment the menu already boots first is a
+    // finalize interrupted after its swap: the next finalize (or writing
+    // command) only removes it; not a problem (found by the crash walk).
     if let Some(m) = &host.marker
         && host.staged_entry().is_none()
+        && host.entries.first().and_then(|e| e.deployment_id()) != Some(m.depl_id.as_str())
     {
         out.push(EntryReport {
             file: crate::sysroot::STAGED_ENTRIES_DIR.to_string(),

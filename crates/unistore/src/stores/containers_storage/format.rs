@@ -236,14 +236,20 @@ pub fn read_json_array(path: &Path) -> Result<Option<Vec<Value>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    parse_value_array(&bytes, &path.display().to_string()).map(Some)
+}
+
+/// Parses the bytes of a JSON array file of the store (named `what` in
+/// errors); an empty file is an empty array.
+pub fn parse_value_array(bytes: &[u8], what: &str) -> Result<Vec<Value>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Some(vec![]));
+        return Ok(vec![]);
     }
-    let v: Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let v: Value =
+        serde_json::from_slice(bytes).with_context(|| format!("{what} is not valid JSON"))?;
     match v {
-        Value::Array(a) => Ok(Some(a)),
-        _ => bail!("{} is not a JSON array", path.display()),
+        Value::Array(a) => Ok(a),
+        _ => bail!("{what} is not a JSON array"),
     }
 }
 
@@ -382,7 +388,13 @@ impl<W: Write> TarSplitWriter<W> {
 /// Reads a whole tar-split file.
 pub fn read_tar_split(path: &Path) -> Result<Vec<TarSplitEntry>> {
     let f = open_noatime(path).with_context(|| format!("opening {}", path.display()))?;
-    let r = BufReader::new(flate2::read::GzDecoder::new(f));
+    parse_tar_split(f, path)
+}
+
+/// Parses a tar-split stream (gzip'd JSON lines) read from `input`;
+/// errors name `path`.
+pub fn parse_tar_split(input: impl Read, path: &Path) -> Result<Vec<TarSplitEntry>> {
+    let r = BufReader::new(flate2::read::GzDecoder::new(input));
     let mut out = vec![];
     for (n, line) in r.split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;

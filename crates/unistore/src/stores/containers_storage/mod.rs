@@ -87,7 +87,7 @@ pub fn ensure_ostree_layout(sysroot: &Sysroot) -> Result<()> {
 }
 
 /// One entry of `overlay-images/images.json`.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 pub struct StoreImage {
     /// Image id: the config digest's hex.
     pub id: String,
@@ -140,10 +140,18 @@ impl StoreLayer {
     }
 }
 
+/// Parses a JSON array file of the store (`images.json`, `layers.json`):
+/// an empty file is an empty array.
+pub fn parse_json_array<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Vec<T>> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(vec![]);
+    }
+    Ok(serde_json::from_slice(bytes)?)
+}
+
 fn read_json_array<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     match std::fs::read(path) {
-        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(vec![]),
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display())),
+        Ok(b) => parse_json_array(&b).with_context(|| format!("parsing {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

@@ -84,37 +84,34 @@ impl ChecksumCache {
     /// (it is only a cache: the unreadable one is replaced at the next
     /// save).
     pub fn load(sysroot: &Sysroot) -> Self {
-        let f = sysroot
+        sysroot
             .dir()
             .read(CACHE_FILE)
             .ok()
-            .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
-            .filter(|f| f.version == 1)
-            .unwrap_or_default();
-        Self {
+            .and_then(|b| Self::parse(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Parses the bytes of a cache file.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let f: CacheFile = serde_json::from_slice(bytes)
+            .with_context(|| format!("{CACHE_FILE} is not a checksum cache"))?;
+        anyhow::ensure!(
+            f.version == 1,
+            "{CACHE_FILE}: unknown version {}",
+            f.version
+        );
+        Ok(Self {
             entries: f.entries,
             shared: f.shared,
             dirty: false,
-        }
+        })
     }
 
     /// Reads the cache for a check: an unreadable file is an error.
     pub fn load_strict(sysroot: &Sysroot) -> Result<Option<Self>> {
         match sysroot.dir().read(CACHE_FILE) {
-            Ok(b) => {
-                let f: CacheFile = serde_json::from_slice(&b)
-                    .with_context(|| format!("{CACHE_FILE} is not a checksum cache"))?;
-                anyhow::ensure!(
-                    f.version == 1,
-                    "{CACHE_FILE}: unknown version {}",
-                    f.version
-                );
-                Ok(Some(Self {
-                    entries: f.entries,
-                    shared: f.shared,
-                    dirty: false,
-                }))
-            }
+            Ok(b) => Self::parse(&b).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {CACHE_FILE}")),
         }

@@ -119,6 +119,16 @@ pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
     let (commit, _) = repo
         .load_commit(checksum)
         .map_err(|e| anyhow!("loading commit {checksum}: {e}"))?;
+    commit_info_of(&commit, checksum)
+}
+
+/// The image metadata of a commit object (the GVariant `(a{sv}aya(say)sstayay)`
+/// libostree loads), named `checksum` in errors.
+pub fn commit_info_of(commit: &glib::Variant, checksum: &str) -> Result<CommitInfo> {
+    anyhow::ensure!(
+        commit.type_().as_str() == "(a{sv}aya(say)sstayay)",
+        "commit {checksum}: not a commit object"
+    );
     let meta = glib::VariantDict::new(Some(&commit.child_value(0)));
     let get = |k: &str| meta.lookup::<String>(k).ok().flatten();
     let config = get("ostree.container.image-config")

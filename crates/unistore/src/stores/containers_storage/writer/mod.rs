@@ -324,6 +324,7 @@ pub fn write_image(
         upsert_image(&mut images, &stats.image_id, &src, top, &opts.names);
         fmt::write_json_array(&json_path, &images)?;
         lock.record_write()?;
+        crate::crashpoint::hit("cstor-writer:after-images-json");
     }
     Ok(stats)
 }
