@@ -89,6 +89,34 @@ fn check_objects_shared(root: &Path, dir: &Path) -> usize {
     checked
 }
 
+/// unistore's name of an image in the store.
+fn bootc_name(manifest_digest: &str) -> String {
+    format!(
+        "localhost/bootc:{}",
+        manifest_digest.trim_start_matches("sha256:")
+    )
+}
+
+/// Makes the object at `p` hold its own copy of its bytes (same inode
+/// metadata), as a store written without reflinks would.
+fn own_copy(p: &Path, work: &Path) {
+    let copy = work.join("own-copy");
+    std::fs::copy(p, &copy).unwrap();
+    let perm = std::fs::metadata(p).unwrap().permissions();
+    std::fs::remove_file(p).unwrap();
+    assert!(
+        Command::new("cp")
+            .args(["--reflink=never", "-p"])
+            .arg(&copy)
+            .arg(p)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::set_permissions(p, perm).unwrap();
+    std::fs::remove_file(&copy).unwrap();
+}
+
 fn composefs_tag(root: &Path, digest: &str) -> PathBuf {
     root.join(format!(
         "composefs/streams/refs/oci/localhost%2Fbootc-{digest}"
@@ -306,10 +334,7 @@ fn unified_ostree_install_on_xfs_uses_one_copy() {
     let podman = Podman::new(root);
     assert!(
         podman
-            .cat_os_release(&format!(
-                "localhost/bootc:{}",
-                img.manifest_digest.trim_start_matches("sha256:")
-            ))
+            .cat_os_release(&bootc_name(&img.manifest_digest))
             .contains("ID=testos")
     );
     drop(podman);
@@ -375,10 +400,7 @@ fn unified_ostree_install_on_ext4() {
     let podman = Podman::new(root);
     assert!(
         podman
-            .cat_os_release(&format!(
-                "localhost/bootc:{}",
-                img.manifest_digest.trim_start_matches("sha256:")
-            ))
+            .cat_os_release(&bootc_name(&img.manifest_digest))
             .contains("ID=testos")
     );
     mount_and_compare(root, &img.expected);
@@ -485,18 +507,7 @@ fn ostree_fsck_repairs_between_the_three_stores() {
     big.sort();
     assert!(big.len() >= 2);
     // One object holds its own copy; another is gone.
-    let copy = work.path().join("copy");
-    std::fs::copy(&big[0], &copy).unwrap();
-    let perm = std::fs::metadata(&big[0]).unwrap().permissions();
-    std::fs::remove_file(&big[0]).unwrap();
-    let st = Command::new("cp")
-        .args(["--reflink=never", "-p"])
-        .arg(&copy)
-        .arg(&big[0])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::set_permissions(&big[0], perm).unwrap();
+    own_copy(&big[0], work.path());
     let gone = std::fs::read(&big[1]).unwrap();
     std::fs::remove_file(&big[1]).unwrap();
     // And a composefs object is gone: the ostree object holds its content.
@@ -532,6 +543,41 @@ fn ostree_fsck_repairs_between_the_three_stores() {
         image_report(&f, &img.manifest_digest)["ostreeUnsharedFiles"],
         0
     );
+
+    // Only the ostree side broken: an object holding its own copy is a
+    // note with its count, a missing one a failure; --repair writes the
+    // missing one from composefs (its checksum recomputed) and shares both.
+    own_copy(&big[0], work.path());
+    std::fs::remove_file(&big[1]).unwrap();
+    trim_prealloc(root);
+    let f = fsck_images(root);
+    assert_eq!(f["ok"], false, "{f}");
+    let i = image_report(&f, &img.manifest_digest);
+    assert!(
+        i["issues"]
+            .to_string()
+            .contains("ostree: 1 content object(s) missing"),
+        "{i}"
+    );
+    assert_eq!(i["ostreeUnsharedFiles"], 1, "{i}");
+    assert!(
+        i["notes"].to_string().contains("hold their own copy"),
+        "{i}"
+    );
+    let out = run(cmd(root, None).args(["internals", "fsck", "images", "--repair", "--json"]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ok"], true, "{r}");
+    let i = image_report(&r, &img.manifest_digest);
+    assert!(
+        i["repairs"]
+            .to_string()
+            .contains("written again from their composefs objects"),
+        "{i}"
+    );
+    assert_eq!(std::fs::read(&big[1]).unwrap(), gone);
+    trim_prealloc(root);
+    ostree_fsck(root);
+    check_objects_shared(root, &root.join("ostree/repo/objects"));
 }
 
 /// The image's own install config asks for unified storage: the staging
