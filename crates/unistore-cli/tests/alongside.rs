@@ -120,6 +120,18 @@ fn podman_alongside_upgrade_set_unified_and_repair() {
     let podman = Podman::new(root);
     let booted_ref = src.trim_start_matches("docker://").to_string();
 
+    let go = |c| {
+        alongside(
+            &reg,
+            root,
+            &podman,
+            c,
+            &other_ref,
+            &booted_ref,
+            &v1.manifest_digest,
+        )
+    };
+
     // 1. set-unified full while podman pulls into the store it creates.
     let mut c = sysroot(&reg, root);
     c.args(["image", "set-unified", "full"]);
@@ -130,30 +142,14 @@ fn podman_alongside_upgrade_set_unified_and_repair() {
             .cmd()
             .args(["pull", "--tls-verify=false", "-q", &other_ref]),
     );
-    alongside(
-        &reg,
-        root,
-        &podman,
-        c,
-        &other_ref,
-        &booted_ref,
-        &v1.manifest_digest,
-    );
+    go(c);
 
     // 2. upgrade (pulls through the store) while podman pulls again.
     push("v2", "os");
     run_ok(podman.cmd().args(["rmi", &other_ref]));
     let mut c = sysroot(&reg, root);
     c.arg("upgrade");
-    alongside(
-        &reg,
-        root,
-        &podman,
-        c,
-        &other_ref,
-        &booted_ref,
-        &v1.manifest_digest,
-    );
+    go(c);
 
     // 3. fsck images --repair of a damaged store while podman pulls.
     run_ok(podman.cmd().args(["rmi", &other_ref]));
@@ -166,15 +162,7 @@ fn podman_alongside_upgrade_set_unified_and_repair() {
     }
     let mut c = sysroot(&reg, root);
     c.args(["internals", "fsck", "images", "--repair"]);
-    alongside(
-        &reg,
-        root,
-        &podman,
-        c,
-        &other_ref,
-        &booted_ref,
-        &v1.manifest_digest,
-    );
+    go(c);
 
     // Both consistent: podman lists and runs both; unistore's fsck clean.
     let imgs = podman.images();

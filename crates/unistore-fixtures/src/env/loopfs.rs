@@ -133,9 +133,23 @@ impl LoopFs {
     }
 
     fn mount(&mut self) -> Result<()> {
-        run(Command::new("mount")
+        let t = match self.kind {
+            FsKind::Xfs => "xfs",
+            FsKind::Ext4 => "ext4",
+        };
+        // A loop device just attached may not read its image yet.
+        let mut tries = 0;
+        while let Err(e) = run(Command::new("mount")
+            .args(["-t", t])
             .arg(self.device())
-            .arg(&self.mountpoint))?;
+            .arg(&self.mountpoint))
+        {
+            tries += 1;
+            if tries == 30 {
+                return Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         self.mounted = true;
         Ok(())
     }
