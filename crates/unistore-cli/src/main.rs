@@ -377,6 +377,13 @@ pub(crate) fn fetch_config() -> unistore::stores::composefs_repo::FetchConfig {
         signature_policy: SIGPOLICY.get().and_then(|(p, _)| p.clone()),
         enforce_sigpolicy: SIGPOLICY.get().is_some_and(|(_, e)| *e),
         no_boot_image: false,
+        // `UNISTORE_STALL_TIMEOUT_SECS`: how long a pull may receive
+        // nothing before it is given up (default 300).
+        stall_timeout: std::env::var("UNISTORE_STALL_TIMEOUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs),
     }
 }
 

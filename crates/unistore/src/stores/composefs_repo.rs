@@ -142,6 +142,10 @@ pub struct FetchConfig {
     /// Skip the boot EROFS image (ostree hosts boot from their ostree
     /// deployments; the composefs repository only backs their objects).
     pub no_boot_image: bool,
+    /// Give up a pull that has received nothing for this long (a registry
+    /// that stops sending in the middle of a blob); `None`:
+    /// [`DEFAULT_STALL_TIMEOUT`].
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 impl FetchConfig {
@@ -211,6 +215,75 @@ pub async fn inspect_remote(imgref: &ImageRef, fetch: &FetchConfig) -> Result<Re
         manifest_digest: digest,
         version,
     })
+}
+
+/// How long a pull may receive nothing before it is given up.
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A progress sink that notes when anything last happened.
+struct Watched {
+    inner: Progress,
+    last: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+impl composefs::progress::ProgressReporter for Watched {
+    fn report(&self, event: crate::progress::ProgressEvent) {
+        self.last.store(
+            self.start.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.inner.report(event);
+    }
+}
+
+impl Watched {
+    fn new(inner: Progress) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            last: std::sync::atomic::AtomicU64::new(0),
+            start: std::time::Instant::now(),
+        })
+    }
+
+    /// How long since anything was reported.
+    fn idle(&self) -> std::time::Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.start
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
+/// Runs `pull` (which reports to `watched`) and gives it up when nothing is
+/// reported for `timeout`: a source that stops sending would otherwise keep
+/// the pull waiting for ever.
+async fn with_stall_guard<T>(
+    what: &str,
+    watched: &Watched,
+    timeout: std::time::Duration,
+    pull: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let mut pull = Box::pin(pull);
+    let tick = std::time::Duration::from_millis(500).min(timeout);
+    loop {
+        tokio::select! {
+            r = &mut pull => return r,
+            () = tokio::time::sleep(tick) => {
+                if watched.idle() >= timeout {
+                    // Give the work the dropped pull had handed to other
+                    // threads a moment to end, so that the caller's cleanup
+                    // runs after it and not before.
+                    drop(pull);
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    anyhow::bail!(
+                        "pulling {what}: nothing received for {} s (the source stopped sending); nothing was installed",
+                        timeout.as_secs()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Pulls `imgref` into the repository, generates the boot EROFS image, and
@@ -285,17 +358,22 @@ async fn pull_as_is(
         Some((root, name)) => (Some(root), format!("containers-storage:{name}")),
         None => (None, imgref.to_string()),
     };
+    let timeout = fetch.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT);
+    let watched = Watched::new(progress);
     let opts = PullOptions {
-        progress: Some(progress),
+        progress: Some(watched.clone()),
         bootable: !fetch.no_boot_image,
         local_fetch,
         storage_root: store_root.as_deref(),
         img_proxy_config: fetch.proxy_config(),
         ..Default::default()
     };
-    let result = composefs_oci::pull(repo, &spec, None, opts)
-        .await
-        .with_context(|| format!("pulling {spec}"))?;
+    let pull = async {
+        composefs_oci::pull(repo, &spec, None, opts)
+            .await
+            .with_context(|| format!("pulling {spec}"))
+    };
+    let result = with_stall_guard(&spec, &watched, timeout, pull).await?;
     finish_pull(repo, result, !fetch.no_boot_image)
 }
 
