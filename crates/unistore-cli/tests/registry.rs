@@ -26,8 +26,9 @@ fn image(dir: &Path, tag: &str, v: u32) -> BuiltImage {
 }
 
 /// `podman run IMAGE cat /usr/lib/os-release` on the host store of `root`.
-fn podman_run_os_release(root: &Path, _work: &Path, _runroot: &Path, image: &str) -> String {
-    common::stores::Podman::new(root).cat_os_release(image)
+fn podman_run_os_release(root: &Path, work: &Path, runroot: &Path, image: &str) -> String {
+    common::stores::Podman::with_dirs(root, work.join("podman-conf"), runroot.to_path_buf())
+        .cat_os_release(image)
 }
 
 fn cmd(reg: &Registry) -> Command {

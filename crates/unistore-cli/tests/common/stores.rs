@@ -104,6 +104,10 @@ pub fn free_bytes(fs: &LoopFs) -> u64 {
 pub struct Podman {
     pub dir: tempfile::TempDir,
     pub store: PathBuf,
+    /// The config directory and run root, when the caller keeps them
+    /// (podman remembers a store's run root: every run on one store must
+    /// use the same).
+    pub dirs: Option<(PathBuf, PathBuf)>,
 }
 
 impl Podman {
@@ -111,15 +115,27 @@ impl Podman {
         Self {
             dir: tempfile::tempdir().unwrap(),
             store: root.join(STORE),
+            dirs: None,
         }
     }
+    /// podman on the store of `root` with the caller's config directory and
+    /// run root.
+    pub fn with_dirs(root: &Path, conf: PathBuf, runroot: PathBuf) -> Self {
+        let mut p = Self::new(root);
+        p.dirs = Some((conf, runroot));
+        p
+    }
     pub fn cmd(&self) -> Command {
+        let (conf, rr) = self
+            .dirs
+            .clone()
+            .unwrap_or_else(|| (self.dir.path().join("conf"), self.dir.path().join("rr")));
         let mut c = Command::new("podman");
-        c.envs(podman_env(&self.dir.path().join("conf")))
+        c.envs(podman_env(&conf))
             .arg("--root")
             .arg(&self.store)
             .arg("--runroot")
-            .arg(self.dir.path().join("rr"));
+            .arg(rr);
         c
     }
     pub fn cat_os_release(&self, image: &str) -> String {
