@@ -268,7 +268,16 @@ async fn with_stall_guard<T>(
     let tick = std::time::Duration::from_millis(500).min(timeout);
     loop {
         tokio::select! {
-            r = &mut pull => return r,
+            r = &mut pull => {
+                if r.is_err() {
+                    // A failed pull (a full disk, say) may still have work
+                    // on other threads: let it end before the caller's
+                    // cleanup, which it would otherwise race.
+                    drop(pull);
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                return r;
+            }
             () = tokio::time::sleep(tick) => {
                 if watched.idle() >= timeout {
                     // Give the work the dropped pull had handed to other
