@@ -24,7 +24,8 @@ use std::os::unix::fs::MetadataExt;
 
 use super::unified::{Walk, composefs_digest_of, has_composefs, walk_objects};
 use crate::ops::fsck::{
-    Binding, FsckOpts, ImageReport, check_composefs_image, check_image_sharing, write_into_store,
+    Binding, FsckOpts, ImageReport, LayerMemo, check_composefs_image, check_image_sharing,
+    write_into_store,
 };
 use crate::reflink::Policy;
 use crate::stores::composefs_repo::{self, ObjectId, Repo};
@@ -92,6 +93,7 @@ pub fn check(
     let reflinks = crate::ops::fsck::reflinks_supported(&sysroot.join(REPO_DIR));
     let mut cache = ChecksumCache::load(sysroot);
     let store = containers_storage::store_path(sysroot);
+    let memo = LayerMemo::default();
     for (i, r) in images.iter_mut().enumerate().filter(|(_, r)| r.is_live) {
         let classic = classic.get(i).copied().unwrap_or(false);
         let m = match &cfs {
@@ -224,6 +226,7 @@ pub fn check(
                 &store,
                 mode,
                 opts,
+                &memo,
                 r,
             );
             r.manifest_digest = saved;

@@ -16,6 +16,7 @@ use crate::stores::containers_storage::writer::{self, WriteOptions};
 use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, HOST_STORAGE_DIR, Sysroot, UNIFIED_FLAG};
 use crate::unified::{self, UnifiedMode};
 
+use super::memo::LayerMemo;
 use super::repo::{check_composefs, restore_object};
 use super::sharing::{SharingCheck, check_sharing, human_bytes};
 use super::store::{
@@ -285,6 +286,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     let objects = sysroot.join(COMPOSEFS_DIR).join("objects");
     let (images, issues) = host_images(sysroot, &repo)?;
     report.issues = issues;
+    let memo = LayerMemo::default();
     let mut store = match read_store(&store_path) {
         Ok(s) => s,
         Err(e) => {
@@ -336,6 +338,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
             &img.manifest_digest,
             &img.deployments,
             opts.verify_content,
+            &memo,
         );
 
         if opts.repair {
@@ -382,12 +385,14 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                 }
             }
             if !r.repairs.is_empty() {
+                memo.clear();
                 cfs = check_composefs(
                     &repo,
                     &objects,
                     &img.manifest_digest,
                     &img.deployments,
                     true,
+                    &memo,
                 );
             }
         }
@@ -401,6 +406,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                     cfs.config_json.as_deref(),
                     &cfs.diff_ids,
                     opts.verify_content,
+                    &memo,
                 )
             })
         };
@@ -441,6 +447,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                         st.bytes_copied
                     ));
                     store = read_store(&store_path).ok().flatten();
+                    memo.clear();
                     store_problems = check_store(store.as_ref());
                 }
                 Err(e) => r
@@ -502,7 +509,16 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         }
         // One physical copy: store files share the objects' extents.
         if unified_on && report.reflinks_supported && r.in_containers_storage && r.in_composefs {
-            check_image_sharing(sysroot, &repo, &objects, &store_path, mode, opts, &mut r);
+            check_image_sharing(
+                sysroot,
+                &repo,
+                &objects,
+                &store_path,
+                mode,
+                opts,
+                &memo,
+                &mut r,
+            );
         }
         r.repaired = !r.repairs.is_empty();
         report.images.push(r);
@@ -526,9 +542,10 @@ pub(crate) fn check_image_sharing(
     store: &std::path::Path,
     mode: Option<UnifiedMode>,
     opts: FsckOpts,
+    memo: &LayerMemo,
     r: &mut ImageReport,
 ) {
-    let check = || check_sharing(repo, objects, store, &r.manifest_digest);
+    let check = || check_sharing(repo, objects, store, &r.manifest_digest, memo);
     let mut c = match check() {
         Ok(c) => c,
         Err(e) => {
@@ -558,6 +575,7 @@ pub(crate) fn check_image_sharing(
             &c.unshared_layers,
         ) {
             Ok(st) => {
+                memo.clear();
                 match check() {
                     Ok(after) => c = after,
                     Err(e) => r.issues.push(format!(
@@ -621,7 +639,18 @@ pub(crate) fn check_composefs_image(
 ) -> bool {
     let objects = sysroot.join(COMPOSEFS_DIR).join("objects");
     // No boot EROFS images: the host boots from its other store.
-    let check = || check_composefs(repo, &objects, manifest_digest, &[], opts.verify_content);
+    let memo = LayerMemo::default();
+    let check = || {
+        memo.clear();
+        check_composefs(
+            repo,
+            &objects,
+            manifest_digest,
+            &[],
+            opts.verify_content,
+            &memo,
+        )
+    };
     let mut c = check();
     if opts.repair && !c.bad_objects.is_empty() {
         let store = read_store(&sysroot.join(HOST_STORAGE_DIR)).ok().flatten();

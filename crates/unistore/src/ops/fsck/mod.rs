@@ -38,12 +38,14 @@
 //! `FIDEDUPERANGE`). Each repaired image is checked again.
 
 mod images;
+mod memo;
 mod repo;
 mod sharing;
 mod store;
 
 pub use images::{Binding, ImageReport, ImagesReport, StoreReport, fsck_images};
 pub(crate) use images::{check_composefs_image, check_image_sharing, write_into_store};
+pub(crate) use memo::LayerMemo;
 pub(crate) use store::read_store;
 pub use store::reflinks_supported;
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use composefs::fsverity::FsVerityHashValue;
 
+use super::memo::{LayerMemo, LayerSharing};
 use crate::extents;
 use crate::stores::composefs_repo::{self, Repo};
 use crate::stores::containers_storage::format as cfmt;
@@ -45,42 +46,66 @@ pub(super) fn check_sharing(
     objects: &Path,
     store: &Path,
     manifest_digest: &str,
+    memo: &LayerMemo,
 ) -> Result<SharingCheck> {
     let img = composefs_repo::open_image(repo, manifest_digest)?;
     let diff_ids: Vec<String> = img.layer_diff_ids().iter().map(|d| d.to_string()).collect();
     let layer_ids = cfmt::chain_ids(&diff_ids)?;
     let mut c = SharingCheck::default();
     for (layer_id, diff_id) in layer_ids.iter().zip(&diff_ids) {
-        let verity = img
-            .layer_verity(diff_id)
-            .ok_or_else(|| anyhow!("no layer {diff_id} in the composefs image"))?;
-        let diff = store.join("overlay").join(layer_id).join("diff");
-        unified::for_each_object_file(repo, diff_id, verity, |file| {
-            let path = diff.join(&file.rel);
-            let same_size =
-                std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == file.size);
-            let opened = same_size
-                .then(|| {
-                    let f = cfmt::open_noatime(&path).ok()?;
-                    let o =
-                        cfmt::open_noatime(&objects.join(file.object.to_object_pathname())).ok()?;
-                    Some((f, o))
-                })
-                .flatten();
-            match opened.map(|(f, o)| extents::files_share_extents(&f, &o)) {
-                Some(Ok(true)) => c.shared += 1,
-                Some(Ok(false)) => {
-                    c.unshared += 1;
-                    c.unshared_bytes += file.size;
-                    c.unshared_layers.insert(layer_id.clone());
-                }
-                _ => c.unchecked += 1,
-            }
-            Ok(())
-        })
-        .with_context(|| format!("walking layer {diff_id}"))?;
+        let l = memo.sharing_of(layer_id, || {
+            let verity = img
+                .layer_verity(diff_id)
+                .ok_or_else(|| anyhow!("no layer {diff_id} in the composefs image"))?;
+            let diff = store.join("overlay").join(layer_id).join("diff");
+            layer_sharing(repo, objects, &diff, diff_id, verity)
+        })?;
+        c.shared += l.shared;
+        c.unshared += l.unshared;
+        c.unshared_bytes += l.unshared_bytes;
+        c.unchecked += l.unchecked;
+        if l.unshared > 0 {
+            c.unshared_layers.insert(layer_id.clone());
+        }
     }
     Ok(c)
+}
+
+/// One store layer's files (`diff`) against the objects of layer `diff_id`.
+fn layer_sharing(
+    repo: &Repo,
+    objects: &Path,
+    diff: &Path,
+    diff_id: &str,
+    verity: &composefs_repo::ObjectId,
+) -> Result<LayerSharing> {
+    let mut l = LayerSharing::default();
+    let dir = |p: &Path| std::fs::File::open(p).with_context(|| format!("opening {}", p.display()));
+    let (diff, objects) = (dir(diff)?, dir(objects)?);
+    unified::for_each_object_file(repo, diff_id, verity, |file| {
+        let opened = cfmt::open_noatime_at(&diff, &file.rel)
+            .ok()
+            .filter(|f| {
+                f.metadata()
+                    .is_ok_and(|m| m.is_file() && m.len() == file.size)
+            })
+            .and_then(|f| {
+                let o =
+                    cfmt::open_noatime_at(&objects, Path::new(&file.object.to_object_pathname()));
+                Some((f, o.ok()?))
+            });
+        match opened.map(|(f, o)| extents::files_share_extents(&f, &o)) {
+            Some(Ok(true)) => l.shared += 1,
+            Some(Ok(false)) => {
+                l.unshared += 1;
+                l.unshared_bytes += file.size;
+            }
+            _ => l.unchecked += 1,
+        }
+        Ok(())
+    })
+    .with_context(|| format!("walking layer {diff_id}"))?;
+    Ok(l)
 }
 
 /// `3.4 MiB`, `812 KiB`, `100 bytes`.

@@ -14,6 +14,7 @@ use crate::stores::containers_storage::format::{
 use crate::stores::containers_storage::writer;
 use crate::tar_walk;
 
+use super::memo::LayerMemo;
 use super::repo::{BadObject, verity_of};
 use super::short;
 
@@ -56,6 +57,7 @@ pub(super) fn check_store_image(
     config_json: Option<&[u8]>,
     diff_ids: &[String],
     verify: bool,
+    memo: &LayerMemo,
 ) -> Option<Vec<String>> {
     let image_id = config_digest.trim_start_matches("sha256:");
     let img = store.images.iter().find(|i| id_of(i) == image_id)?;
@@ -80,11 +82,16 @@ pub(super) fn check_store_image(
                 short(diff_id)
             )),
             Some(l) => {
-                if let Some(p) = writer::layer_problem(&store.path, l, diff_id) {
-                    problems.push(p);
-                } else if verify && let Err(e) = writer::verify_layer(&store.path, id, diff_id) {
-                    problems.push(format!("{e:#}"));
-                }
+                let key = (id.clone(), diff_id.clone(), verify);
+                let problem = memo.store_layer(key, || {
+                    writer::layer_problem(&store.path, l, diff_id).or_else(|| {
+                        verify
+                            .then(|| writer::verify_layer(&store.path, id, diff_id).err())
+                            .flatten()
+                            .map(|e| format!("{e:#}"))
+                    })
+                });
+                problems.extend(problem);
             }
         }
     }

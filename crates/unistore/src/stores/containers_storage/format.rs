@@ -221,6 +221,17 @@ pub fn open_noatime(path: &Path) -> std::io::Result<File> {
     }
 }
 
+/// [`open_noatime`] of `rel` below the directory `dir` (its last component
+/// not followed when a symlink): no path walk from the root per file.
+pub fn open_noatime_at(dir: &impl std::os::fd::AsFd, rel: &Path) -> std::io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let fd = match rustix::fs::openat(dir, rel, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, rel, flags, Mode::empty()),
+        r => r,
+    }?;
+    Ok(File::from(fd))
+}
+
 /// Reads a whole file with [`open_noatime`].
 pub fn read_noatime(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut v = vec![];
@@ -492,21 +503,28 @@ pub fn assemble_layer(
 /// Checks, without reading contents, that every file a layer's tar-split
 /// reads from `diff` exists there as a regular file of the recorded size.
 pub fn check_layer_files(diff: &Path, entries: &[TarSplitEntry]) -> Result<()> {
+    let dir = File::open(diff).with_context(|| format!("opening {}", diff.display()))?;
     for e in entries {
         if let TarSplitEntry::File { name, size, .. } = e
             && *size > 0
         {
             let rel = crate::tar_walk::normalize(name)?;
-            let p = diff.join(crate::tar_walk::as_os_str(&rel));
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_file() && m.len() == *size => {}
-                Ok(m) if m.is_file() => bail!(
+            let rel = crate::tar_walk::as_os_str(&rel);
+            let p = || diff.join(rel);
+            match rustix::fs::statat(&dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st)
+                    if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        != rustix::fs::FileType::RegularFile =>
+                {
+                    bail!("{} is not a regular file", p().display())
+                }
+                Ok(st) if st.st_size as u64 != *size => bail!(
                     "{} has {} bytes, the layer says {size}",
-                    p.display(),
-                    m.len()
+                    p().display(),
+                    st.st_size
                 ),
-                Ok(_) => bail!("{} is not a regular file", p.display()),
-                Err(e) => bail!("{}: {e}", p.display()),
+                Ok(_) => {}
+                Err(e) => bail!("{}: {}", p().display(), std::io::Error::from(e)),
             }
         }
     }
