@@ -449,6 +449,26 @@ fn damaged_and_missing_objects_are_restored_from_the_store() {
     let (ok, out) = h.fsck(&["--verify-content"]);
     assert!(ok, "{out}");
 
+    // A truncated object: found without reading contents (its size), and
+    // restored.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&obj)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let (ok, out) = h.fsck_read_only(&["images"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("[FAIL]")
+            && l.contains(rel.to_str().unwrap())
+            && l.contains("damaged")),
+        "{out}"
+    );
+    let (ok, out) = h.fsck(&["images", "--repair"]);
+    assert!(ok, "{out}");
+    assert_eq!(sha256_file(&obj), good);
+
     // Not in the store either: named, not repairable, nothing changes.
     run_ok(h.podman().args(["rmi", "--force", h.image_id()]));
     std::fs::remove_file(&obj).unwrap();

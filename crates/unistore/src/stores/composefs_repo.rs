@@ -305,6 +305,34 @@ pub async fn pull(
     fetch: &FetchConfig,
     progress: Progress,
 ) -> Result<Pulled> {
+    let fetched = pull_layers(repo, imgref, fetch, progress).await?;
+    finish(repo, fetched, !fetch.no_boot_image)
+}
+
+/// What [`pull_layers`] stored: the manifest, config and layers, not yet
+/// tagged (garbage until [`finish`]) and not synced.
+pub struct Fetched {
+    result: composefs_oci::PullResult<ObjectId>,
+    /// The registry's manifest of an image in Docker's format.
+    pub registry: Option<RegistryManifest>,
+}
+
+impl Fetched {
+    /// `sha256:...` of the manifest in the repository.
+    pub fn manifest_digest(&self) -> String {
+        self.result.manifest_digest.to_string()
+    }
+}
+
+/// The first half of [`pull`]: the image's manifest, config and layers into
+/// the repository. [`finish`] makes the boot image and the tag, so that the
+/// caller may do other work with the layers meanwhile.
+pub async fn pull_layers(
+    repo: &Arc<Repo>,
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    progress: Progress,
+) -> Result<Fetched> {
     let (image, f) = (imgref.clone(), fetch.clone());
     let docker =
         tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
@@ -314,7 +342,11 @@ pub async fn pull(
     // is enforced, registry images come through `skopeo copy`, which does.
     let enforce = fetch.enforce_sigpolicy && imgref.transport == crate::imgref::Transport::Registry;
     if docker.is_none() && !enforce {
-        return pull_as_is(repo, imgref, fetch, progress).await;
+        let result = pull_as_is(repo, imgref, fetch, progress).await?;
+        return Ok(Fetched {
+            result,
+            registry: None,
+        });
     }
     crate::progress::step(
         &progress,
@@ -334,23 +366,31 @@ pub async fn pull(
     })
     .await
     .context("fetching the image")??;
-    let mut pulled = pull_as_is(repo, &converted.layout, fetch, progress).await?;
-    if converted.registry_digest != pulled.manifest_digest {
-        pulled.registry = Some(RegistryManifest {
+    let result = pull_as_is(repo, &converted.layout, fetch, progress).await?;
+    let registry = (converted.registry_digest != result.manifest_digest.to_string()).then(|| {
+        RegistryManifest {
             digest: converted.registry_digest,
             bytes: converted.registry_manifest,
-        });
-    }
+        }
+    });
+    Ok(Fetched { result, registry })
+}
+
+/// The second half of [`pull`]: boot image (unless `boot_image` is false),
+/// tag, sync.
+pub fn finish(repo: &Arc<Repo>, fetched: Fetched, boot_image: bool) -> Result<Pulled> {
+    let mut pulled = finish_pull(repo, fetched.result, boot_image)?;
+    pulled.registry = fetched.registry;
     Ok(pulled)
 }
 
-/// [`pull`] of an image whose manifest composefs-oci reads as it is.
+/// [`pull_layers`] of an image whose manifest composefs-oci reads as it is.
 async fn pull_as_is(
     repo: &Arc<Repo>,
     imgref: &ImageRef,
     fetch: &FetchConfig,
     progress: Progress,
-) -> Result<Pulled> {
+) -> Result<composefs_oci::PullResult<ObjectId>> {
     if imgref.transport == crate::imgref::Transport::Oci {
         crate::oci_layout::verify(imgref).await?;
     }
@@ -382,8 +422,7 @@ async fn pull_as_is(
             .await
             .with_context(|| format!("pulling {spec}"))
     };
-    let result = with_stall_guard(&spec, &watched, timeout, pull).await?;
-    finish_pull(repo, result, !fetch.no_boot_image)
+    with_stall_guard(&spec, &watched, timeout, pull).await
 }
 
 /// Boot image, `localhost/bootc-<digest>` tag and sync after a composefs-oci

@@ -242,20 +242,29 @@ pub async fn fetch_unified(
     }
     if probe.supported || docker || fetch.enforce_sigpolicy {
         // composefs first, then the store by reflinks from its objects.
-        let pulled = composefs_repo::pull(repo, imgref, fetch, progress.clone()).await?;
+        let fetched = composefs_repo::pull_layers(repo, imgref, fetch, progress.clone()).await?;
         crashpoint::hit("unified:after-composefs-pull");
-        let r = import_into_store(
+        // The boot image and tag (one CPU) while the store is written from
+        // the layers (the other): neither needs the other.
+        let manifest_digest = fetched.manifest_digest();
+        let registry = fetched.registry.clone();
+        let (r2, boot) = (repo.clone(), !fetch.no_boot_image);
+        let finishing =
+            tokio::task::spawn_blocking(move || composefs_repo::finish(&r2, fetched, boot));
+        let imported = import_into_store(
             sysroot,
             repo,
-            &pulled.manifest_digest,
+            &manifest_digest,
             Some(imgref),
             NameRule::Take,
             policy,
             &probe,
             &progress,
-            pulled.registry.as_ref(),
+            registry.as_ref(),
         )
-        .await?;
+        .await;
+        let pulled = finishing.await.context("generating the boot image")??;
+        let r = imported?;
         progress::step(&progress, import_message(mode, &probe, &r));
         return Ok(pulled);
     }
