@@ -122,7 +122,7 @@ impl LoopFs {
             let mut tries = 0;
             while let Err(e) = run(Command::new("umount").arg("-R").arg(&self.mountpoint)) {
                 tries += 1;
-                if tries == 50 {
+                if tries == 150 {
                     return Err(e);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));

@@ -156,7 +156,7 @@ pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
     }
     for id in deployment::list_state_dirs(sysroot)? {
         tracing::info!("removing {STATE_DEPLOY_DIR}/{id}, left by an interrupted install");
-        util::remove_all(sysroot.dir(), &format!("{STATE_DEPLOY_DIR}/{id}"))?;
+        util::remove_all(sysroot.dir(), format!("{STATE_DEPLOY_DIR}/{id}"))?;
     }
     Ok(())
 }

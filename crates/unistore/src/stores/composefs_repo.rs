@@ -367,12 +367,12 @@ pub async fn pull_layers(
     .await
     .context("fetching the image")??;
     let result = pull_as_is(repo, &converted.layout, fetch, progress).await?;
-    let registry = (converted.registry_digest != result.manifest_digest.to_string()).then(|| {
+    let registry = (converted.registry_digest != result.manifest_digest.to_string()).then_some(
         RegistryManifest {
             digest: converted.registry_digest,
             bytes: converted.registry_manifest,
-        }
-    });
+        },
+    );
     Ok(Fetched { result, registry })
 }
 

@@ -33,7 +33,7 @@ use crate::stores::containers_storage::{self, writer::WriteOptions};
 use crate::stores::ostree_repo::checksum_cache::{self, ChecksumCache};
 use crate::stores::ostree_repo::objects::{ContentWriter, object_path};
 use crate::stores::ostree_repo::{self, REPO_DIR};
-use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
+use crate::sysroot::Sysroot;
 use crate::unified::{self, UnifiedMode};
 
 /// What the stores check adds to the images report.
@@ -219,16 +219,7 @@ pub fn check(
             ));
         } else if reflinks {
             let saved = std::mem::replace(&mut r.manifest_digest, m.clone());
-            check_image_sharing(
-                sysroot,
-                cfs,
-                &sysroot.join(COMPOSEFS_DIR).join("objects"),
-                &store,
-                mode,
-                opts,
-                &memo,
-                r,
-            );
+            check_image_sharing(sysroot, cfs, &store, mode, opts, &memo, r);
             r.manifest_digest = saved;
         }
     }

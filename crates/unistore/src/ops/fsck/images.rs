@@ -509,16 +509,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
         }
         // One physical copy: store files share the objects' extents.
         if unified_on && report.reflinks_supported && r.in_containers_storage && r.in_composefs {
-            check_image_sharing(
-                sysroot,
-                &repo,
-                &objects,
-                &store_path,
-                mode,
-                opts,
-                &memo,
-                &mut r,
-            );
+            check_image_sharing(sysroot, &repo, &store_path, mode, opts, &memo, &mut r);
         }
         r.repaired = !r.repairs.is_empty();
         report.images.push(r);
@@ -538,14 +529,14 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
 pub(crate) fn check_image_sharing(
     sysroot: &Sysroot,
     repo: &Repo,
-    objects: &std::path::Path,
     store: &std::path::Path,
     mode: Option<UnifiedMode>,
     opts: FsckOpts,
     memo: &LayerMemo,
     r: &mut ImageReport,
 ) {
-    let check = || check_sharing(repo, objects, store, &r.manifest_digest, memo);
+    let objects = sysroot.join(COMPOSEFS_DIR).join("objects");
+    let check = || check_sharing(repo, &objects, store, &r.manifest_digest, memo);
     let mut c = match check() {
         Ok(c) => c,
         Err(e) => {

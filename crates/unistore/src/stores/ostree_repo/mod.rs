@@ -138,7 +138,7 @@ pub fn commit_info_of(commit: &glib::Variant, checksum: &str) -> Result<CommitIn
     Ok(CommitInfo {
         manifest_digest: get("ostree.manifest-digest"),
         config,
-        timestamp: ostree::commit_get_timestamp(&commit),
+        timestamp: ostree::commit_get_timestamp(commit),
         composefs_manifest: meta
             .lookup::<bool>("ostree-ext.composefs-synthesized")
             .ok()

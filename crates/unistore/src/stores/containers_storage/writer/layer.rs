@@ -19,11 +19,10 @@ use rustix::process::{Gid, Uid};
 use serde_json::{Value, json};
 
 use crate::stores::composefs_repo::{ObjectId, Repo};
-use crate::stores::containers_storage::format::{
-    self as fmt, LAYERS_DIR, LINK_DIR, OVERLAY_DIR, TarSplitWriter,
-};
+use crate::stores::containers_storage::format::{self as fmt, LAYERS_DIR, LINK_DIR, OVERLAY_DIR};
 use crate::tar_walk::{self, Body, Entry, Kind, LayerVisitor};
 
+use super::split_thread::{Content, Piece, SplitThread};
 use super::{
     SourceLayer, TMP_PREFIX, UNRECORDED_MARKER, WriteOptions, WriteStats, links_to, remove_any,
 };
@@ -78,9 +77,8 @@ pub(super) fn build_layer(
             repo,
             root,
             root_path: diff.clone(),
-            split: TarSplitWriter::new(BufWriter::new(split_file)),
+            split: SplitThread::spawn(BufWriter::new(split_file))?,
             seg: Vec::new(),
-            sha: crate::hash_thread::Sha256Thread::new(),
             size: 0,
             dirs: Vec::new(),
             uids: BTreeSet::new(),
@@ -207,10 +205,10 @@ struct DiffWriter<'a> {
     repo: &'a Repo,
     root: OwnedFd,
     root_path: PathBuf,
-    split: TarSplitWriter<BufWriter<File>>,
+    /// The tar-split and the stream's hash, on their own thread.
+    split: SplitThread,
     /// Raw bytes of the segment being collected.
     seg: Vec<u8>,
-    sha: crate::hash_thread::Sha256Thread,
     size: u64,
     /// Directories whose mtimes are set at the end.
     dirs: Vec<(Vec<u8>, i64, u32)>,
@@ -273,14 +271,10 @@ impl DiffWriter<'_> {
             }
         }
         if !self.seg.is_empty() {
-            self.split.segment(&self.seg)?;
+            let seg = std::mem::take(&mut self.seg);
+            self.split.send(Piece::Segment(seg))?;
         }
-        // containers/storage ends every tar-split with an empty segment.
-        self.split.segment(&[])?;
-        let mut out = self.split.finish()?;
-        out.flush()?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        let digest = format!("sha256:{}", hex::encode(self.sha.finalize()));
+        let digest = self.split.finish()?;
         Ok((
             digest,
             self.size,
@@ -409,14 +403,15 @@ impl DiffWriter<'_> {
     }
 
     /// Writes a regular file's content; returns its CRC-64.
-    fn write_content(&mut self, file: &File, e: &Entry, body: Body<'_>) -> Result<Option<u64>> {
+    /// Puts the entry's content into `file` (a reflink of its object where
+    /// possible) and returns it for the tar-split thread.
+    fn write_content(&mut self, file: &File, e: &Entry, body: Body<'_>) -> Result<Content> {
         match body {
-            Body::Empty => Ok(None),
+            Body::Empty => Ok(Content::None),
             Body::Inline(bytes) => {
                 (&*file).write_all(bytes)?;
-                self.sha.update(bytes);
                 self.stats.bytes_inline += bytes.len() as u64;
-                Ok(Some(fmt::crc64(bytes)))
+                Ok(Content::Inline(bytes.to_vec()))
             }
             Body::External(id) => {
                 let src = File::from(self.repo.open_object(id).with_context(|| {
@@ -436,44 +431,34 @@ impl DiffWriter<'_> {
                         });
                     }
                 };
-                let mut crc = fmt::crc64_digest();
-                let mut total = 0u64;
-                let mut r = &src;
-                loop {
-                    let n = r.read(&mut self.buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = &self.buf[..n];
-                    crc.update(chunk);
-                    self.sha.update(chunk);
-                    if !reflinked {
-                        (&*file).write_all(chunk)?;
-                    }
-                    total += n as u64;
-                }
-                ensure!(
-                    total == e.size,
-                    "object {} ({}) has {total} bytes, the layer says {}",
-                    id.to_hex(),
-                    e.display(),
-                    e.size
-                );
                 if reflinked {
                     self.stats.files_reflinked += 1;
-                    self.stats.bytes_reflinked += total;
+                    self.stats.bytes_reflinked += e.size;
                 } else {
+                    let mut r = &src;
+                    loop {
+                        let n = r.read(&mut self.buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        (&*file).write_all(&self.buf[..n])?;
+                    }
                     self.stats.files_copied += 1;
-                    self.stats.bytes_copied += total;
+                    self.stats.bytes_copied += e.size;
                 }
-                Ok(Some(crc.finalize()))
+                // Its bytes are read again there (from the page cache) for
+                // the CRC-64 and the hash, and its size checked.
+                Ok(Content::Object {
+                    file: src,
+                    what: format!("object {} ({})", id.to_hex(), e.display()),
+                })
             }
         }
     }
 
-    fn unpack(&mut self, e: &Entry, body: Body<'_>) -> Result<Option<u64>> {
+    fn unpack(&mut self, e: &Entry, body: Body<'_>) -> Result<Content> {
         if e.kind == Kind::GlobalHeader {
-            return Ok(None);
+            return Ok(Content::None);
         }
         let rel = e.rel_path()?;
         let (prel, name) = split_parent(&rel);
@@ -483,7 +468,7 @@ impl DiffWriter<'_> {
                 let root = self.root.try_clone()?;
                 self.dir_attrs(&root, vec![], e)?;
             }
-            return Ok(None);
+            return Ok(Content::None);
         }
         let parent = self.dir(prel, true)?;
         // Whiteouts, as the overlay driver stores them.
@@ -514,9 +499,9 @@ impl DiffWriter<'_> {
                     AtFlags::SYMLINK_NOFOLLOW,
                 )?;
             }
-            return Ok(None);
+            return Ok(Content::None);
         }
-        let mut crc = None;
+        let mut content = Content::None;
         match e.kind {
             Kind::GlobalHeader => {}
             Kind::Directory => {
@@ -545,7 +530,7 @@ impl DiffWriter<'_> {
                 )
                 .with_context(|| format!("creating {}", e.display()))?;
                 let file = File::from(fd);
-                crc = self.write_content(&file, e, body)?;
+                content = self.write_content(&file, e, body)?;
                 // chown before chmod: chown clears setuid/setgid.
                 rustix::fs::fchown(
                     &file,
@@ -605,14 +590,13 @@ impl DiffWriter<'_> {
                 self.finish_at(&parent, &rel, name, e, true)?;
             }
         }
-        Ok(crc)
+        Ok(content)
     }
 }
 
 impl LayerVisitor for DiffWriter<'_> {
     fn raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.seg.extend_from_slice(bytes);
-        self.sha.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -621,12 +605,15 @@ impl LayerVisitor for DiffWriter<'_> {
         // The headers collected so far (with the previous padding) are one
         // segment, then the entry.
         let seg = std::mem::take(&mut self.seg);
-        self.split.segment(&seg)?;
+        self.split.send(Piece::Segment(seg))?;
         self.uids.insert(e.uid);
         self.gids.insert(e.gid);
-        let crc = self.unpack(e, body)?;
+        let content = self.unpack(e, body)?;
         self.size += e.size;
-        self.split.file(&e.name, e.size, crc)?;
-        Ok(())
+        self.split.send(Piece::File {
+            name: e.name.clone(),
+            size: e.size,
+            content,
+        })
     }
 }

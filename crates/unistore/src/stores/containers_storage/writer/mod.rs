@@ -548,5 +548,6 @@ pub fn reflink_unsupported(e: Errno) -> bool {
 }
 
 mod layer;
+mod split_thread;
 #[cfg(test)]
 mod tests;
