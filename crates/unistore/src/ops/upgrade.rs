@@ -117,7 +117,7 @@ pub async fn upgrade(
 
     progress::step(&progress, format!("Checking {imgref}"));
     crate::sigpolicy::check(&opts.fetch)?;
-    let remote = composefs_repo::inspect_remote(&imgref, &opts.fetch).await?;
+    let remote = composefs_repo::inspect_remote(&imgref, &opts.fetch, opts.check).await?;
     // What names an image for this check is the registry's digest where it
     // differs from the repository's (an image in Docker's format).
     let staged_digest = match host.marker.as_ref() {

@@ -187,8 +187,14 @@ pub struct RemoteImage {
     pub version: Option<String>,
 }
 
-/// Fetches only the manifest and config of `imgref`.
-pub async fn inspect_remote(imgref: &ImageRef, fetch: &FetchConfig) -> Result<RemoteImage> {
+/// Fetches only the manifest of `imgref`, and its config when `version`
+/// is asked for (`upgrade --check` shows it; an upgrade takes it from the
+/// image it pulls, and saves the round trip).
+pub async fn inspect_remote(
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    version: bool,
+) -> Result<RemoteImage> {
     let config = fetch.proxy_config().unwrap_or_default();
     let proxy = containers_image_proxy::ImageProxy::new_with_config(config)
         .await
@@ -202,13 +208,17 @@ pub async fn inspect_remote(imgref: &ImageRef, fetch: &FetchConfig) -> Result<Re
         .fetch_manifest_raw_oci(&img)
         .await
         .with_context(|| format!("fetching the manifest of {spec}"))?;
-    let config = proxy
-        .fetch_config(&img)
-        .await
-        .with_context(|| format!("fetching the config of {spec}"))?;
-    let version = config
-        .labels_of_config()
-        .and_then(|l| l.get("org.opencontainers.image.version").cloned());
+    let version = if version {
+        let config = proxy
+            .fetch_config(&img)
+            .await
+            .with_context(|| format!("fetching the config of {spec}"))?;
+        config
+            .labels_of_config()
+            .and_then(|l| l.get("org.opencontainers.image.version").cloned())
+    } else {
+        None
+    };
     let _ = proxy.close_image(&img).await;
     let _ = proxy.finalize().await;
     Ok(RemoteImage {

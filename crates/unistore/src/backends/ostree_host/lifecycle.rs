@@ -65,7 +65,7 @@ pub async fn upgrade(
 
     progress::step(&progress, format!("Checking {target}"));
     crate::sigpolicy::check(&opts.fetch)?;
-    let remote = composefs_repo::inspect_remote(&target, &opts.fetch).await?;
+    let remote = composefs_repo::inspect_remote(&target, &opts.fetch, opts.check).await?;
     if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) && !resynthesize {
         if target == current || opts.check {
             return Ok(UpgradeOutcome::NoChange {
