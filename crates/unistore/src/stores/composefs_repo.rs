@@ -421,7 +421,9 @@ async fn pull_as_is(
     let watched = Watched::new(progress);
     let opts = PullOptions {
         progress: Some(watched.clone()),
-        bootable: !fetch.no_boot_image,
+        // The boot image is [`finish`]'s: a unified pull makes it while the
+        // store is written.
+        bootable: false,
         local_fetch,
         storage_root: store_root.as_deref(),
         img_proxy_config: fetch.proxy_config(),

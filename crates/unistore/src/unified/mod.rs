@@ -373,6 +373,7 @@ pub async fn import_into_store(
             names: wanted.clone(),
             allow_copy: policy == Policy::ReflinkOrCopy,
             verify_reused: false,
+            check_reused_files: false,
             manifest: registry.map(|r| (r.digest.clone(), r.bytes.clone())),
         };
         let (r, m, st) = (repo.clone(), manifest_digest.to_string(), store.clone());

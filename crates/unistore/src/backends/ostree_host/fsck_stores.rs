@@ -188,6 +188,7 @@ pub fn check(
                 names: vec![unified::store_name(&m)],
                 allow_copy: policy == Policy::ReflinkOrCopy,
                 verify_reused: opts.verify_content,
+                check_reused_files: true,
                 manifest: None,
             };
             let view = crate::ops::fsck::read_store(&store).ok().flatten();

@@ -425,6 +425,7 @@ pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
                 names,
                 allow_copy: mode != Some(UnifiedMode::Enabled),
                 verify_reused: opts.verify_content,
+                check_reused_files: true,
                 manifest,
             };
             let written = write_into_store(

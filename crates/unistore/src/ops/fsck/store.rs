@@ -84,7 +84,7 @@ pub(super) fn check_store_image(
             Some(l) => {
                 let key = (id.clone(), diff_id.clone(), verify);
                 let problem = memo.store_layer(key, || {
-                    writer::layer_problem(&store.path, l, diff_id).or_else(|| {
+                    writer::layer_problem(&store.path, l, diff_id, true).or_else(|| {
                         verify
                             .then(|| writer::verify_layer(&store.path, id, diff_id).err())
                             .flatten()

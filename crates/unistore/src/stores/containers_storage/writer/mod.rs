@@ -65,6 +65,12 @@ pub struct WriteOptions {
     /// Reuse a layer the store has only after reassembling it and checking
     /// its diff-id (reads every file); otherwise its structure decides.
     pub verify_reused: bool,
+    /// Part of that structure: every file the layer's tar-split names is in
+    /// its `diff` with its size (a stat per file, nothing read). fsck's
+    /// repairs ask for it; pulls trust the store's record of a complete
+    /// layer, as podman does, so that an upgrade does not stat every file
+    /// of every layer it keeps.
+    pub check_reused_files: bool,
     /// The manifest the store records, when not the repository's: the
     /// registry's (digest, bytes) of an image in Docker's format, which the
     /// repository holds as its OCI conversion (same config and layers), so
@@ -195,7 +201,7 @@ pub fn verify_layer(store: &Path, id: &str, diff_id: &str) -> Result<()> {
 /// Why the store's record of layer `id` (expected to hold `diff_id`) is not
 /// usable, or `None` when it is whole: listed complete, diff directory,
 /// tar-split and link in place.
-pub fn layer_problem(store: &Path, entry: &Value, diff_id: &str) -> Option<String> {
+pub fn layer_problem(store: &Path, entry: &Value, diff_id: &str, files: bool) -> Option<String> {
     let id = entry.get("id").and_then(Value::as_str).unwrap_or_default();
     if entry
         .get("flags")
@@ -222,8 +228,9 @@ pub fn layer_problem(store: &Path, entry: &Value, diff_id: &str) -> Option<Strin
     }
     // Every file the layer exports is there, with its size (contents are
     // not read: see `verify_layer`).
-    if let Err(e) =
-        fmt::read_tar_split(&split).and_then(|e| fmt::check_layer_files(&dir.join("diff"), &e))
+    if files
+        && let Err(e) =
+            fmt::read_tar_split(&split).and_then(|e| fmt::check_layer_files(&dir.join("diff"), &e))
     {
         return Some(format!("layer {id}: {e:#}"));
     }
@@ -290,7 +297,8 @@ pub fn write_image(
         for (i, (layer, id)) in src.layers.iter().zip(&ids).enumerate() {
             let existing = layers.iter().position(|l| entry_id(l) == id);
             if let Some(idx) = existing
-                && layer_problem(store, &layers[idx], &layer.diff_id).is_none()
+                && layer_problem(store, &layers[idx], &layer.diff_id, opts.check_reused_files)
+                    .is_none()
                 && (!opts.verify_reused || verify_layer(store, id, &layer.diff_id).is_ok())
             {
                 stats.layers_reused += 1;

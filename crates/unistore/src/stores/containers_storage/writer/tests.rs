@@ -119,6 +119,7 @@ fn writes_what_podman_writes() {
             names: vec![name.clone()],
             allow_copy: true,
             verify_reused: false,
+            check_reused_files: false,
             manifest: None,
         },
     )
@@ -168,7 +169,7 @@ fn writes_what_podman_writes() {
         assert_eq!(o_split, t_split, "tar-split of layer {id}");
         let (digest, _) = fmt::assemble_layer(&diff, &o_split, &mut fmt::Sink).unwrap();
         assert_eq!(&digest, diff_id);
-        assert!(layer_problem(&store, o, diff_id).is_none());
+        assert!(layer_problem(&store, o, diff_id, true).is_none());
         // The overlay directory: link, lower, work, merged (empty).
         let dir = store.join(OVERLAY_DIR).join(id);
         let link = std::fs::read_to_string(dir.join("link")).unwrap();
@@ -237,6 +238,7 @@ fn writes_what_podman_writes() {
             names: vec![name],
             allow_copy: true,
             verify_reused: true,
+            check_reused_files: true,
             manifest: None,
         },
     )
@@ -257,6 +259,7 @@ fn refuses_unreadable_json_and_rebuilds_a_missing_diff() {
         names: vec!["localhost/x:y".into()],
         allow_copy: true,
         verify_reused: false,
+        check_reused_files: false,
         manifest: None,
     };
     write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
@@ -287,16 +290,69 @@ fn refuses_unreadable_json_and_rebuilds_a_missing_diff() {
 
     std::fs::write(&json, &good).unwrap();
     let layers = layers_by_id(&store);
-    assert!(layer_problem(&store, &layers[&ids[1]], &built.diff_ids[1]).is_some());
+    assert!(layer_problem(&store, &layers[&ids[1]], &built.diff_ids[1], true).is_some());
     let link_before =
         std::fs::read_to_string(store.join(OVERLAY_DIR).join(&ids[1]).join("link")).unwrap();
     let stats = write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
     assert_eq!(stats.layers_written, vec![ids[1].clone()]);
     let layers = layers_by_id(&store);
-    assert!(layer_problem(&store, &layers[&ids[1]], &built.diff_ids[1]).is_none());
+    assert!(layer_problem(&store, &layers[&ids[1]], &built.diff_ids[1], true).is_none());
     // Children still find it by its short name.
     let link_after =
         std::fs::read_to_string(store.join(OVERLAY_DIR).join(&ids[1]).join("link")).unwrap();
     assert_eq!(link_before, link_after);
     assert_eq!(layers.len(), ids.len());
+}
+
+/// A file missing from a recorded layer: a pull trusts the store's record
+/// (as podman does) and reuses the layer; fsck's repair checks every file
+/// and rebuilds it.
+#[test]
+fn missing_file_is_rebuilt_only_when_files_are_checked() {
+    unistore_fixtures::env::require_root();
+    let td = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (repo, built, _) = repo_with_image(td.path());
+    let store = td.path().join("store");
+    let mut opts = WriteOptions {
+        names: vec!["localhost/x:y".into()],
+        allow_copy: true,
+        verify_reused: false,
+        check_reused_files: false,
+        manifest: None,
+    };
+    write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
+    let ids = fmt::chain_ids(&built.diff_ids).unwrap();
+    let diff = store.join(OVERLAY_DIR).join(&ids[0]).join("diff");
+    let victim = walk_files(&diff)
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .expect("a non-empty file in the base layer");
+    std::fs::remove_file(&victim).unwrap();
+    let layers = layers_by_id(&store);
+    assert!(layer_problem(&store, &layers[&ids[0]], &built.diff_ids[0], false).is_none());
+    let p = layer_problem(&store, &layers[&ids[0]], &built.diff_ids[0], true).unwrap();
+    assert!(p.contains(victim.file_name().unwrap().to_str().unwrap()), "{p}");
+
+    let stats = write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
+    assert!(stats.layers_written.is_empty());
+    assert!(!victim.exists());
+    opts.check_reused_files = true;
+    let stats = write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
+    assert!(stats.layers_written.contains(&ids[0]), "{:?}", stats.layers_written);
+    assert!(victim.exists());
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
 }
