@@ -20,19 +20,23 @@ from .sections.lifecycle import bench_lifecycle
 from .sections.memory import bench_memory
 from .sections.ostree import bench_ostree
 from .sections.repair import bench_repair
+from .sections.scale import bench_scale
 from .sections.upgrade import bench_upgrade
 from .svg import write_svg
 from .tools import CONTAINERS_CONF, Ctx, build, detect_features, ensure_cfsctl
 from .util import CLEANUP, Failed, REPO, WORK, log, on_signal
 
-SECTIONS = ["install", "upgrade", "lifecycle", "repair", "memory", "ostree"]
+SECTIONS = ["install", "upgrade", "lifecycle", "repair", "memory", "ostree", "scale"]
+# scale is opt-in: it alone takes about 25 minutes on a 2-CPU machine.
+DEFAULT_SECTIONS = [s for s in SECTIONS if s != "scale"]
 
 
 def main(doc):
     ap = argparse.ArgumentParser(prog="scripts/bench", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs of every measurement (medians; default 3)")
     ap.add_argument("--quick", action="store_true", help="a generated 200 MiB image instead of the realistic sample")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                    help=f"comma-separated sections (default: {','.join(DEFAULT_SECTIONS)}; opt-in: scale)")
     ap.add_argument("--out", type=Path, help="where to write benchmarks.md, bench-results.svg and bench-results.json "
                     "(default: docs/, or /var/tmp/unistore-bench/quick with --quick)")
     ap.add_argument("--keep-work", action="store_true", help="leave the work directory (loop images are always removed)")
@@ -101,6 +105,8 @@ def main(doc):
                 bench_memory(ctx, res, run_no)
             if "ostree" in sections:
                 bench_ostree(ctx, res, run_no)
+            if "scale" in sections:
+                bench_scale(ctx, res, run_no)
 
         rows = summarize(ctx, res)
         print_ratios(rows)
@@ -117,6 +123,7 @@ def main(doc):
             "machine": info, "image": ctx.facts, "image_desc": ctx.image_desc, "runs": ctx.runs,
             "features": ctx.feats, "headline": rows, "records": res.records,
             "not_measured": {f"{s}/{o}": w for (s, o), w in res.not_measured.items()},
+            "scale_images": {str(m): dict(i["summary"], dir=str(i["dir"])) for m, i in (getattr(ctx, "scale", None) or {}).items()},
         }, indent=1))
         log(f"wrote {md}, {svg} and {out / ctx.json_name} ({(time.monotonic() - t_start) / 60:.1f} min)")
     except Failed as e:

@@ -4,6 +4,7 @@ import re
 import statistics
 
 from .fmt import fmt_mib, fmt_ratio, fmt_s, fmt_unit, md_table, rng_s, rstr
+from .markdown_scale import scale_lines
 from .ops import DU_PARTS, phase_table
 
 
@@ -288,6 +289,8 @@ def write_markdown(ctx, res, rows, info, path, svg_name, old_notes):
                          + [rstr(fmt_ratio(vals[1], vals[0]))])
     L.append(md_table(["tool", "peak RSS of"] + [f"{m} MiB payload: peak RSS (time)" for m in ctx.mem_sizes] + ["growth"], mrows))
     L.append("")
+
+    L += scale_lines(ctx, res)
 
     # not measured
     L.append("## Not measured")
