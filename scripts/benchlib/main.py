@@ -27,8 +27,7 @@ from .tools import CONTAINERS_CONF, Ctx, build, detect_features, ensure_cfsctl
 from .util import CLEANUP, Failed, REPO, WORK, log, on_signal
 
 SECTIONS = ["install", "upgrade", "lifecycle", "repair", "memory", "ostree", "scale"]
-# scale is opt-in: it alone takes about 25 minutes on a 2-CPU machine.
-DEFAULT_SECTIONS = [s for s in SECTIONS if s != "scale"]
+DEFAULT_SECTIONS = list(SECTIONS)
 
 
 def main(doc):
@@ -36,7 +35,7 @@ def main(doc):
     ap.add_argument("--runs", type=int, default=3, help="runs of every measurement (medians; default 3)")
     ap.add_argument("--quick", action="store_true", help="a generated 200 MiB image instead of the realistic sample")
     ap.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
-                    help=f"comma-separated sections (default: {','.join(DEFAULT_SECTIONS)}; opt-in: scale)")
+                    help=f"comma-separated sections (default all: {','.join(DEFAULT_SECTIONS)})")
     ap.add_argument("--out", type=Path, help="where to write benchmarks.md, bench-results.svg and bench-results.json "
                     "(default: docs/, or /var/tmp/unistore-bench/quick with --quick)")
     ap.add_argument("--keep-work", action="store_true", help="leave the work directory (loop images are always removed)")

@@ -1,6 +1,7 @@
 """The scale section of docs/benchmarks.md: how cost grows with the image."""
 
 from .fmt import fmt_ratio, fmt_s, fmt_unit, md_table, rstr
+from .ops import phase_table
 from .sections.scale import CHECKPOINTS, SIZES, STATUS_REPS, UPGRADES
 
 # (op prefix, label, how it should grow, the podman op to compare with)
@@ -106,13 +107,23 @@ def scale_lines(ctx, res):
         if a is None and b is None:
             continue
         g = fmt_ratio(b, a)
-        grows.append([what, should, f"{fmt_s(a)} → {fmt_s(b)}", rstr(g), verdict(g, size_ratio),
+        v = verdict(g, size_ratio)
+        if should == "flat" and v not in ("flat", "–"):
+            v = f"**grows: {v}**"
+        grows.append([what, should, f"{fmt_s(a)} → {fmt_s(b)}", rstr(g), v,
                       f"{fmt_unit(ra, 'KiB')} → {fmt_unit(rb, 'KiB')}", rstr(fmt_ratio(rb, ra))])
     L.append(f"Growth from {small} to {big} (content ×{size_ratio:.0f}; \"measured\": flat below 2×, sublinear below "
              "half the content's growth, about linear up to 1.5 times it):")
     L.append("")
     L.append(md_table(["operation", "should grow", "time", "growth", "measured", "peak RSS (tree)", "RSS growth"], grows))
     L.append("")
+    pops = [op_name(p, s[0]) for s in SIZES for p in ("install-plain", "install-unified", "upgrade-plain", "upgrade-unified")]
+    prow = phase_table(res, "scale", pops)
+    if prow:
+        L.append("Phases (from unistore's progress lines; a phase runs from its line to the next one):")
+        L.append("")
+        L.append(md_table(["command", "phases"], prow))
+        L.append("")
     L += upgrades_lines(ctx, res)
     return L
 

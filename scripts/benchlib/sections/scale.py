@@ -18,7 +18,7 @@ import shutil
 import statistics
 
 from ..fs import make_fs
-from ..ops import install_args
+from ..ops import install_args, phase_durations
 from ..results import guarded
 from ..tools import podman_cmd, podman_env, unistore_env
 from ..util import WORK, Failed, log, run, sync_fs, timed
@@ -133,6 +133,7 @@ def unistore_host(ctx, res, run_no, img, unified):
         r = timed(install_args(ctx, src, fs.mnt, "enabled" if unified else None), env=env, sync_path=fs.mnt,
                   label=f"unistore install ({kind})")
         r["delta"] = settle(fs) - before
+        r["phases"] = phase_durations(r["lines"], r["wall"])
         rec = res.add("scale", f"install-{kind}@{label}", run_no, **r)
         log(f"  scale   {label} install ({kind}) {rec['wall_sync']:7.2f} s  rss {(rec['rss_main_kib'] or 0) / 1024:6.1f}/"
             f"{(rec['rss_kib'] or 0) / 1024:6.1f} MiB  disk {rec['delta'] / 1024**2:7.1f} MiB")
@@ -141,6 +142,7 @@ def unistore_host(ctx, res, run_no, img, unified):
         r = timed([ctx.unistore, "-v", "--sysroot", fs.mnt, "upgrade"], env=env, sync_path=fs.mnt,
                   label=f"unistore upgrade ({kind})")
         r.update(ctx.reg.served_since(mark))
+        r["phases"] = phase_durations(r["lines"], r["wall"])
         st = json.loads(run([ctx.unistore, "--sysroot", fs.mnt, "status", "--json"], env=env).stdout)
         if not (st.get("status") or {}).get("staged"):
             raise Failed("unistore upgrade staged nothing")
