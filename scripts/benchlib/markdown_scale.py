@@ -41,10 +41,9 @@ def verdict(growth, size_ratio):
 
 def scale_lines(ctx, res):
     M = res.med
-    L = ["## 8. How cost grows with the image (`--only scale`)", ""]
+    L = ["## 8. How cost grows with the image (scale)", ""]
     if not any(r["section"] == "scale" for r in res.records):
-        why = res.not_measured.get(("scale", "images"), "opt-in: not in the default sections (a run of it takes about "
-                                    "25 minutes); `scripts/bench --only scale` or `--only ...,scale` runs it")
+        why = res.not_measured.get(("scale", "images"), "the section did not run (`--only`)")
         L += [f"not measured: {why}", ""]
         return L
     imgs = getattr(ctx, "scale", None) or {}
