@@ -2,10 +2,12 @@
 //!
 //! * `unistore-fixture test-image --out DIR --tag TAG [--version V] [--variant N] [--no-kernel]`
 //! * `unistore-fixture from-rootfs ROOTFS --out DIR --tag TAG [--version V]`
+//! * `unistore-fixture scale-image --out DIR --files N --layers L --mib M [--versions K] [--seed S]`
 //! * `unistore-fixture compare TREE --oci DIR --tag TAG [--xattrs MODE] [--ignore PATH]...`
 //! * `unistore-fixture boot DISK [--log FILE] [--extra-disk IMG]... [--append ARG]...`
 //!
-//! The first two print the manifest digest on stdout; `compare` prints the differences
+//! The first two print the manifest digest on stdout, `scale-image` a JSON summary (tags
+//! `v1` .. `vK` and their manifest digests); `compare` prints the differences
 //! between a real tree (a mount, an unpacked bundle) and the image's merged layers, and
 //! exits with status 1 if there are any. `boot` boots an installed disk image in
 //! QEMU (TCG) from its primary boot entry (docs/boot.md); without `--log` the
@@ -15,8 +17,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use unistore_fixtures::image::{
-    CompareOpts, TestImageOpts, XattrCheck, build_from_rootfs, build_test_image, compare_tree,
-    expected_from_oci,
+    CompareOpts, ScaleImageOpts, TestImageOpts, XattrCheck, build_from_rootfs, build_scale_image,
+    build_test_image, compare_tree, expected_from_oci,
 };
 
 #[derive(Parser, Debug)]
@@ -59,6 +61,32 @@ enum Cmd {
         /// Also write the expected merged tree as JSON to this file.
         #[arg(long)]
         expected_json: Option<PathBuf>,
+    },
+    /// Generate a benchmark-sized image: the test image's three base layers, `--layers`
+    /// content layers holding `--files` files of `--mib` MiB in total (mixed sizes, text
+    /// and binary), and a small top layer that differs per version (tags v1 .. vK).
+    ScaleImage {
+        /// OCI layout directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Regular files in the content layers.
+        #[arg(long)]
+        files: u64,
+        /// Content layers.
+        #[arg(long)]
+        layers: u32,
+        /// MiB of file content in the content layers.
+        #[arg(long)]
+        mib: u64,
+        /// Versions to write (tags v1 .. vK; each differs from v1 only in its top layer).
+        #[arg(long, default_value_t = 2)]
+        versions: u32,
+        /// Seed of every pseudo-random choice.
+        #[arg(long, default_value = "unistore-scale")]
+        seed: String,
+        /// gzip level of the layers.
+        #[arg(long, default_value_t = 6)]
+        level: u32,
     },
     /// Pack an existing root filesystem directory into a 2-layer image (/usr, rest).
     FromRootfs {
@@ -206,6 +234,27 @@ fn main() -> Result<()> {
             append,
             timeout,
         } => return boot(disk, log, extra_disks, append, timeout),
+        Cmd::ScaleImage {
+            out,
+            files,
+            layers,
+            mib,
+            versions,
+            seed,
+            level,
+        } => {
+            let opts = ScaleImageOpts {
+                files,
+                layers,
+                mib,
+                versions,
+                seed,
+                level,
+            };
+            let img = build_scale_image(&out, &opts)?;
+            println!("{}", serde_json::to_string(&img)?);
+            return Ok(());
+        }
         Cmd::TestImage {
             out,
             tag,

@@ -13,6 +13,7 @@ pub mod layer;
 pub mod merge;
 pub mod oci;
 pub mod rootfs;
+pub mod scale;
 pub mod synthetic;
 pub mod verify;
 
@@ -26,6 +27,7 @@ pub use oci::{
     expected_from_oci, layer_blobs,
 };
 pub use rootfs::build_from_rootfs;
+pub use scale::{ScaleImage, ScaleImageOpts, build_scale_image};
 pub use synthetic::{TEST_KVER, TestImageOpts, build_test_image};
 pub use verify::{CompareOpts, XattrCheck, compare_tree, scan_tree};
 

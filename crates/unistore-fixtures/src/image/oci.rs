@@ -111,6 +111,40 @@ impl ImageWriter {
         Ok(())
     }
 
+    /// Another writer continuing from the layers added so far (they are shared, not
+    /// rewritten), with the version label set to `version`: for images derived from a
+    /// common stack of layers.
+    pub fn fork(&self, version: &str) -> Result<Self> {
+        let mut config = self.config.clone();
+        let mut c = config.config().clone().unwrap_or_default();
+        c.labels_mut()
+            .get_or_insert_with(HashMap::new)
+            .insert(VERSION_LABEL.to_string(), version.to_string());
+        config.set_config(Some(c));
+        Ok(Self {
+            oci_dir: self.oci_dir.clone(),
+            oci: open_oci_dir(&self.oci_dir)?,
+            manifest: self.manifest.clone(),
+            config,
+            compression: self.compression,
+        })
+    }
+
+    /// Write config and manifest and tag the manifest, without computing the merged tree
+    /// (for large images); returns the manifest digest.
+    pub fn finish_untracked(mut self, tag: &str) -> Result<String> {
+        let config_desc = self.oci.write_config(self.config)?;
+        self.manifest.set_config(config_desc);
+        let platform = PlatformBuilder::default()
+            .architecture(Arch::Amd64)
+            .os(Os::Linux)
+            .build()?;
+        let desc = self
+            .oci
+            .insert_manifest(self.manifest, Some(tag), platform)?;
+        Ok(desc.digest().to_string())
+    }
+
     /// Write config and manifest, tag the manifest, and compute the merged tree.
     pub fn finish(mut self, tag: &str) -> Result<BuiltImage> {
         let diff_ids = self.config.rootfs().diff_ids().clone();

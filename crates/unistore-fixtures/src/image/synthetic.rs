@@ -89,12 +89,7 @@ pub fn build_test_image(oci_dir: &Path, tag: &str, opts: &TestImageOpts) -> Resu
         &[("containers.bootc", "1")],
         flate2::Compression::fast(),
     )?;
-    let mut dirs = Known::new();
-    w.add_layer("unistore-fixture: base", |t| base_layer(t, &mut dirs))?;
-    w.add_layer("unistore-fixture: kernel", |t| kernel_layer(t, opts))?;
-    w.add_layer("unistore-fixture: config", |t| {
-        config_layer(t, opts, &mut dirs)
-    })?;
+    let mut dirs = add_base_layers(&mut w, opts)?;
     if !opts.extra_files.is_empty() || opts.payload_mib > 0 {
         w.add_layer("unistore-fixture: extra files", |t| {
             extra_layer(t, opts, &mut dirs)
@@ -103,7 +98,19 @@ pub fn build_test_image(oci_dir: &Path, tag: &str, opts: &TestImageOpts) -> Resu
     w.finish(tag)
 }
 
-type Tar<'a> = LayerTar<&'a mut dyn Write>;
+/// The first three layers of the test image (base, kernel, config) on `w`; returns the
+/// directories they emitted, for [`ensure_dirs`] in later layers.
+pub(crate) fn add_base_layers(w: &mut ImageWriter, opts: &TestImageOpts) -> Result<Known> {
+    let mut dirs = Known::new();
+    w.add_layer("unistore-fixture: base", |t| base_layer(t, &mut dirs))?;
+    w.add_layer("unistore-fixture: kernel", |t| kernel_layer(t, opts))?;
+    w.add_layer("unistore-fixture: config", |t| {
+        config_layer(t, opts, &mut dirs)
+    })?;
+    Ok(dirs)
+}
+
+pub(crate) type Tar<'a> = LayerTar<&'a mut dyn Write>;
 
 fn xattr(name: &str, value: &[u8]) -> (String, Vec<u8>) {
     (name.to_string(), value.to_vec())
@@ -120,10 +127,10 @@ fn random_file(t: &mut Tar, path: &str, seed: &str, size: u64) -> Result<()> {
 }
 
 /// Paths the generator has emitted so far: `true` for directories, `false` for symlinks.
-type Known = BTreeMap<String, bool>;
+pub(crate) type Known = BTreeMap<String, bool>;
 
 /// Emit `dir` (0755 root) and its missing ancestors, remembering them in `dirs`.
-fn ensure_dirs(t: &mut Tar, dirs: &mut Known, dir: &str) -> Result<()> {
+pub(crate) fn ensure_dirs(t: &mut Tar, dirs: &mut Known, dir: &str) -> Result<()> {
     let mut cur = String::new();
     for comp in dir.split('/').filter(|c| !c.is_empty()) {
         cur.push('/');

@@ -1,0 +1,1 @@
+"""The measured sections of scripts/bench, one module each."""
