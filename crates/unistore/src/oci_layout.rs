@@ -1,5 +1,7 @@
 //! Checks an `oci:` layout directory before importing it: the tag exists and
-//! every blob the image uses matches its descriptor (size and sha256).
+//! every blob the image uses matches its descriptor (size and sha256),
+//! except the blobs of layers the importer already has (it never reads
+//! them: an upgrade hashes only what is new).
 //!
 //! composefs-oci reads layout directories directly and does not compare
 //! blob digests with their descriptors; a registry pull goes through skopeo,
@@ -25,13 +27,14 @@ pub fn split_ref(name: &str) -> (PathBuf, Option<String>) {
     }
 }
 
-/// Verifies the image an `oci:` reference names.
-pub async fn verify(imgref: &ImageRef) -> Result<()> {
+/// Verifies the image an `oci:` reference names; `have(diff_id)` says
+/// which layers need no check (already imported).
+pub async fn verify(imgref: &ImageRef, have: impl Fn(&str) -> bool + Send + 'static) -> Result<()> {
     if imgref.transport != Transport::Oci {
         return Ok(());
     }
     let (dir, tag) = split_ref(&imgref.name);
-    tokio::task::spawn_blocking(move || verify_dir(&dir, tag.as_deref())).await?
+    tokio::task::spawn_blocking(move || verify_dir(&dir, tag.as_deref(), have)).await?
 }
 
 fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
@@ -75,8 +78,9 @@ fn check_blob(dir: &Path, desc: &Value) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Verifies the manifest selected by `tag` (or the only one) in `dir`.
-pub fn verify_dir(dir: &Path, tag: Option<&str>) -> Result<()> {
+/// Verifies the manifest selected by `tag` (or the only one) in `dir`, less
+/// the layers `have` names by diff-id.
+pub fn verify_dir(dir: &Path, tag: Option<&str>, have: impl Fn(&str) -> bool) -> Result<()> {
     let index_path = dir.join("index.json");
     let index: Value = serde_json::from_slice(
         &std::fs::read(&index_path)
@@ -105,9 +109,20 @@ pub fn verify_dir(dir: &Path, tag: Option<&str>) -> Result<()> {
     }
     let mpath = check_blob(dir, chosen)?;
     let manifest: Value = serde_json::from_slice(&std::fs::read(mpath)?)?;
-    check_blob(dir, &manifest["config"])?;
-    for layer in manifest["layers"].as_array().into_iter().flatten() {
-        check_blob(dir, layer)?;
+    let cpath = check_blob(dir, &manifest["config"])?;
+    // The config's diff-ids name the manifest's layers, in order (the
+    // config was just checked against its digest).
+    let config: Value = serde_json::from_slice(&std::fs::read(cpath)?).unwrap_or_default();
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    for (i, layer) in layers.iter().enumerate() {
+        let known = layers.len() == diff_ids.len() && diff_ids[i].as_str().is_some_and(|d| have(d));
+        if !known {
+            check_blob(dir, layer)?;
+        }
     }
     Ok(())
 }

@@ -402,7 +402,14 @@ async fn pull_as_is(
     progress: Progress,
 ) -> Result<composefs_oci::PullResult<ObjectId>> {
     if imgref.transport == crate::imgref::Transport::Oci {
-        crate::oci_layout::verify(imgref).await?;
+        let r = repo.clone();
+        crate::oci_layout::verify(imgref, move |diff_id| {
+            crate::tar_walk::layer_stream_id(diff_id)
+                .ok()
+                .and_then(|id| r.has_stream(&id).ok().flatten())
+                .is_some()
+        })
+        .await?;
     }
     let local_fetch = if imgref.transport == crate::imgref::Transport::ContainersStorage {
         // Read the store natively (reflinks where possible): Debian's skopeo

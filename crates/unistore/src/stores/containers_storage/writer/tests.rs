@@ -331,14 +331,21 @@ fn missing_file_is_rebuilt_only_when_files_are_checked() {
     let layers = layers_by_id(&store);
     assert!(layer_problem(&store, &layers[&ids[0]], &built.diff_ids[0], false).is_none());
     let p = layer_problem(&store, &layers[&ids[0]], &built.diff_ids[0], true).unwrap();
-    assert!(p.contains(victim.file_name().unwrap().to_str().unwrap()), "{p}");
+    assert!(
+        p.contains(victim.file_name().unwrap().to_str().unwrap()),
+        "{p}"
+    );
 
     let stats = write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
     assert!(stats.layers_written.is_empty());
     assert!(!victim.exists());
     opts.check_reused_files = true;
     let stats = write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
-    assert!(stats.layers_written.contains(&ids[0]), "{:?}", stats.layers_written);
+    assert!(
+        stats.layers_written.contains(&ids[0]),
+        "{:?}",
+        stats.layers_written
+    );
     assert!(victim.exists());
 }
 
