@@ -196,6 +196,7 @@ enum InternalsCmd {
 }
 
 fn main() {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 => "warn",
@@ -512,4 +513,19 @@ fn status(sysroot: &Sysroot, a: StatusArgs) -> Result<()> {
         Format::Human => render::status(&mut out.lock(), &host, out.is_terminal())?,
     }
     Ok(())
+}
+
+/// At most two glibc malloc arenas (its default is eight per CPU): a pull
+/// builds an EROFS image of the whole tree on one thread and the boot image
+/// on another, and memory one arena freed is not reused by the next. A
+/// unified install of a 500 MiB image with 25,000 files: peak RSS 167 MiB
+/// with the default, 91 MiB with two arenas (and the library's
+/// `malloc_trim` between the two), the same time.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter, before any thread
+    // is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }

@@ -82,3 +82,16 @@ pub fn list_names(dir: &Dir, rel: impl AsRef<Path>) -> Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+
+/// Gives the memory the process has freed back to the system. glibc keeps
+/// what a thread frees in that thread's arena: the pull builds the
+/// repository's EROFS image of the whole tree on one thread, and the boot
+/// image built next on another thread (beside the store writer) would
+/// otherwise not reuse it, and the peaks would add up.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

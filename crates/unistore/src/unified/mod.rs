@@ -244,6 +244,7 @@ pub async fn fetch_unified(
         // composefs first, then the store by reflinks from its objects.
         let fetched = composefs_repo::pull_layers(repo, imgref, fetch, progress.clone()).await?;
         crashpoint::hit("unified:after-composefs-pull");
+        crate::util::release_freed_memory();
         // The boot image and tag (one CPU) while the store is written from
         // the layers (the other): neither needs the other.
         let manifest_digest = fetched.manifest_digest();
