@@ -111,19 +111,7 @@ fn writes_what_podman_writes() {
     let (repo, built, oci) = repo_with_image(td.path());
     let store = td.path().join("store");
     let name = "localhost/unistore-test:w".to_string();
-    let stats = write_image(
-        &repo,
-        &built.manifest_digest,
-        &store,
-        &WriteOptions {
-            names: vec![name.clone()],
-            allow_copy: true,
-            verify_reused: false,
-            check_reused_files: false,
-            manifest: None,
-        },
-    )
-    .unwrap();
+    let stats = write_image(&repo, &built.manifest_digest, &store, &copying_opts(&name)).unwrap();
     assert_eq!(
         stats.image_id,
         built.config_digest.trim_start_matches("sha256:")
@@ -235,11 +223,9 @@ fn writes_what_podman_writes() {
         &built.manifest_digest,
         &store,
         &WriteOptions {
-            names: vec![name],
-            allow_copy: true,
             verify_reused: true,
             check_reused_files: true,
-            manifest: None,
+            ..copying_opts(&name)
         },
     )
     .unwrap();
@@ -255,13 +241,7 @@ fn refuses_unreadable_json_and_rebuilds_a_missing_diff() {
     let td = tempfile::tempdir_in("/var/tmp").unwrap();
     let (repo, built, _) = repo_with_image(td.path());
     let store = td.path().join("store");
-    let opts = WriteOptions {
-        names: vec!["localhost/x:y".into()],
-        allow_copy: true,
-        verify_reused: false,
-        check_reused_files: false,
-        manifest: None,
-    };
+    let opts = copying_opts("localhost/x:y");
     write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
     let ids = fmt::chain_ids(&built.diff_ids).unwrap();
 
@@ -313,13 +293,7 @@ fn missing_file_is_rebuilt_only_when_files_are_checked() {
     let td = tempfile::tempdir_in("/var/tmp").unwrap();
     let (repo, built, _) = repo_with_image(td.path());
     let store = td.path().join("store");
-    let mut opts = WriteOptions {
-        names: vec!["localhost/x:y".into()],
-        allow_copy: true,
-        verify_reused: false,
-        check_reused_files: false,
-        manifest: None,
-    };
+    let mut opts = copying_opts("localhost/x:y");
     write_image(&repo, &built.manifest_digest, &store, &opts).unwrap();
     let ids = fmt::chain_ids(&built.diff_ids).unwrap();
     let diff = store.join(OVERLAY_DIR).join(&ids[0]).join("diff");
@@ -362,4 +336,16 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Options of a plain write under `name`: copies allowed, reused layers
+/// judged by their record.
+fn copying_opts(name: &str) -> WriteOptions {
+    WriteOptions {
+        names: vec![name.to_string()],
+        allow_copy: true,
+        verify_reused: false,
+        check_reused_files: false,
+        manifest: None,
+    }
 }
