@@ -119,7 +119,7 @@ pub fn verify_dir(dir: &Path, tag: Option<&str>, have: impl Fn(&str) -> bool) ->
         .unwrap_or_default();
     let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
     for (i, layer) in layers.iter().enumerate() {
-        let known = layers.len() == diff_ids.len() && diff_ids[i].as_str().is_some_and(|d| have(d));
+        let known = layers.len() == diff_ids.len() && diff_ids[i].as_str().is_some_and(&have);
         if !known {
             check_blob(dir, layer)?;
         }
