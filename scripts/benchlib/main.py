@@ -15,6 +15,7 @@ from .markdown import old_notes, write_markdown
 from .registry import Registry
 from .report import machine_info, print_ratios, summarize
 from .results import Results
+from .sections.ab import bench_ab, print_ab
 from .sections.install import bench_install
 from .sections.lifecycle import bench_lifecycle
 from .sections.memory import bench_memory
@@ -26,8 +27,8 @@ from .svg import write_svg
 from .tools import CONTAINERS_CONF, Ctx, build, detect_features, ensure_cfsctl
 from .util import CLEANUP, Failed, REPO, WORK, log, on_signal
 
-SECTIONS = ["install", "upgrade", "lifecycle", "repair", "memory", "ostree", "scale"]
-DEFAULT_SECTIONS = list(SECTIONS)
+SECTIONS = ["install", "upgrade", "lifecycle", "repair", "memory", "ostree", "scale", "ab"]
+DEFAULT_SECTIONS = [s for s in SECTIONS if s != "ab"]
 
 
 def main(doc):
@@ -38,6 +39,8 @@ def main(doc):
                     help=f"comma-separated sections (default all: {','.join(DEFAULT_SECTIONS)})")
     ap.add_argument("--out", type=Path, help="where to write benchmarks.md, bench-results.svg and bench-results.json "
                     "(default: docs/, or /var/tmp/unistore-bench/quick with --quick)")
+    ap.add_argument("--baseline", type=Path, help="another unistore binary for the `ab` section (--only ab): "
+                    "this build against it, alternating, in the same run; prints ratios, writes no docs")
     ap.add_argument("--keep-work", action="store_true", help="leave the work directory (loop images are always removed)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -48,6 +51,10 @@ def main(doc):
     for s in sections:
         if s not in SECTIONS:
             sys.exit(f"unknown section {s!r} (known: {', '.join(SECTIONS)})")
+    if ("ab" in sections) != bool(args.baseline):
+        sys.exit("the ab section and --baseline BIN go together")
+    if args.baseline and (sections != ["ab"] or not args.baseline.is_file()):
+        sys.exit("--baseline needs --only ab and an existing binary")
     synthetic = args.quick or os.environ.get("UNISTORE_SAMPLE") == "synthetic"
     out = args.out or (WORK / "quick" if synthetic else REPO / "docs")
 
@@ -56,6 +63,7 @@ def main(doc):
 
     ctx = Ctx()
     ctx.runs = args.runs
+    ctx.baseline = args.baseline and args.baseline.resolve()
     ctx.sections = sections
     ctx.mem_sizes = (50, 400)
     ctx.args_line = "scripts/bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "scripts/bench"
@@ -106,6 +114,13 @@ def main(doc):
                 bench_ostree(ctx, res, run_no)
             if "scale" in sections:
                 bench_scale(ctx, res, run_no)
+            if "ab" in sections:
+                bench_ab(ctx, res, run_no)
+
+        if ctx.baseline:
+            print_ab(res)
+            log(f"ab: {(time.monotonic() - t_start) / 60:.1f} min")
+            return
 
         rows = summarize(ctx, res)
         print_ratios(rows)

@@ -315,8 +315,11 @@ pub async fn pull(
     fetch: &FetchConfig,
     progress: Progress,
 ) -> Result<Pulled> {
-    let fetched = pull_layers(repo, imgref, fetch, progress).await?;
-    finish(repo, fetched, !fetch.no_boot_image)
+    let boot = !fetch.no_boot_image;
+    // One pass over the layers makes both EROFS images: composefs-oci reads
+    // the merged tree once for the repository image and the boot image.
+    let fetched = fetch_layers(repo, imgref, fetch, progress, boot).await?;
+    finish(repo, fetched, boot)
 }
 
 /// What [`pull_layers`] stored: the manifest, config and layers, not yet
@@ -343,6 +346,18 @@ pub async fn pull_layers(
     fetch: &FetchConfig,
     progress: Progress,
 ) -> Result<Fetched> {
+    fetch_layers(repo, imgref, fetch, progress, false).await
+}
+
+/// [`pull_layers`], with the boot image made in composefs-oci's pass over
+/// the merged tree when `boot_image` is true ([`finish`] then finds it).
+async fn fetch_layers(
+    repo: &Arc<Repo>,
+    imgref: &ImageRef,
+    fetch: &FetchConfig,
+    progress: Progress,
+    boot_image: bool,
+) -> Result<Fetched> {
     let (image, f) = (imgref.clone(), fetch.clone());
     let docker =
         tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
@@ -352,7 +367,7 @@ pub async fn pull_layers(
     // is enforced, registry images come through `skopeo copy`, which does.
     let enforce = fetch.enforce_sigpolicy && imgref.transport == crate::imgref::Transport::Registry;
     if docker.is_none() && !enforce {
-        let result = pull_as_is(repo, imgref, fetch, progress).await?;
+        let result = pull_as_is(repo, imgref, fetch, progress, boot_image).await?;
         return Ok(Fetched {
             result,
             registry: None,
@@ -376,7 +391,7 @@ pub async fn pull_layers(
     })
     .await
     .context("fetching the image")??;
-    let result = pull_as_is(repo, &converted.layout, fetch, progress).await?;
+    let result = pull_as_is(repo, &converted.layout, fetch, progress, boot_image).await?;
     let registry = (converted.registry_digest != result.manifest_digest.to_string()).then_some(
         RegistryManifest {
             digest: converted.registry_digest,
@@ -400,6 +415,7 @@ async fn pull_as_is(
     imgref: &ImageRef,
     fetch: &FetchConfig,
     progress: Progress,
+    bootable: bool,
 ) -> Result<composefs_oci::PullResult<ObjectId>> {
     if imgref.transport == crate::imgref::Transport::Oci {
         let r = repo.clone();
@@ -428,9 +444,9 @@ async fn pull_as_is(
     let watched = Watched::new(progress);
     let opts = PullOptions {
         progress: Some(watched.clone()),
-        // The boot image is [`finish`]'s: a unified pull makes it while the
-        // store is written.
-        bootable: false,
+        // Without it, [`finish`] makes the boot image: a unified pull makes
+        // it while the store is written.
+        bootable,
         local_fetch,
         storage_root: store_root.as_deref(),
         img_proxy_config: fetch.proxy_config(),
