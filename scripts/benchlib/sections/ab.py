@@ -49,7 +49,7 @@ def podman(ctx, res, run_no):
         fs.settle()
         r = timed(pull, env=podman_env(ctx), sync_path=fs.mnt)
         res.add("ab", "podman:upgrade", run_no, **r)
-        log(f"  ab podman install/upgrade")
+        log(f"  ab podman:install/upgrade      {res.records[-2]['wall_sync']:6.2f} s / {r['wall_sync']:.2f} s")
 
 
 def bench_ab(ctx, res, run_no):

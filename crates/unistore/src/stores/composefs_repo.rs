@@ -60,20 +60,31 @@ pub fn init_at(sysroot: &Sysroot, rel: &str) -> Result<(Arc<Repo>, bool)> {
         tracing::info!("no fs-verity on target: repository in insecure mode");
         config = config.set_insecure();
     }
-    let (repo, created) = Repo::init_path(sysroot.dir(), rel, config)
+    let (mut repo, created) = Repo::init_path(sysroot.dir(), rel, config)
         .context("initializing the composefs repository")?;
+    repo.set_write_concurrency(write_concurrency());
     Ok((Arc::new(repo), created))
 }
 
 /// Opens the existing repository.
 pub fn open(sysroot: &Sysroot) -> Result<Arc<Repo>> {
-    let repo = Repo::open_path(sysroot.dir(), COMPOSEFS_DIR).map_err(|e| {
+    let mut repo = Repo::open_path(sysroot.dir(), COMPOSEFS_DIR).map_err(|e| {
         anyhow!(
             "opening the composefs repository {}: {e}",
             sysroot.join(COMPOSEFS_DIR).display()
         )
     })?;
+    repo.set_write_concurrency(write_concurrency());
     Ok(Arc::new(repo))
+}
+
+/// How many object files a pull writes at once: twice the CPUs. composefs
+/// defaults to one per CPU, and each object's writer waits on its channel
+/// and the page cache about as much as it computes: the sample's plain
+/// install from its layout took 1.80–1.84 s with 2 writers, 1.61–1.64 s
+/// with 4, no better with 6 to 16 (2 CPUs).
+fn write_concurrency() -> usize {
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// The tag every deployment's manifest carries (a GC root).
