@@ -463,7 +463,15 @@ async fn pull_as_is(
         img_proxy_config: fetch.proxy_config(),
         ..Default::default()
     };
+    let registry = imgref.transport == crate::imgref::Transport::Registry;
     let pull = async {
+        if registry {
+            // The layers on threads of their own ([`crate::stores::layer_fetch`]); the
+            // pull then only stores the config and manifest.
+            crate::stores::layer_fetch::prefetch(repo, &spec, fetch.proxy_config(), watched.clone())
+                .await
+                .with_context(|| format!("pulling {spec}"))?;
+        }
         composefs_oci::pull(repo, &spec, None, opts)
             .await
             .with_context(|| format!("pulling {spec}"))
