@@ -315,10 +315,38 @@ fn registry_blob_with_wrong_bytes() {
     );
 }
 
-/// A registry that serves half a blob: the image proxy waits for the rest
-/// for ever, so the pull gives up once nothing arrives for the stall
-/// timeout (`UNISTORE_STALL_TIMEOUT_SECS`, 10 s here; 300 s by default):
-/// one error line, within the minute, the root as it was.
+/// An image whose config names a diff-id its layer's tar stream does not
+/// have (the blob itself is as the manifest says): refused before the
+/// layer is stored under that diff-id, as `podman pull` refuses it.
+#[test]
+fn registry_layer_whose_diff_id_lies() {
+    let w = reg_world();
+    let oci = w.work.path().join("oci");
+    let raw = tar_of(&[entry(
+        "usr/share/liar",
+        tar::EntryType::Regular,
+        None,
+        &vec![b'l'; 300_000],
+    )]);
+    let lie = format!("sha256:{}", "ab".repeat(32));
+    unistore_fixtures::image::add_raw_layer_claiming(&oci, "v1", "liar", &raw, "liar", Some(&lie))
+        .unwrap();
+    let src = w.reg.push_oci(&oci, "liar", "liar").unwrap();
+    let e = refused(
+        "a layer whose diff-id the config misstates",
+        &mut w.install(&src),
+        w.fs.path(),
+        &w.decoy,
+        "not the diff-id",
+    );
+    assert!(e.contains(&lie), "{e}");
+}
+
+/// A registry that serves half a blob: skopeo's digest check fails, and the
+/// pull says so at once (composefs-oci's own reader waited for the rest for
+/// ever, until the stall timeout, `UNISTORE_STALL_TIMEOUT_SECS`, 10 s here,
+/// gave it up): one error line naming the damaged blob, within the minute,
+/// the root as it was.
 #[test]
 fn registry_blob_served_halfway() {
     let w = reg_world();
@@ -344,7 +372,12 @@ fn registry_blob_served_halfway() {
     let e = String::from_utf8_lossy(&out.stderr);
     let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{e}");
-    assert!(errors[0].contains("nothing received for 10 s"), "{e}");
+    assert!(errors[0].contains("corrupted blob"), "{e}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "refused only after {:?}: {e}",
+        t.elapsed()
+    );
     eprintln!("HOSTILE | a blob served halfway | {}", errors[0]);
     assert_snapshots_equal(&before, &snapshot(w.fs.path()), "half a blob");
 }

@@ -23,8 +23,8 @@ pub use expected::{
 };
 pub use host_files::host_executable_files;
 pub use oci::{
-    add_hostile_layer, add_raw_layer, add_special_layer, corrupt_first_layer_blob,
-    expected_from_oci, layer_blobs,
+    add_hostile_layer, add_raw_layer, add_raw_layer_claiming, add_special_layer,
+    corrupt_first_layer_blob, expected_from_oci, layer_blobs,
 };
 pub use rootfs::build_from_rootfs;
 pub use scale::{ScaleImage, ScaleImageOpts, build_scale_image};

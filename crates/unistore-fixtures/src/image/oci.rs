@@ -271,6 +271,19 @@ pub fn add_raw_layer(
     raw: &[u8],
     what: &str,
 ) -> Result<String> {
+    add_raw_layer_claiming(oci_dir, tag, new_tag, raw, what, None)
+}
+
+/// [`add_raw_layer`], with the config naming `diff_id` (when given) for the
+/// new layer instead of the digest of its tar stream: an image that lies.
+pub fn add_raw_layer_claiming(
+    oci_dir: &Path,
+    tag: &str,
+    new_tag: &str,
+    raw: &[u8],
+    what: &str,
+    diff_id: Option<&str>,
+) -> Result<String> {
     let oci = open_existing(oci_dir)?;
     let mut manifest = oci
         .find_manifest_with_tag(tag)?
@@ -288,6 +301,13 @@ pub fn add_raw_layer(
         what,
         created,
     );
+    if let Some(lie) = diff_id {
+        let mut rootfs = config.rootfs().clone();
+        if let Some(last) = rootfs.diff_ids_mut().last_mut() {
+            *last = lie.to_string();
+        }
+        config.set_rootfs(rootfs);
+    }
     let config_desc = oci.write_config(config)?;
     manifest.set_config(config_desc);
     let platform = PlatformBuilder::default()

@@ -468,9 +468,14 @@ async fn pull_as_is(
         if registry {
             // The layers on threads of their own ([`crate::stores::layer_fetch`]); the
             // pull then only stores the config and manifest.
-            crate::stores::layer_fetch::prefetch(repo, &spec, fetch.proxy_config(), watched.clone())
-                .await
-                .with_context(|| format!("pulling {spec}"))?;
+            crate::stores::layer_fetch::prefetch(
+                repo,
+                &spec,
+                fetch.proxy_config(),
+                watched.clone(),
+            )
+            .await
+            .with_context(|| format!("pulling {spec}"))?;
         }
         composefs_oci::pull(repo, &spec, None, opts)
             .await

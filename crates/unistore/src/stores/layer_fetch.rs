@@ -36,6 +36,7 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::{Context, Result};
 use containers_image_proxy::oci_spec::image::{Descriptor, MediaType};
 use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
+use futures_util::stream::{self, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
@@ -119,12 +120,16 @@ async fn fetch_missing(
         .await
         .context("fetching the config")?;
     let diff_ids = config.rootfs().diff_ids().to_vec();
-    for (layer, diff_id) in missing_layers(repo, manifest.layers(), &diff_ids)? {
-        fetch_layer(repo, proxy, img, &layer, &diff_id, progress)
-            .await
-            .with_context(|| format!("fetching layer {}", layer.digest()))?;
-    }
-    Ok(())
+    let missing = missing_layers(repo, manifest.layers(), &diff_ids)?;
+    // As many layers at once as composefs-oci's pull would take.
+    let width = std::thread::available_parallelism().map_or(2, |n| n.get());
+    stream::iter(missing.into_iter().map(Ok))
+        .try_for_each_concurrent(width, |(layer, diff_id)| async move {
+            fetch_layer(repo, proxy, img, &layer, &diff_id, progress)
+                .await
+                .with_context(|| format!("fetching layer {}", layer.digest()))
+        })
+        .await
 }
 
 async fn fetch_layer(
