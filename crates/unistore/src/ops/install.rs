@@ -235,14 +235,10 @@ pub async fn fetch(
 /// The image's install config, then the host's on top.
 fn effective_config(
     repo: &Repo,
-    manifest_digest: &str,
+    tree: &deploy::ImageTree,
     host: &InstallConfig,
 ) -> Result<InstallConfig> {
-    let img = composefs_repo::open_image(repo, manifest_digest)?;
-    let fs = img
-        .read_filesystem(repo, false)
-        .context("reading the image's filesystem")?;
-    let mut cfg = InstallConfig::from_image(&fs, repo, &img.architecture())?;
+    let mut cfg = InstallConfig::from_image(&tree.fs, repo, &tree.img.architecture())?;
     if host.unified.is_some() {
         cfg.unified = host.unified;
     }
@@ -277,7 +273,8 @@ async fn install_inner(
     crate::crashpoint::hit("install:after-pull");
 
     // The image's own install config is known only now.
-    let image_config = effective_config(&repo, &manifest_digest, host_config)?;
+    let tree = deploy::ImageTree::read(&repo, &manifest_digest)?;
+    let image_config = effective_config(&repo, &tree, host_config)?;
     let (mode, decided_by) = match early {
         Some((m, by)) => (m, by),
         None => (image_config.unified.unwrap_or_default(), "image-config"),
@@ -341,6 +338,7 @@ async fn install_inner(
         &repo,
         &DeployRequest {
             manifest_digest: &manifest_digest,
+            tree: &tree,
             registry: registry.as_ref(),
             id: &id,
             origin_image: &origin_image,

@@ -219,7 +219,9 @@ pub async fn upgrade(
             .with_context(|| format!("reading the kernel arguments of the booted image {d}"))?,
         None => vec![],
     };
-    let new_image_kargs = deploy::image_kargs(&repo, &pulled.manifest_digest)
+    let tree = deploy::ImageTree::read(&repo, &pulled.manifest_digest)?;
+    let new_image_kargs = tree
+        .kargs(&repo)
         .with_context(|| format!("reading the kernel arguments of {imgref}"))?;
     let kargs =
         crate::install_config::upgrade_kargs(&booted_kargs, &old_image_kargs, &new_image_kargs);
@@ -228,6 +230,7 @@ pub async fn upgrade(
         &repo,
         &DeployRequest {
             manifest_digest: &pulled.manifest_digest,
+            tree: &tree,
             registry: pulled.registry.as_ref(),
             id: &id,
             origin_image: &imgref,

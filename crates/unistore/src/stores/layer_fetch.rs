@@ -195,18 +195,24 @@ async fn pump(
     id: &ComponentId,
     progress: &Progress,
 ) {
+    use std::time::{Duration, Instant};
     use tokio::io::AsyncReadExt;
-    let (mut n, mut told) = (0u64, 0u64);
+    // A slow registry still gets its bytes passed on, and reported (the
+    // stall guard watches the reports), within these.
+    const HOLD: Duration = Duration::from_millis(100);
+    const TELL: Duration = Duration::from_millis(250);
+    let (mut n, mut told, mut told_at) = (0u64, 0u64, Instant::now());
     loop {
         let mut buf = vec![0u8; CHUNK];
         let mut have = 0;
+        let since = Instant::now();
         // Whole chunks, but no waiting for one when the pipe is slow.
         let r = loop {
             match reader.read(&mut buf[have..]).await {
                 Ok(0) => break Ok(()),
                 Ok(k) => {
                     have += k;
-                    if have >= CHUNK / 2 {
+                    if have >= CHUNK / 2 || since.elapsed() >= HOLD {
                         break Ok(());
                     }
                 }
@@ -214,8 +220,9 @@ async fn pump(
             }
         };
         n += have as u64;
-        if n - told >= CHUNK as u64 || (have == 0 && n != told) {
+        if n != told && (n - told >= CHUNK as u64 || have == 0 || told_at.elapsed() >= TELL) {
             told = n;
+            told_at = Instant::now();
             progress.report(ProgressEvent::Progress {
                 id: id.clone(),
                 fetched: n,
