@@ -82,7 +82,9 @@ pub fn open(sysroot: &Sysroot) -> Result<Arc<Repo>> {
 /// defaults to one per CPU, and each object's writer waits on its channel
 /// and the page cache about as much as it computes: the sample's plain
 /// install from its layout took 1.80–1.84 s with 2 writers, 1.61–1.64 s
-/// with 4, no better with 6 to 16 (2 CPUs).
+/// with 4, no better with 6 to 16 (2 CPUs); from the registry, 7 runs of
+/// `scripts/bench --only ab` alternating with and without: 0.93× (6 of 7
+/// pairs faster).
 fn write_concurrency() -> usize {
     2 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
