@@ -269,6 +269,15 @@ fn run(cli: Cli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let result = run_on(cli, &rt);
+    // A pull given up (a registry that stopped sending) leaves skopeo's
+    // helpers blocked on their reads: dropping the runtime would wait for
+    // them for ever.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+fn run_on(cli: Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
     match cli.cmd {
         Cmd::Install(InstallCmd::ToFilesystem(a)) => rt.block_on(install(a)),
         Cmd::Status(a) => status(&open_sysroot(cli.sysroot.as_deref())?, a),

@@ -382,6 +382,107 @@ fn registry_blob_served_halfway() {
     assert_snapshots_equal(&before, &snapshot(w.fs.path()), "half a blob");
 }
 
+/// A TCP proxy in front of `upstream` that passes each connection's
+/// requests on, and the answers until `after` bytes of a connection, then
+/// holds the connection open and sends nothing more: a registry that stops
+/// sending in the middle of a blob. Returns its address.
+fn stalling_proxy(upstream: String, after: usize) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let up = upstream.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(&up) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                });
+                let (mut sent, mut buf) = (0usize, vec![0u8; 8192]);
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n.min(after - sent),
+                    };
+                    if n == 0 {
+                        // Stalled: keep both ends open, send nothing.
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                        return;
+                    }
+                    if c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    sent += n;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A registry that stops sending in the middle of a blob (the connection
+/// stays open): the pull gives up once nothing arrives for the stall
+/// timeout (`UNISTORE_STALL_TIMEOUT_SECS`, 10 s here; 300 s by default):
+/// one error line, within the minute, the root as it was.
+#[test]
+fn registry_that_stops_sending() {
+    let w = reg_world();
+    let oci = w.work.path().join("oci");
+    // 400 kB that gzip cannot shrink: the blob the proxy cuts.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..400_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let raw = tar_of(&[entry(
+        "usr/share/noise",
+        tar::EntryType::Regular,
+        None,
+        &noise,
+    )]);
+    add_raw_layer(&oci, "v1", "stall", &raw, "noise").unwrap();
+    w.reg.push_oci(&oci, "stall", "stall").unwrap();
+    let proxy = stalling_proxy(w.reg.addr(), 64 * 1024);
+    let conf = w.work.path().join("registries-stall.conf");
+    std::fs::write(
+        &conf,
+        format!("[[registry]]\nlocation = \"{proxy}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let before = snapshot(w.fs.path());
+    let mut c = install(&format!("docker://{proxy}/stall:stall"), w.fs.path(), &[]);
+    c.env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .env("UNISTORE_STALL_TIMEOUT_SECS", "10")
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the install still runs after 60 s on a registry that stopped sending");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{e}");
+    assert!(errors[0].contains("nothing received for 10 s"), "{e}");
+    eprintln!("HOSTILE | a registry that stops sending | {}", errors[0]);
+    assert_snapshots_equal(&before, &snapshot(w.fs.path()), "a stalled registry");
+}
+
 /// A manifest with 3000 layers (its last layer repeated), from an OCI
 /// layout.
 #[test]

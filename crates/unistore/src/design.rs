@@ -88,7 +88,7 @@
 //! other call, `GetRawBlob`, needs skopeo 1.19 (Debian 12 has 1.9.3).
 //! [`crate::stores::layer_fetch`] therefore fetches the layers the
 //! repository lacks itself before the pull, from the same proxy: reads of
-//! 1 MiB (the proxy's reader passes them whole to the pipe), the inflate and
+//! 256 KiB (the proxy's reader passes them whole to the pipe), the inflate and
 //! a SHA-256 of the tar stream on a thread of their own, chunks into
 //! composefs-oci's own `import_layer`. The pull then finds every layer and
 //! does the rest as before (config, manifest, EROFS, tags), so the

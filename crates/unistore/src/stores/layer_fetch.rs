@@ -9,7 +9,7 @@
 //! 70% busy.
 //!
 //! Here each layer the repository lacks is read from the same reader with
-//! 1 MiB buffers, which the reader passes whole to the pipe (each round trip
+//! 256 KiB buffers, which the reader passes whole to the pipe (each round trip
 //! then brings whatever the pipe holds, not 8 KiB), inflated on a thread of
 //! its own (zlib-ng), its tar stream hashed there, and handed in 1 MiB chunks
 //! to [`composefs_oci::import_layer`], which splits it into objects on the
@@ -44,10 +44,14 @@ use tokio::sync::mpsc;
 use crate::progress::{ComponentId, Progress, ProgressEvent};
 use crate::stores::composefs_repo::Repo;
 
-/// Size of one read from the pipe and of one chunk handed to the import.
+/// Size of one read from the pipe (the reader passes it whole), and of one
+/// compressed chunk handed to the inflating thread.
+const RAW_CHUNK: usize = 256 << 10;
+/// Size of one chunk of the tar stream handed to the import.
 const CHUNK: usize = 1 << 20;
-/// Chunks in flight between the reading thread and the import.
-const IN_FLIGHT: usize = 8;
+/// Chunks in flight on each of the two hand-offs: with [`RAW_CHUNK`] and
+/// [`CHUNK`], about 5 MiB a layer.
+const IN_FLIGHT: usize = 4;
 
 /// Fetches the layers of registry image `spec` that the repository lacks.
 pub async fn prefetch(
@@ -203,7 +207,7 @@ async fn pump(
     const TELL: Duration = Duration::from_millis(250);
     let (mut n, mut told, mut told_at) = (0u64, 0u64, Instant::now());
     loop {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; RAW_CHUNK];
         let mut have = 0;
         let since = Instant::now();
         // Whole chunks, but no waiting for one when the pipe is slow.
@@ -212,7 +216,7 @@ async fn pump(
                 Ok(0) => break Ok(()),
                 Ok(k) => {
                     have += k;
-                    if have >= CHUNK / 2 || since.elapsed() >= HOLD {
+                    if have == RAW_CHUNK || since.elapsed() >= HOLD {
                         break Ok(());
                     }
                 }
@@ -258,7 +262,7 @@ struct Feeder {
 
 impl Feeder {
     fn run(self, raw: mpsc::Receiver<std::io::Result<Vec<u8>>>) {
-        let raw = BufReader::with_capacity(CHUNK, RawChunks::new(raw));
+        let raw = BufReader::with_capacity(RAW_CHUNK, RawChunks::new(raw));
         let mut src: Box<dyn Read> = if self.gzip {
             Box::new(flate2::bufread::MultiGzDecoder::new(raw))
         } else {
