@@ -25,7 +25,8 @@ PHASES = [
     ("open the source", re.compile(r"^Pulling (?!.* into containers-storage)")),
     ("podman pull into the host store", re.compile(r"^Pulling .* into containers-storage")),
     ("import from the store into composefs", re.compile(r"^Importing from containers-storage")),
-    ("pull into composefs", re.compile(r"^Fetching config")),
+    # The layers (unistore's own fetch), or composefs-oci's config step when none is new.
+    ("pull into composefs", re.compile(r"^Fetching (\d+ layers?|config)")),
     ("after the layers: boot EROFS, tags, sync", re.compile(r"^(Storing manifest|Layers imported)")),
     ("podman tag, sync, extent-sharing pass", re.compile(r"^Read manifest")),
     ("write the host store from composefs (reflinks)", re.compile(r"^Writing .* into containers-storage")),

@@ -125,6 +125,18 @@ async fn fetch_missing(
         .context("fetching the config")?;
     let diff_ids = config.rootfs().diff_ids().to_vec();
     let missing = missing_layers(repo, manifest.layers(), &diff_ids)?;
+    if !missing.is_empty() {
+        let bytes: u64 = missing.iter().map(|(l, _)| l.size()).sum();
+        crate::progress::step(
+            progress,
+            format!(
+                "Fetching {} layer{} ({:.1} MiB)",
+                missing.len(),
+                if missing.len() == 1 { "" } else { "s" },
+                bytes as f64 / (1 << 20) as f64
+            ),
+        );
+    }
     // As many layers at once as composefs-oci's pull would take.
     let width = std::thread::available_parallelism().map_or(2, |n| n.get());
     stream::iter(missing.into_iter().map(Ok))
