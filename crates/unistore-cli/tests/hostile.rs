@@ -342,18 +342,17 @@ fn registry_layer_whose_diff_id_lies() {
     assert!(e.contains(&lie), "{e}");
 }
 
-/// A registry that serves half a blob: skopeo's digest check fails, and the
-/// pull says so at once (composefs-oci's own reader waited for the rest for
-/// ever, until the stall timeout, `UNISTORE_STALL_TIMEOUT_SECS`, 10 s here,
-/// gave it up): one error line naming the damaged blob, within the minute,
-/// the root as it was.
-#[test]
-fn registry_blob_served_halfway() {
-    let w = reg_world();
-    let src = w.push_damaged("half", true);
-    let before = snapshot(w.fs.path());
-    let mut child = w
-        .install(&src)
+/// Runs `c` (with the stall timeout at 10 s), which must fail within 60 s
+/// with exactly one `error:` line containing `needle` and leave ROOT as it
+/// was; returns that line and how long it took.
+fn fails_in_time(
+    case: &str,
+    c: &mut Command,
+    root: &Path,
+    needle: &str,
+) -> (String, std::time::Duration) {
+    let before = snapshot(root);
+    let mut child = c
         .env("UNISTORE_STALL_TIMEOUT_SECS", "10")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -363,23 +362,37 @@ fn registry_blob_served_halfway() {
         if t.elapsed() > std::time::Duration::from_secs(60) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the install still runs after 60 s on a blob served halfway");
+            panic!("{case}: the install still runs after 60 s");
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let took = t.elapsed();
     let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{case}");
     let e = String::from_utf8_lossy(&out.stderr);
     let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{e}");
-    assert!(errors[0].contains("corrupted blob"), "{e}");
+    assert_eq!(errors.len(), 1, "{case}: {e}");
+    assert!(errors[0].contains(needle), "{case}: {e}");
+    eprintln!("HOSTILE | {case} | {}", errors[0]);
+    assert_snapshots_equal(&before, &snapshot(root), case);
+    (errors[0].to_string(), took)
+}
+
+/// A registry that serves half a blob: skopeo's digest check fails, and the
+/// pull says so at once (composefs-oci's own reader waited for the rest for
+/// ever, until the stall timeout, `UNISTORE_STALL_TIMEOUT_SECS`, 10 s here,
+/// gave it up): one error line naming the damaged blob, within the minute,
+/// the root as it was.
+#[test]
+fn registry_blob_served_halfway() {
+    let w = reg_world();
+    let src = w.push_damaged("half", true);
+    let case = "a blob served halfway";
+    let (_, took) = fails_in_time(case, &mut w.install(&src), w.fs.path(), "corrupted blob");
     assert!(
-        t.elapsed() < std::time::Duration::from_secs(10),
-        "refused only after {:?}: {e}",
-        t.elapsed()
+        took < std::time::Duration::from_secs(10),
+        "refused only after {took:?}"
     );
-    eprintln!("HOSTILE | a blob served halfway | {}", errors[0]);
-    assert_snapshots_equal(&before, &snapshot(w.fs.path()), "half a blob");
 }
 
 /// A TCP proxy in front of `upstream` that passes each connection's
@@ -458,29 +471,10 @@ fn registry_that_stops_sending() {
         format!("[[registry]]\nlocation = \"{proxy}\"\ninsecure = true\n"),
     )
     .unwrap();
-    let before = snapshot(w.fs.path());
     let mut c = install(&format!("docker://{proxy}/stall:stall"), w.fs.path(), &[]);
-    c.env("CONTAINERS_REGISTRIES_CONF", &conf)
-        .env("UNISTORE_STALL_TIMEOUT_SECS", "10")
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let t = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed() > std::time::Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the install still runs after 60 s on a registry that stopped sending");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let e = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{e}");
-    assert!(errors[0].contains("nothing received for 10 s"), "{e}");
-    eprintln!("HOSTILE | a registry that stops sending | {}", errors[0]);
-    assert_snapshots_equal(&before, &snapshot(w.fs.path()), "a stalled registry");
+    c.env("CONTAINERS_REGISTRIES_CONF", &conf);
+    let case = "a registry that stops sending";
+    fails_in_time(case, &mut c, w.fs.path(), "nothing received for 10 s");
 }
 
 /// A manifest with 3000 layers (its last layer repeated), from an OCI
