@@ -109,25 +109,7 @@ impl Host {
         opts.extra_append = vec![format!("unistore.test={phase}")];
         opts.extra_disks = test_disk.map(Path::to_path_buf).into_iter().collect();
         self.fs.detach().unwrap();
-        let mut r = vm::boot(&self.fs.image(), &spec, &opts);
-        // QEMU 7.2's TCG now and then crashes the guest kernel in early
-        // boot (an `int3` Oops in `sched_clock_cpu`, docs/boot.md). Before
-        // `/init` runs nothing has read or written the disk, and a kernel
-        // of ours that cannot boot would crash again: one more try.
-        if let Ok(first) = &r
-            && crashed_before_init(first)
-        {
-            eprintln!(
-                "boot {} ({phase}): the guest kernel crashed before /init (console in {}): booting again",
-                self.boots,
-                first.log.display()
-            );
-            let mut again = opts.clone();
-            again.log = self
-                .logs
-                .join(format!("boot{}-{phase}-again.log", self.boots));
-            r = vm::boot(&self.fs.image(), &spec, &again);
-        }
+        let r = vm::boot(&self.fs.image(), &spec, &opts);
         self.fs.attach().unwrap();
         let r = r.unwrap();
         eprintln!(
@@ -143,37 +125,6 @@ impl Host {
     fn boot(&mut self, phase: &str, test_disk: Option<&Path>) -> VmRun {
         self.boot_with(phase, test_disk, |_| {})
     }
-}
-
-/// The guest kernel oopsed or panicked before it ran `/init`.
-fn crashed_before_init(r: &VmRun) -> bool {
-    let upto = r
-        .console
-        .find("Run /init as init process")
-        .unwrap_or(r.console.len());
-    let early = &r.console[..upto];
-    early.contains("Kernel panic") || early.contains("Oops:")
-}
-
-/// Only a crash before `/init` is retried: a panic after it (a root the
-/// initramfs refuses, `panic=1`) is the boot's own result.
-#[test]
-fn only_an_early_kernel_crash_is_booted_again() {
-    let run = |console: &str| VmRun {
-        console: console.to_string(),
-        exited: true,
-        elapsed: Duration::from_secs(1),
-        log: PathBuf::from("/dev/null"),
-    };
-    assert!(crashed_before_init(&run(
-        "[2.86] Oops: int3: 0000 [#1]\n[2.87] Kernel panic - not syncing\n"
-    )));
-    assert!(!crashed_before_init(&run(
-        "[8.1] Run /init as init process\n[9.0] Kernel panic - not syncing: Attempted to kill init!\n"
-    )));
-    assert!(!crashed_before_init(&run(
-        "[8.1] Run /init as init process\nUNISTORE-BOOT-OK\n"
-    )));
 }
 
 /// Fails the test with `what` and the end of the serial console.
