@@ -202,7 +202,7 @@ async fn fetch_layer(
     Ok(())
 }
 
-/// Reads the blob with 1 MiB buffers into `raw`, reporting progress; stops
+/// Reads the blob with [`RAW_CHUNK`] buffers into `raw`, reporting progress; stops
 /// when the other side is gone (the reader's drop then closes the pipe).
 async fn pump(
     mut reader: impl tokio::io::AsyncBufRead + Unpin,
@@ -274,7 +274,7 @@ struct Feeder {
 
 impl Feeder {
     fn run(self, raw: mpsc::Receiver<std::io::Result<Vec<u8>>>) {
-        let raw = BufReader::with_capacity(RAW_CHUNK, RawChunks::new(raw));
+        let raw = BufReader::with_capacity(RAW_CHUNK, ChunkReader::new(raw));
         let mut src: Box<dyn Read> = if self.gzip {
             Box::new(flate2::bufread::MultiGzDecoder::new(raw))
         } else {
@@ -338,43 +338,9 @@ fn fill(src: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// The compressed chunks from [`pump`], as a blocking byte stream.
-struct RawChunks {
-    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl RawChunks {
-    fn new(rx: mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
-        Self {
-            rx,
-            cur: vec![],
-            pos: 0,
-        }
-    }
-}
-
-impl Read for RawChunks {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    self.cur = chunk;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// The import's side of the channel, as a byte stream.
+/// Chunks from a channel as a byte stream: blocking ([`Read`], the
+/// compressed chunks from [`pump`] on the inflating thread) or async
+/// ([`AsyncRead`], the tar stream into the import).
 struct ChunkReader {
     rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     cur: Vec<u8>,
@@ -389,6 +355,40 @@ impl ChunkReader {
             pos: 0,
         }
     }
+
+    /// Up to `max` bytes of what is left of the current chunk, consumed.
+    fn consume(&mut self, max: usize) -> &[u8] {
+        let start = self.pos;
+        self.pos += max.min(self.cur.len() - start);
+        &self.cur[start..self.pos]
+    }
+
+    /// Takes the next message: `Ok(true)` a chunk, `Ok(false)` the end.
+    fn next(&mut self, msg: Option<std::io::Result<Vec<u8>>>) -> std::io::Result<bool> {
+        match msg {
+            Some(Ok(chunk)) => {
+                self.cur = chunk;
+                self.pos = 0;
+                Ok(true)
+            }
+            Some(Err(e)) => Err(e),
+            None => Ok(false),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.cur.len() {
+            let msg = self.rx.blocking_recv();
+            if !self.next(msg)? {
+                return Ok(0);
+            }
+        }
+        let bytes = self.consume(buf.len());
+        buf[..bytes.len()].copy_from_slice(bytes);
+        Ok(bytes.len())
+    }
 }
 
 impl AsyncRead for ChunkReader {
@@ -397,24 +397,15 @@ impl AsyncRead for ChunkReader {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        loop {
-            if self.pos < self.cur.len() {
-                let n = buf.remaining().min(self.cur.len() - self.pos);
-                let start = self.pos;
-                buf.put_slice(&self.cur[start..start + n]);
-                self.pos += n;
+        while self.pos == self.cur.len() {
+            let msg = std::task::ready!(self.rx.poll_recv(cx));
+            if !self.next(msg)? {
                 return Poll::Ready(Ok(()));
             }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    self.cur = chunk;
-                    self.pos = 0;
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
         }
+        let max = buf.remaining();
+        buf.put_slice(self.consume(max));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -434,9 +425,27 @@ mod tests {
         drop(tx);
         let mut r = ChunkReader::new(rx);
         let mut got = vec![];
-        let err = r.read_to_end(&mut got).await.unwrap_err();
+        let err = AsyncReadExt::read_to_end(&mut r, &mut got)
+            .await
+            .unwrap_err();
         assert_eq!(got, b"abcde");
         assert!(err.to_string().contains("digest mismatch"), "{err}");
+    }
+
+    #[test]
+    fn chunk_reader_blocking_side_passes_bytes_then_the_error() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.blocking_send(Ok(b"abc".to_vec())).unwrap();
+        tx.blocking_send(Ok(vec![])).unwrap();
+        tx.blocking_send(Ok(b"de".to_vec())).unwrap();
+        tx.blocking_send(Err(std::io::Error::other("cut short")))
+            .unwrap();
+        drop(tx);
+        let mut r = ChunkReader::new(rx);
+        let mut got = vec![];
+        let err = Read::read_to_end(&mut r, &mut got).unwrap_err();
+        assert_eq!(got, b"abcde");
+        assert!(err.to_string().contains("cut short"), "{err}");
     }
 
     #[test]
