@@ -44,7 +44,7 @@ def main(doc):
     ap.add_argument("--keep-work", action="store_true", help="leave the work directory (loop images are always removed)")
     args = ap.parse_args()
     if os.geteuid() != 0:
-        sys.exit("scripts/bench needs root (loop devices, mounts): run it with sudo")
+        sys.exit("scripts/bench needs root (loop devices, mounts): run it as root")
     if args.runs < 1:
         sys.exit("--runs must be at least 1")
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
