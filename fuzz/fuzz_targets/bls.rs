@@ -1,7 +1,7 @@
 //! BLS Type 1 boot entries, as read from `boot/loader/entries*/`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use unistore::bootloader::BlsEntry;
+use unistore::boot::bls::BlsEntry;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

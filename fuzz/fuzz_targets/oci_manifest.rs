@@ -3,7 +3,7 @@
 #![no_main]
 use containers_image_proxy::oci_spec::image::{ImageIndex, ImageManifest};
 use libfuzzer_sys::fuzz_target;
-use unistore::docker_schema2::{blob_digests, pick_from_list, to_oci_manifest};
+use unistore::source::docker_schema2::{blob_digests, pick_from_list, to_oci_manifest};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = ImageManifest::from_reader(data) {

@@ -3,7 +3,7 @@
 //! give back the input byte for byte.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use unistore::tar_walk::{Body, Entry, LayerVisitor, walk_chunks};
+use unistore::stores::tar_walk::{Body, Entry, LayerVisitor, walk_chunks};
 
 struct Collect(Vec<u8>);
 

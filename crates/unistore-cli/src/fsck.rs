@@ -7,7 +7,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use unistore::Sysroot;
-use unistore::ops::fsck::{FsckOpts, FullReport, ImageReport, ImagesReport, Verdict};
+use unistore::command::fsck::{FsckOpts, FullReport, ImageReport, ImagesReport, Verdict};
 
 #[derive(clap::Args, Clone, Copy)]
 pub struct FsckFlags {

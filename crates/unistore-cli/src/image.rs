@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
 use unistore::Sysroot;
-use unistore::ops::image_list::ImageList;
-use unistore::ops::set_unified::{SetUnifiedOpts, SetUnifiedOutcome, Target};
+use unistore::command::image_list::ImageList;
+use unistore::command::set_unified::{SetUnifiedOpts, SetUnifiedOutcome, Target};
 use unistore::unified::UnifiedMode;
 
 use crate::progress;

@@ -2,11 +2,11 @@
 
 use anyhow::{Result, bail};
 use unistore::Sysroot;
-use unistore::imgref::ImageRef;
-use unistore::ops::finalize::FinalizeOutcome;
-use unistore::ops::gc::{GcOpts, GcReport};
-use unistore::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
-use unistore::stores::composefs_repo::FetchConfig;
+use unistore::source::imgref::ImageRef;
+use unistore::command::finalize::FinalizeOutcome;
+use unistore::command::gc::{GcOpts, GcReport};
+use unistore::command::upgrade::{UpgradeOpts, UpgradeOutcome};
+use unistore::source::fetch_config::FetchConfig;
 
 use crate::progress;
 
@@ -166,7 +166,7 @@ fn print_new_deployment(
     manifest_digest: &str,
     version: Option<&str>,
     kernel_reused: bool,
-    gc: Option<&unistore::ops::gc::GcReport>,
+    gc: Option<&unistore::command::gc::GcReport>,
 ) {
     println!("{header}");
     println!("  deployment: {deployment_id}");

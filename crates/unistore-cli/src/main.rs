@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use unistore::Sysroot;
-use unistore::imgref::ImageRef;
+use unistore::source::imgref::ImageRef;
 use unistore::sysroot::BootedMode;
 
 #[derive(Parser)]
@@ -380,8 +380,8 @@ fn authfile() -> Option<PathBuf> {
 
 /// Registry settings from the command line and the environment, as podman
 /// and bootc read them.
-pub(crate) fn fetch_config() -> unistore::stores::composefs_repo::FetchConfig {
-    unistore::stores::composefs_repo::FetchConfig {
+pub(crate) fn fetch_config() -> unistore::source::fetch_config::FetchConfig {
+    unistore::source::fetch_config::FetchConfig {
         registries_conf: std::env::var_os("CONTAINERS_REGISTRIES_CONF").map(PathBuf::from),
         authfile: authfile(),
         signature_policy: SIGPOLICY.get().and_then(|(p, _)| p.clone()),
@@ -407,7 +407,7 @@ async fn install(a: InstallArgs) -> Result<()> {
         .as_deref()
         .map(ImageRef::parse)
         .transpose()?;
-    let opts = unistore::ops::install::InstallOpts {
+    let opts = unistore::command::install::InstallOpts {
         source,
         target,
         kargs: a.kargs,

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use unistore::status::{BootEntry, Host};
+use unistore::command::status::{BootEntry, Host};
 
 /// Renders `status` for people.
 pub fn status(w: &mut impl Write, host: &Host, _tty: bool) -> Result<()> {

@@ -6,12 +6,12 @@
 use anyhow::{Context, Result};
 use composefs_boot::os_release::OsReleaseInfo;
 
-use crate::bootloader::{self, BlsEntry};
+use crate::boot::bls::{self, BlsEntry};
 use crate::deployment::{self, NewDeployment};
-use crate::imgref::ImageRef;
+use crate::fs::reflink::Tally;
 use crate::install_config;
 use crate::origin::Origin;
-use crate::reflink::Tally;
+use crate::source::imgref::ImageRef;
 use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{BOOT_DIR, Sysroot};
 
@@ -51,7 +51,7 @@ pub struct DeployRequest<'a> {
     /// The registry's manifest when it differs from the repository's (an
     /// image in Docker's format): its digest goes to the origin, its bytes
     /// into the state directory (for the host store's later writes).
-    pub registry: Option<&'a crate::stores::composefs_repo::RegistryManifest>,
+    pub registry: Option<&'a crate::source::pull::RegistryManifest>,
     /// Its boot EROFS id: the deployment id.
     pub id: &'a str,
     /// The reference the deployment follows.
@@ -99,7 +99,7 @@ pub fn deploy_image(
 ) -> Result<Deployed> {
     let id = req.id;
     let (img, fs) = (&req.tree.img, &req.tree.fs);
-    let kernel = bootloader::find_kernel(fs)?;
+    let kernel = bls::find_kernel(fs)?;
     let os_release = composefs_repo::read_image_file(fs, repo, "/usr/lib/os-release")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
@@ -117,7 +117,7 @@ pub fn deploy_image(
         Some(k) => k.clone(),
         None => req.tree.kargs(repo)?,
     };
-    let boot_digest = bootloader::boot_digest(&kernel, repo)?;
+    let boot_digest = bls::boot_digest(&kernel, repo)?;
 
     let origin = Origin {
         image: req.origin_image.clone(),
@@ -153,9 +153,9 @@ pub fn deploy_image(
     let (kdir, kernel_reused) = match reused {
         Some(kd) => (kd, true),
         None => {
-            let kd = bootloader::kernel_dir_name(id);
+            let kd = bls::kernel_dir_name(id);
             track(&format!("{BOOT_DIR}/{kd}"))?;
-            bootloader::write_kernel_dir(&boot, &kd, &kernel, repo, &mut files)?;
+            bls::write_kernel_dir(&boot, &kd, &kernel, repo, &mut files)?;
             (kd, false)
         }
     };
@@ -166,10 +166,10 @@ pub fn deploy_image(
     options.extend(kargs);
     options.extend(req.extra_kargs.iter().cloned());
     let entry = BlsEntry {
-        file_name: bootloader::entry_file_name(&os_id, &version, true),
+        file_name: bls::entry_file_name(&os_id, &version, true),
         title,
         version,
-        sort_key: Some(bootloader::sort_key(&os_id, true)),
+        sort_key: Some(bls::sort_key(&os_id, true)),
         linux: format!("{prefix}/{kdir}/vmlinuz"),
         initrd: format!("{prefix}/{kdir}/initrd"),
         options,

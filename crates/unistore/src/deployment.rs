@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::fs::reflink::Tally;
 use crate::origin::{ImgInfoRef, Origin, parse_imginfo};
-use crate::reflink::Tally;
 use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{SHARED_VAR_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;

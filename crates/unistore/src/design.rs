@@ -41,7 +41,7 @@
 //! initrd under `boot/<kernel dir>/`, and `/etc` (and the first `/var`)
 //! under `state/`. Each one that a composefs object holds is written by
 //! `FICLONE` from that object ([`crate::stores::composefs_repo::write_file_content`]
-//! over [`crate::reflink::clone_or_copy`]): on a filesystem with reflinks it
+//! over [`crate::fs::reflink::clone_or_copy`]): on a filesystem with reflinks it
 //! costs no data blocks, and copy-on-write keeps it an independent file (an
 //! edited `/etc` file gets its own blocks; the object is never touched).
 //! Where `boot/` is another filesystem (a FAT ESP) or there are no reflinks
@@ -86,7 +86,7 @@
 //! inflate shares a task with the tar split. On 2 CPUs that kept the machine
 //! about 70% busy, and the sample's 105 MB layer took 2.2 s. The proxy's
 //! other call, `GetRawBlob`, needs skopeo 1.19 (Debian 12 has 1.9.3).
-//! [`crate::stores::layer_fetch`] therefore fetches the layers the
+//! [`crate::source::layer_fetch`] therefore fetches the layers the
 //! repository lacks itself before the pull, from the same proxy: reads of
 //! 256 KiB (the proxy's reader passes them whole to the pipe), the inflate and
 //! a SHA-256 of the tar stream on a thread of their own, chunks into
@@ -194,7 +194,7 @@
 //! must read every byte once anyway: tar-split records the CRC-64 of each
 //! file, and the layer's sha256 is checked against the diff-id. The CRC
 //! uses the CPU's carry-less multiply (`crc-fast`, 6× a table), the sha256
-//! runs on a thread of its own ([`crate::hash_thread`]); on the sample image
+//! runs on a thread of its own ([`crate::stores::containers_storage::writer::hash_thread`]); on the sample image
 //! the write went from 1.1 s to about 0.6 s. The record of what unistore put
 //! in the store also keeps the layers known to share their objects' extents
 //! (layer id and its `created` time, which podman would change if it ever

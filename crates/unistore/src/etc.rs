@@ -16,7 +16,7 @@ use composefs::generic_tree::{Directory, Inode, LeafContent, LeafId, Stat};
 use composefs::tree::{FileSystem, RegularFile};
 use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
 
-use crate::reflink::Tally;
+use crate::fs::reflink::Tally;
 use crate::stores::composefs_repo::{ObjectId, Repo, write_file_content};
 
 /// What [`materialize`] wrote.

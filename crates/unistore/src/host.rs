@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 
-use crate::bootloader::{self, BlsEntry};
+use crate::boot::bls::{self, BlsEntry};
 use crate::staged::{self, StagedMarker};
 use crate::sysroot::{BootedMode, ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
 
@@ -25,10 +25,10 @@ pub struct HostState {
 impl HostState {
     /// Reads the loader directories and the marker. Writes nothing.
     pub fn read(sysroot: &Sysroot) -> Result<Self> {
-        let entries = bootloader::read_entries(sysroot, ENTRIES_DIR)?;
+        let entries = bls::read_entries(sysroot, ENTRIES_DIR)?;
         let marker = staged::read(sysroot)?;
         let staged_entries = if marker.is_some() {
-            bootloader::read_entries(sysroot, STAGED_ENTRIES_DIR)?
+            bls::read_entries(sysroot, STAGED_ENTRIES_DIR)?
         } else {
             vec![]
         };

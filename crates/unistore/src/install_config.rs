@@ -33,8 +33,8 @@ pub enum UnifiedMode {
 
 impl UnifiedMode {
     /// What to do when stores cannot share extents; `None` for `disabled`.
-    pub fn policy(self) -> Option<crate::reflink::Policy> {
-        use crate::reflink::Policy;
+    pub fn policy(self) -> Option<crate::fs::reflink::Policy> {
+        use crate::fs::reflink::Policy;
         match self {
             Self::Disabled => None,
             Self::Enabled => Some(Policy::ReflinkOnly),
@@ -46,7 +46,7 @@ impl UnifiedMode {
     /// says the filesystem of `dir` has none.
     pub fn require_reflinks(
         self,
-        probe: &crate::reflink::ReflinkProbe,
+        probe: &crate::fs::reflink::ReflinkProbe,
         dir: &std::path::Path,
     ) -> Result<()> {
         if self == Self::Enabled && !probe.supported {

@@ -9,34 +9,26 @@
 //! See [`design`] for the decisions behind the on-disk layout.
 
 pub mod backends;
-pub mod bootloader;
+pub mod boot;
+pub mod command;
 pub mod crashpoint;
 pub mod deploy;
 pub mod deployment;
 pub mod design;
-pub mod docker_schema2;
 pub mod etc;
 pub mod etc_merge;
-pub mod extents;
-pub mod hash_thread;
+pub mod fs;
 pub mod host;
-pub mod imgref;
 pub mod install_config;
 pub mod lock;
-pub mod migrate;
-pub mod oci_layout;
-pub mod ops;
 pub mod origin;
 pub mod progress;
-pub mod reflink;
-pub mod sigpolicy;
+pub mod source;
 pub mod staged;
-pub mod status;
 pub mod stores;
 pub mod sysroot;
-pub mod tar_walk;
 pub mod unified;
 pub mod util;
-pub mod xfs_prealloc;
+pub mod verify;
 
 pub use sysroot::Sysroot;

@@ -13,7 +13,7 @@
 use anyhow::{Context, Result, anyhow, ensure};
 use ini::Ini;
 
-use crate::imgref::ImageRef;
+use crate::source::imgref::ImageRef;
 
 /// The parsed content of an `.origin` file.
 #[derive(Debug, Clone, PartialEq, Eq)]

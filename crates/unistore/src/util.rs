@@ -95,3 +95,9 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// The first 12 hex digits of a digest (`sha256:` dropped), for messages.
+pub fn short_digest(d: &str) -> &str {
+    let hex = d.strip_prefix("sha256:").unwrap_or(d);
+    &hex[..hex.len().min(12)]
+}

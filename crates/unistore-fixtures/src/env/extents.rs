@@ -1,13 +1,13 @@
 //! Physical extent maps (FIEMAP), to tell reflinked copies from byte copies.
 //!
-//! The walk itself is the engine's ([`unistore::extents`]): one
+//! The walk itself is the engine's ([`unistore::fs::extents`]): one
 //! implementation, checked here against `cp --reflink` and `filefrag` (see
 //! `tests/env_fs.rs`). These wrappers take paths, as tests have them.
 
 use anyhow::{Context, Result};
 use std::path::Path;
 
-pub use unistore::extents::{
+pub use unistore::fs::extents::{
     Extent, FIEMAP_EXTENT_DATA_INLINE, FIEMAP_EXTENT_LAST, FIEMAP_EXTENT_SHARED,
     FIEMAP_EXTENT_UNKNOWN, extents_shared,
 };
@@ -15,7 +15,7 @@ pub use unistore::extents::{
 /// The extent map of `path` (synced first), in logical order.
 pub fn file_extents(path: &Path) -> Result<Vec<Extent>> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {path:?}"))?;
-    unistore::extents::file_extents(&f).with_context(|| format!("FIEMAP on {path:?}"))
+    unistore::fs::extents::file_extents(&f).with_context(|| format!("FIEMAP on {path:?}"))
 }
 
 /// Whether `a` and `b` share all their data extents: both have data, every extent of both

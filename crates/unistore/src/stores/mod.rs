@@ -15,5 +15,5 @@
 
 pub mod composefs_repo;
 pub mod containers_storage;
-pub mod layer_fetch;
 pub mod ostree_repo;
+pub mod tar_walk;

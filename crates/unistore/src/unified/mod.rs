@@ -49,10 +49,13 @@ use composefs_oci::{LocalFetchOpt, OciDigest, PullOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::crashpoint;
-use crate::imgref::{ImageRef, Transport};
+use crate::fs::reflink::{self, Method, Policy, ReflinkProbe};
 use crate::progress::{self, Progress};
-use crate::reflink::{self, Method, Policy, ReflinkProbe};
-use crate::stores::composefs_repo::{self, FetchConfig, Pulled, Repo};
+use crate::source::fetch_config::FetchConfig;
+use crate::source::imgref::{ImageRef, Transport};
+use crate::source::pull;
+use crate::source::pull::Pulled;
+use crate::stores::composefs_repo::{self, Repo};
 use crate::stores::containers_storage::writer;
 use crate::stores::containers_storage::{self, Session};
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot, UNIFIED_FLAG};
@@ -203,7 +206,7 @@ fn human_bytes(n: u64) -> String {
 ///   composefs from the store by hardlinks where possible (for podman, each
 ///   layer as soon as podman has committed it), so there is still one copy.
 ///
-/// `mode` must not be `disabled` (that is [`composefs_repo::pull`]).
+/// `mode` must not be `disabled` (that is [`pull::pull`]).
 /// `enabled` fails before writing anything when the filesystem has no
 /// reflinks; `enabled-with-copy` then falls back and says so through
 /// `progress`. The returned manifest digest is the registry's.
@@ -227,10 +230,12 @@ pub async fn fetch_unified(
     // apply the host's policy, not the one given.
     let docker = !probe.supported && !fetch.enforce_sigpolicy && {
         let (image, f) = (imgref.clone(), fetch.clone());
-        tokio::task::spawn_blocking(move || crate::docker_schema2::docker_manifest(&image, &f))
-            .await
-            .context("reading the manifest")??
-            .is_some()
+        tokio::task::spawn_blocking(move || {
+            crate::source::docker_schema2::docker_manifest(&image, &f)
+        })
+        .await
+        .context("reading the manifest")??
+        .is_some()
     };
     if docker {
         progress::step(
@@ -242,7 +247,7 @@ pub async fn fetch_unified(
     }
     if probe.supported || docker || fetch.enforce_sigpolicy {
         // composefs first, then the store by reflinks from its objects.
-        let fetched = composefs_repo::pull_layers(repo, imgref, fetch, progress.clone()).await?;
+        let fetched = pull::pull_layers(repo, imgref, fetch, progress.clone()).await?;
         crashpoint::hit("unified:after-composefs-pull");
         crate::util::release_freed_memory();
         // The boot image and tag (one CPU) while the store is written from
@@ -250,8 +255,7 @@ pub async fn fetch_unified(
         let manifest_digest = fetched.manifest_digest();
         let registry = fetched.registry.clone();
         let (r2, boot) = (repo.clone(), !fetch.no_boot_image);
-        let finishing =
-            tokio::task::spawn_blocking(move || composefs_repo::finish(&r2, fetched, boot));
+        let finishing = tokio::task::spawn_blocking(move || pull::finish(&r2, fetched, boot));
         let imported = import_into_store(
             sysroot,
             repo,
@@ -322,7 +326,7 @@ pub async fn import_into_store(
     policy: Policy,
     probe: &ReflinkProbe,
     progress: &Progress,
-    registry: Option<&composefs_repo::RegistryManifest>,
+    registry: Option<&pull::RegistryManifest>,
 ) -> Result<ImportReport> {
     let img = composefs_repo::open_image(repo, manifest_digest)?;
     let image_id = img

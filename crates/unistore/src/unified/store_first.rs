@@ -3,6 +3,7 @@
 //! hardlinking the store's files where possible ([`super::store_import`]).
 
 use super::*;
+use crate::source::pull;
 
 /// The layers [`import_store_layers`] and [`EarlyImport`] imported, by
 /// diff id.
@@ -215,7 +216,7 @@ pub(super) async fn fetch_store_first(
 ) -> Result<Pulled> {
     if imgref.transport == Transport::Oci {
         // podman reads every blob: all are checked.
-        crate::oci_layout::verify(imgref, |_| false).await?;
+        crate::source::oci_layout::verify(imgref, |_| false).await?;
     }
     let session = Session::new(sysroot, Some(fetch))?;
     let store = session.store().to_path_buf();
@@ -329,7 +330,7 @@ pub(super) async fn fetch_store_first(
     )
     .await
     .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
-    let mut pulled = composefs_repo::finish_pull(repo, result, !fetch.no_boot_image)?;
+    let mut pulled = pull::finish_pull(repo, result, !fetch.no_boot_image)?;
     // composefs-oci counted the layers imported above as already present.
     let n = done.len() as u64;
     pulled.stats.layers_already_present = pulled.stats.layers_already_present.saturating_sub(n);

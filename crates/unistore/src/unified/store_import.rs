@@ -35,7 +35,7 @@ use composefs_oci::{ImportStats, OciDigest};
 use composefs_storage::{Layer, Storage, TarSplitFdStream, TarSplitItem};
 
 use super::ShareStats;
-use crate::reflink::{self, Method, Policy};
+use crate::fs::reflink::{self, Method, Policy};
 use crate::stores::composefs_repo::{ObjectId, Repo};
 
 /// How to store a layer's files.

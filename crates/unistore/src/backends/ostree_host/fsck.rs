@@ -9,7 +9,7 @@ use anyhow::Result;
 use ostree::gio;
 
 use super::name;
-use crate::ops::fsck::{
+use crate::command::fsck::{
     DeploymentReport, EntryReport, FsckOpts, FullReport, ImageReport, ImagesReport, RepoReport,
     Verdict, all_ok,
 };
@@ -279,10 +279,8 @@ fn images_report(
         unified_storage_enabled: stores.mode.is_some(),
         unified_mode: stores.mode,
         binding: stores.binding,
-        reflinks_supported: crate::ops::fsck::reflinks_supported(
-            &sysroot.join(ostree_repo::REPO_DIR),
-        ),
-        containers_storage: crate::ops::fsck::StoreReport {
+        reflinks_supported: crate::verify::reflinks_supported(&sysroot.join(ostree_repo::REPO_DIR)),
+        containers_storage: crate::command::fsck::StoreReport {
             exists: store_path.is_dir(),
             path: store_path,
             issues: vec![],

@@ -23,11 +23,8 @@ use composefs::fsverity::FsVerityHashValue;
 use std::os::unix::fs::MetadataExt;
 
 use super::unified::{Walk, composefs_digest_of, has_composefs, walk_objects};
-use crate::ops::fsck::{
-    Binding, FsckOpts, ImageReport, LayerMemo, check_composefs_image, check_image_sharing,
-    write_into_store,
-};
-use crate::reflink::Policy;
+use crate::command::fsck::{Binding, FsckOpts, ImageReport};
+use crate::fs::reflink::Policy;
 use crate::stores::composefs_repo::{self, ObjectId, Repo};
 use crate::stores::containers_storage::{self, writer::WriteOptions};
 use crate::stores::ostree_repo::checksum_cache::{self, ChecksumCache};
@@ -35,6 +32,7 @@ use crate::stores::ostree_repo::objects::{ContentWriter, object_path};
 use crate::stores::ostree_repo::{self, REPO_DIR};
 use crate::sysroot::Sysroot;
 use crate::unified::{self, UnifiedMode};
+use crate::verify::{LayerMemo, check_composefs_image, check_image_sharing, write_into_store};
 
 /// What the stores check adds to the images report.
 pub struct StoresCheck {
@@ -90,7 +88,7 @@ pub fn check(
         Some(UnifiedMode::Enabled) => Policy::ReflinkOnly,
         _ => Policy::ReflinkOrCopy,
     };
-    let reflinks = crate::ops::fsck::reflinks_supported(&sysroot.join(REPO_DIR));
+    let reflinks = crate::verify::reflinks_supported(&sysroot.join(REPO_DIR));
     let mut cache = ChecksumCache::load(sysroot);
     let store = containers_storage::store_path(sysroot);
     let memo = LayerMemo::default();
@@ -191,7 +189,7 @@ pub fn check(
                 check_reused_files: true,
                 manifest: None,
             };
-            let view = crate::ops::fsck::read_store(&store).ok().flatten();
+            let view = crate::verify::read_store(&store).ok().flatten();
             match write_into_store(sysroot, cfs, &m, &config, view.as_ref(), &wo) {
                 Ok(st) => {
                     r.repaired = true;

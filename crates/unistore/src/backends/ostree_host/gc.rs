@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow};
 use ostree::gio;
 
 use super::{lock, name, staging};
-use crate::ops::gc::{GcOpts, GcReport};
+use crate::command::gc::{GcOpts, GcReport};
 use crate::stores::composefs_repo;
 use crate::stores::ostree_repo;
 use crate::stores::ostree_repo::checksum_cache::ChecksumCache;

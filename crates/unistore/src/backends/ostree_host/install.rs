@@ -27,12 +27,13 @@ use ostree::gio;
 
 use super::staging::Source;
 use super::{DEFAULT_STATEROOT, staging};
+use crate::boot::bls;
+use crate::command::install::{Created, InstallOpts, InstallResult, check_empty, read_host_config};
 use crate::install_config::{self, UnifiedMode};
-use crate::ops::install::{Created, InstallOpts, InstallResult, check_empty, read_host_config};
 use crate::progress::{self, Progress};
 use crate::stores::ostree_repo;
 use crate::sysroot::{BOOT_DIR, Sysroot};
-use crate::{bootloader, crashpoint, util};
+use crate::{crashpoint, util};
 
 /// Checks a stateroot name as libostree would take it as a directory name.
 fn check_stateroot(name: &str) -> Result<()> {
@@ -53,7 +54,7 @@ pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Res
     let stateroot = opts.stateroot.as_deref().unwrap_or(DEFAULT_STATEROOT);
     check_stateroot(stateroot)?;
     check_empty(&sysroot)?;
-    crate::sigpolicy::check(&opts.fetch)?;
+    crate::source::sigpolicy::check(&opts.fetch)?;
     if sysroot.dir().try_exists(ostree_repo::REPO_DIR)? {
         // Opening reads only; a repository in another mode is refused here,
         // before anything is written.
@@ -124,7 +125,7 @@ async fn install_inner(
     stateroot: &str,
     host_config: &install_config::InstallConfig,
     unified: UnifiedMode,
-    probe: Option<(crate::reflink::ReflinkProbe, &str)>,
+    probe: Option<(crate::fs::reflink::ReflinkProbe, &str)>,
     progress: Progress,
 ) -> Result<InstallResult> {
     progress::step(&progress, format!("Pulling {}", opts.source));
@@ -146,7 +147,7 @@ async fn install_inner(
             None => (unified, None),
         },
     };
-    let kernel = bootloader::find_kernel(&staged.fs)?;
+    let kernel = bls::find_kernel(&staged.fs)?;
     let mut kargs = install_config::image_kargs(&staged.fs, &staged.repo, &staged.architecture)
         .context("reading the image's kernel arguments")?;
     kargs.extend(opts.root_karg());
@@ -218,7 +219,7 @@ async fn install_inner(
         Some((probe, decided_by)) => {
             crashpoint::hit("ostree-install:before-flag");
             crate::unified::write_flag(sysroot, unified)?;
-            Some(crate::ops::install::UnifiedSummary {
+            Some(crate::command::install::UnifiedSummary {
                 mode: unified,
                 reflinks: probe.supported,
                 decided_by: decided_by.to_string(),
@@ -237,7 +238,7 @@ async fn install_inner(
         }
         None => None,
     };
-    crate::xfs_prealloc::trim_quietly(sysroot);
+    crate::fs::xfs_prealloc::trim_quietly(sysroot);
     let entry_file = util::list_names(sysroot.dir(), crate::sysroot::ENTRIES_DIR)?
         .into_iter()
         .find(|n| n.ends_with(&format!("-{stateroot}.conf")))
@@ -270,10 +271,10 @@ fn image_unified(staged: &staging::Staged) -> Result<Option<UnifiedMode>> {
 async fn adopt_staging(
     sysroot: &Sysroot,
     staged: &mut staging::Staged,
-    image: &crate::imgref::ImageRef,
+    image: &crate::source::imgref::ImageRef,
     mode: UnifiedMode,
     progress: &Progress,
-) -> Result<crate::reflink::ReflinkProbe> {
+) -> Result<crate::fs::reflink::ReflinkProbe> {
     let probe = crate::unified::probe_reflinks(sysroot)?;
     mode.require_reflinks(&probe, sysroot.path())?;
     let policy = mode
@@ -294,7 +295,7 @@ async fn adopt_staging(
         .context("making the staging repository the host's composefs repository")?;
     staged.source = Source::Host(Some(mode));
     let registry = (staged.composefs_digest != staged.manifest_digest).then(|| {
-        crate::stores::composefs_repo::RegistryManifest {
+        crate::source::pull::RegistryManifest {
             digest: staged.manifest_digest.clone(),
             bytes: staged.manifest_json.clone().into_bytes(),
         }
@@ -329,7 +330,7 @@ fn seed_var(
     sysroot: &Sysroot,
     stateroot: &str,
     staged: &staging::Staged,
-) -> Result<crate::reflink::Tally> {
+) -> Result<crate::fs::reflink::Tally> {
     let var = format!("ostree/deploy/{stateroot}/var");
     let dir = sysroot.dir();
     if !util::list_names(dir, &var)?.is_empty() {

@@ -15,13 +15,13 @@ use ostree::gio;
 
 use super::staging::Source;
 use super::{deployment_image, lock, name, origin_keyfile, staging};
+use crate::command::finalize::FinalizeOutcome;
+use crate::command::gc::GcOpts;
+use crate::command::rollback::RollbackReport;
+use crate::command::upgrade::{UpgradeOpts, UpgradeOutcome};
 use crate::crashpoint;
-use crate::ops::finalize::FinalizeOutcome;
-use crate::ops::gc::GcOpts;
-use crate::ops::rollback::RollbackReport;
-use crate::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
 use crate::progress::{self, Progress};
-use crate::stores::composefs_repo;
+use crate::source::remote;
 use crate::stores::ostree_repo;
 use crate::sysroot::{BootedMode, Sysroot};
 
@@ -64,8 +64,8 @@ pub async fn upgrade(
     let resynthesize = bound && booted_info.composefs_manifest.is_none();
 
     progress::step(&progress, format!("Checking {target}"));
-    crate::sigpolicy::check(&opts.fetch)?;
-    let remote = composefs_repo::inspect_remote(&target, &opts.fetch, opts.check).await?;
+    crate::source::sigpolicy::check(&opts.fetch)?;
+    let remote = remote::inspect_remote(&target, &opts.fetch, opts.check).await?;
     if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) && !resynthesize {
         if target == current || opts.check {
             return Ok(UpgradeOutcome::NoChange {
@@ -103,7 +103,7 @@ pub async fn upgrade(
     };
     progress::step(&progress, format!("Pulling {target}"));
     let staged = staging::pull(sysroot, &target, &opts.fetch, source, progress.clone()).await?;
-    crate::bootloader::find_kernel(&staged.fs)?;
+    crate::boot::bls::find_kernel(&staged.fs)?;
     crashpoint::hit("ostree-upgrade:after-pull");
     let imported = staged.commit(sysroot, &repo, &target, &progress)?;
     let manifest_digest = staged.manifest_digest.clone();
@@ -159,7 +159,7 @@ pub async fn upgrade(
     drop(_lock);
     progress::step(&progress, "Collecting garbage");
     let gc = super::gc::run(sysroot, GcOpts::default())?;
-    crate::xfs_prealloc::trim_quietly(sysroot);
+    crate::fs::xfs_prealloc::trim_quietly(sysroot);
     let (image, deployment_id) = (target.to_string(), name(&new));
     let gc = Some(Box::new(gc));
     let commit = Some(Box::new(imported));

@@ -27,15 +27,15 @@ use std::path::Path;
 use anyhow::{Result, anyhow, bail};
 use ostree::{gio, glib};
 
-use crate::backends::{BoxFuture, HostBackend};
-use crate::imgref::ImageRef;
-use crate::ops::finalize::FinalizeOutcome;
-use crate::ops::fsck::{FsckOpts, FullReport, ImagesReport};
-use crate::ops::gc::{GcOpts, GcReport};
-use crate::ops::rollback::RollbackReport;
-use crate::ops::upgrade::{UpgradeOpts, UpgradeOutcome};
+use crate::command::finalize::FinalizeOutcome;
+use crate::command::fsck::{FsckOpts, FullReport, ImagesReport};
+use crate::command::gc::{GcOpts, GcReport};
+use crate::command::rollback::RollbackReport;
+use crate::command::status::Host;
+use crate::command::upgrade::{UpgradeOpts, UpgradeOutcome};
+use crate::command::{BoxFuture, HostBackend};
 use crate::progress::Progress;
-use crate::status::Host;
+use crate::source::imgref::ImageRef;
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// bootc's stateroot.
@@ -56,9 +56,9 @@ impl HostBackend for OstreeBackend {
     fn install<'a>(
         &'a self,
         root: &'a Path,
-        opts: &'a crate::ops::install::InstallOpts,
+        opts: &'a crate::command::install::InstallOpts,
         progress: Progress,
-    ) -> BoxFuture<'a, Result<crate::ops::install::InstallResult>> {
+    ) -> BoxFuture<'a, Result<crate::command::install::InstallResult>> {
         Box::pin(install::install(root, opts, progress))
     }
     fn status(&self, sysroot: &Sysroot) -> Result<Host> {
@@ -97,12 +97,12 @@ impl HostBackend for OstreeBackend {
     fn set_unified<'a>(
         &'a self,
         sysroot: &'a Sysroot,
-        opts: &'a crate::ops::set_unified::SetUnifiedOpts,
+        opts: &'a crate::command::set_unified::SetUnifiedOpts,
         progress: Progress,
-    ) -> BoxFuture<'a, Result<crate::ops::set_unified::SetUnifiedOutcome>> {
+    ) -> BoxFuture<'a, Result<crate::command::set_unified::SetUnifiedOutcome>> {
         Box::pin(unified::set_unified(sysroot, opts, progress))
     }
-    fn image_list(&self, sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
+    fn image_list(&self, sysroot: &Sysroot) -> Result<crate::command::image_list::ImageList> {
         status::image_list(sysroot)
     }
 }
@@ -110,7 +110,9 @@ impl HostBackend for OstreeBackend {
 /// The `container-image-reference` value bootc writes for `image`.
 pub fn origin_value(image: &ImageRef) -> String {
     match image.transport {
-        crate::imgref::Transport::Registry => format!("{ORIGIN_REGISTRY_PREFIX}{}", image.name),
+        crate::source::imgref::Transport::Registry => {
+            format!("{ORIGIN_REGISTRY_PREFIX}{}", image.name)
+        }
         _ => format!("{ORIGIN_IMAGE_PREFIX}{image}"),
     }
 }

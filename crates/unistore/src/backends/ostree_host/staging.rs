@@ -19,9 +19,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use composefs::tree::FileSystem;
 
-use crate::imgref::ImageRef;
 use crate::progress::Progress;
-use crate::stores::composefs_repo::{self, FetchConfig, ObjectId, Repo};
+use crate::source::fetch_config::FetchConfig;
+use crate::source::imgref::ImageRef;
+use crate::source::pull;
+use crate::stores::composefs_repo::{self, ObjectId, Repo};
 use crate::stores::ostree_repo::checksum_cache::ChecksumCache;
 use crate::stores::ostree_repo::{self, commit::ImageCommit, commit::Imported};
 use crate::sysroot::Sysroot;
@@ -83,7 +85,7 @@ pub async fn pull(
     let (repo, pulled) = match source {
         Source::Staging => {
             let (repo, _) = composefs_repo::init_at(sysroot, STAGING_DIR)?;
-            let pulled = composefs_repo::pull(&repo, image, fetch, progress).await?;
+            let pulled = pull::pull(&repo, image, fetch, progress).await?;
             (repo, pulled)
         }
         Source::Host(mode) => {
@@ -93,7 +95,7 @@ pub async fn pull(
                     crate::stores::containers_storage::ensure_ostree_layout(sysroot)?;
                     crate::unified::fetch_unified(sysroot, &repo, image, fetch, m, progress).await?
                 }
-                None => composefs_repo::pull(&repo, image, fetch, progress).await?,
+                None => pull::pull(&repo, image, fetch, progress).await?,
             };
             if let Some(r) = &pulled.registry {
                 // Found again by the digest the commit records.

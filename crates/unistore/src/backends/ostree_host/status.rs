@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::status::{BootEntry, Host, HostStatus, ImageStatus, StorageStatus};
+use crate::command::status::{BootEntry, Host, HostStatus, ImageStatus, StorageStatus};
 use crate::stores::ostree_repo;
 use crate::sysroot::{BootedMode, Sysroot};
 
@@ -114,7 +114,7 @@ fn host(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Host> {
             other.push(e);
         }
     }
-    Ok(crate::status::assemble(HostStatus {
+    Ok(crate::command::status::assemble(HostStatus {
         staged,
         booted,
         rollback,
@@ -129,8 +129,8 @@ fn host(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Host> {
 /// `image list` of an ostree host: each deployment's image (booted,
 /// rollback, staged, other) and each image ref, with whether its commit is
 /// in the repository. Reads only.
-pub fn image_list(sysroot: &Sysroot) -> Result<crate::ops::image_list::ImageList> {
-    use crate::ops::image_list::{HostImage, ImageList};
+pub fn image_list(sysroot: &Sysroot) -> Result<crate::command::image_list::ImageList> {
+    use crate::command::image_list::{HostImage, ImageList};
     let os = super::load(sysroot)?;
     let host = host(sysroot, &os)?;
     let repo = os.repo();

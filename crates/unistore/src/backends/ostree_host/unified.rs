@@ -28,12 +28,14 @@ use composefs::tree::{FileSystem, RegularFile};
 use serde::Serialize;
 
 use super::{deployment_image, lock, name};
+use crate::command::set_unified::{LiveImage, SetUnifiedOpts, SetUnifiedOutcome, Target};
 use crate::crashpoint;
-use crate::imgref::{ImageRef, Transport};
-use crate::ops::set_unified::{LiveImage, SetUnifiedOpts, SetUnifiedOutcome, Target};
+use crate::fs::reflink::{self, Method, Policy};
 use crate::progress::{self, Progress};
-use crate::reflink::{self, Method, Policy};
-use crate::stores::composefs_repo::{self, FetchConfig, ObjectId, Repo};
+use crate::source::fetch_config::FetchConfig;
+use crate::source::imgref::{ImageRef, Transport};
+use crate::source::pull;
+use crate::stores::composefs_repo::{self, ObjectId, Repo};
 use crate::stores::containers_storage;
 use crate::stores::ostree_repo::checksum_cache::{self, ChecksumCache};
 use crate::stores::ostree_repo::objects::{ContentWriter, FileMeta, object_path};
@@ -167,7 +169,7 @@ pub async fn ensure_in_composefs(
         progress,
         format!("Pulling {src} into the composefs repository"),
     );
-    let pulled = composefs_repo::pull(cfs, &src, fetch, progress.clone())
+    let pulled = pull::pull(cfs, &src, fetch, progress.clone())
         .await
         .with_context(|| {
             format!(
@@ -420,7 +422,7 @@ pub async fn set_unified(
             );
         }
         crashpoint::hit("ostree-set-unified:after-share");
-        let registry = (m != l.digest).then(|| composefs_repo::RegistryManifest {
+        let registry = (m != l.digest).then(|| pull::RegistryManifest {
             digest: l.digest.clone(),
             bytes: l.manifest_json.clone().unwrap_or_default().into_bytes(),
         });
@@ -458,7 +460,7 @@ pub async fn set_unified(
     }
     unified::write_flag(sysroot, opts.mode)?;
     crashpoint::hit("ostree-set-unified:after-flag");
-    crate::xfs_prealloc::trim_quietly(sysroot);
+    crate::fs::xfs_prealloc::trim_quietly(sysroot);
     Ok(SetUnifiedOutcome::Unified {
         mode: opts.mode,
         reflinks: probe.supported,

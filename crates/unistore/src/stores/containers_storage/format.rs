@@ -473,8 +473,8 @@ pub fn assemble_layer(
             }
             TarSplitEntry::File { size: 0, .. } => {}
             TarSplitEntry::File { name, size: n, crc } => {
-                let rel = crate::tar_walk::normalize(name)?;
-                let p = diff.join(crate::tar_walk::as_os_str(&rel));
+                let rel = crate::stores::tar_walk::normalize(name)?;
+                let p = diff.join(crate::stores::tar_walk::as_os_str(&rel));
                 let mut f = open_noatime(&p).with_context(|| format!("opening {}", p.display()))?;
                 let mut digest = crc64_digest();
                 let mut left = *n;
@@ -511,8 +511,8 @@ pub fn check_layer_files(diff: &Path, entries: &[TarSplitEntry]) -> Result<()> {
         if let TarSplitEntry::File { name, size, .. } = e
             && *size > 0
         {
-            let rel = crate::tar_walk::normalize(name)?;
-            let rel = crate::tar_walk::as_os_str(&rel);
+            let rel = crate::stores::tar_walk::normalize(name)?;
+            let rel = crate::stores::tar_walk::as_os_str(&rel);
             let p = || diff.join(rel);
             match rustix::fs::statat(&dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st)

@@ -277,7 +277,7 @@ pub(super) fn registry_auth_header(authfile: &Path, reference: &str) -> Result<O
     let host = name.split('/').next().unwrap_or(name);
     // The most specific key first: `host/ns/repo`, ..., `host`.
     let mut keys = vec![];
-    let mut k = crate::docker_schema2::repository(name);
+    let mut k = crate::source::docker_schema2::repository(name);
     loop {
         keys.push(k);
         match k.rfind('/') {

@@ -170,7 +170,7 @@ impl Session {
     /// `CONTAINERS_REGISTRIES_CONF` and `REGISTRY_AUTH_FILE`.
     pub fn new(
         sysroot: &Sysroot,
-        fetch: Option<&crate::stores::composefs_repo::FetchConfig>,
+        fetch: Option<&crate::source::fetch_config::FetchConfig>,
     ) -> Result<Self> {
         ensure_store(sysroot)?;
         let run = OwnedTempDir::new(&runtime_dir(sysroot), "p")?;

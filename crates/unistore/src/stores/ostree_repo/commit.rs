@@ -32,7 +32,7 @@ use ostree::{gio, glib};
 
 use super::checksum_cache::{self, ChecksumCache};
 use super::objects::{ContentWriter, FileMeta, file_info, xattrs_variant};
-use crate::reflink::Tally;
+use crate::fs::reflink::Tally;
 use crate::stores::composefs_repo::{ObjectId, Repo};
 
 /// Commit metadata: the manifest digest of the image in the host's

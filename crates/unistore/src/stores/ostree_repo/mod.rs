@@ -12,7 +12,7 @@ pub mod objects;
 use anyhow::{Context, Result, anyhow, bail};
 use ostree::{gio, glib};
 
-use crate::imgref::ImageRef;
+use crate::source::imgref::ImageRef;
 use crate::sysroot::Sysroot;
 
 /// `ostree/repo`: the bare repository.

@@ -19,7 +19,7 @@ use cap_std_ext::cap_std::fs::Dir;
 use ostree::{gio, glib};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
-use crate::reflink::{self, Tally};
+use crate::fs::reflink::{self, Tally};
 
 /// Owner, mode (with the file type bits) and xattrs of a content object.
 #[derive(Debug, Clone)]

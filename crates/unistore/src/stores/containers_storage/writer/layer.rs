@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::stores::composefs_repo::{ObjectId, Repo};
 use crate::stores::containers_storage::format::{self as fmt, LAYERS_DIR, LINK_DIR, OVERLAY_DIR};
-use crate::tar_walk::{self, Body, Entry, Kind, LayerVisitor};
+use crate::stores::tar_walk::{self, Body, Entry, Kind, LayerVisitor};
 
 use super::split_thread::{Content, Piece, SplitThread};
 use super::{
@@ -183,7 +183,7 @@ pub(super) fn build_layer(
 /// Asks the kernel to read ahead every object the layer references, in
 /// order (best effort).
 fn prefetch_objects(repo: &Repo, diff_id: &str, verity: &ObjectId) {
-    let Ok(stream_id) = tar_walk::layer_stream_id(diff_id) else {
+    let Ok(stream_id) = crate::stores::composefs_repo::layer_stream_id(diff_id) else {
         return;
     };
     let Ok(mut reader) = repo.open_stream(&stream_id, Some(verity), None) else {

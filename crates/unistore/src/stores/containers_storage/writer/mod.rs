@@ -3,7 +3,7 @@
 //! file contents where the filesystem can share extents.
 //!
 //! For each layer of the image (base first) missing from the store, the
-//! layer's splitstream is replayed ([`crate::tar_walk`]) into
+//! layer's splitstream is replayed ([`crate::stores::tar_walk`]) into
 //! `overlay/<id>/diff` the way the overlay driver unpacks a layer tar:
 //!
 //! * regular files get their content by `FICLONE` from the composefs object
@@ -555,6 +555,7 @@ pub fn reflink_unsupported(e: Errno) -> bool {
     )
 }
 
+pub mod hash_thread;
 mod layer;
 mod split_thread;
 #[cfg(test)]

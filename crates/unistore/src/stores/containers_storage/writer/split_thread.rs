@@ -4,7 +4,7 @@
 //! (create, reflink, owner, mode, xattrs, times: the writer's thread) and,
 //! for the tar-split, every file's bytes read back for their CRC-64 plus
 //! the whole stream hashed for the diff-id check (this thread, which hands
-//! the hashing to a third, [`crate::hash_thread`]). The writer sends the
+//! the hashing to a third, [`super::hash_thread`]). The writer sends the
 //! pieces of the tar stream here in order; the two halves overlap.
 
 use std::fs::File;
@@ -56,7 +56,7 @@ impl SplitThread {
             .name("tar-split".into())
             .spawn(move || -> Result<String> {
                 let mut split = TarSplitWriter::new(out);
-                let mut sha = crate::hash_thread::Sha256Thread::new();
+                let mut sha = super::hash_thread::Sha256Thread::new();
                 let mut buf = vec![0u8; 1 << 20];
                 for piece in rx {
                     match piece {

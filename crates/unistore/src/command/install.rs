@@ -1,0 +1,163 @@
+//! The shape of `install to-filesystem` on every kind of host: its options
+//! and result, and the steps both backends' installs share (refusing a root
+//! that holds a deployment, removing what a failed install created, the
+//! host's install config).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use crate::deployment;
+use crate::fs::reflink;
+use crate::install_config::{InstallConfig, UnifiedMode};
+use crate::source::fetch_config;
+use crate::source::imgref::ImageRef;
+use crate::sysroot::{ENTRIES_DIR, STATE_DEPLOY_DIR, Sysroot};
+use crate::util;
+
+/// Options of an install.
+#[derive(Debug, Clone)]
+pub struct InstallOpts {
+    /// Where the image comes from.
+    pub source: ImageRef,
+    /// What the host follows afterwards (defaults to `source`).
+    pub target: Option<ImageRef>,
+    /// Extra kernel arguments, after those of the image's install config.
+    pub kargs: Vec<String>,
+    /// How to reach registries.
+    pub fetch: fetch_config::FetchConfig,
+    /// `--unified`: wins over every install config file.
+    pub unified: Option<UnifiedMode>,
+    /// The host's own install config files (`/etc/bootc/install/*.toml`,
+    /// then `/run/bootc/install/*.toml`), merged after the image's, in this
+    /// order. The CLI finds them; the library only reads what it is given.
+    pub host_config_files: Vec<PathBuf>,
+    /// The ostree stateroot (`--stateroot`; ostree hosts only).
+    pub stateroot: Option<String>,
+    /// What the boot entry's `root=` names (bootc's `--root-mount-spec`),
+    /// e.g. `UUID=<uuid of the target filesystem>`; `None` or empty: no
+    /// `root=`. The CLI finds the target's filesystem; the library only
+    /// writes what it is given.
+    pub root_mount_spec: Option<String>,
+}
+
+impl InstallOpts {
+    /// The `root=` kernel argument, if any (the initramfs mounts the
+    /// physical root from it); it comes before the host's and the command
+    /// line's extra arguments.
+    pub fn root_karg(&self) -> Option<String> {
+        self.root_mount_spec
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("root={s}"))
+    }
+}
+
+/// How the installed host stores its images, when unified.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnifiedSummary {
+    /// The mode the host is marked with.
+    pub mode: UnifiedMode,
+    /// Whether the target filesystem has reflinks.
+    pub reflinks: bool,
+    /// Where the decision came from: `cli`, `host-config`, `image-config`.
+    pub decided_by: String,
+    /// What was done, for people.
+    pub message: String,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstallResult {
+    /// The deployment id (boot EROFS digest).
+    pub deployment_id: String,
+    /// The image's manifest digest.
+    pub manifest_digest: String,
+    /// The loader entry written.
+    pub entry_file: String,
+    /// Kernel version booted.
+    pub kernel_version: String,
+    /// Bytes stored in the repository by this pull.
+    pub bytes_stored: u64,
+    /// Unified storage, when enabled.
+    pub unified: Option<UnifiedSummary>,
+    /// How the deployment's files (`/etc`, `/var`, kernel and initrd) got
+    /// their content from the composefs objects: reflinked or copied.
+    pub deployment_files: reflink::Tally,
+}
+
+/// Paths the install may create, removed again on failure.
+pub(crate) struct Created<'a> {
+    sysroot: &'a Sysroot,
+    paths: Vec<String>,
+    pub(crate) armed: bool,
+}
+
+impl<'a> Created<'a> {
+    pub(crate) fn new(sysroot: &'a Sysroot) -> Self {
+        Self {
+            sysroot,
+            paths: vec![],
+            armed: true,
+        }
+    }
+    /// Remember `rel` for removal if it does not exist yet.
+    pub(crate) fn track(&mut self, rel: &str) -> Result<()> {
+        if !self.sysroot.dir().try_exists(rel)? {
+            self.paths.push(rel.to_string());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Created<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for p in self.paths.iter().rev() {
+            if let Err(e) = util::remove_all(self.sysroot.dir(), p) {
+                tracing::warn!("cleaning up {p}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Refuses a root that already holds a deployment (a boot entry). State
+/// directories without any boot entry are what an interrupted install
+/// left (it writes the entry last): garbage, removed, so that running the
+/// install again completes (found by the crash walk).
+pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
+    let entries = util::list_names(sysroot.dir(), ENTRIES_DIR)?;
+    if let Some(e) = entries.iter().find(|n| n.ends_with(".conf")) {
+        bail!(
+            "{} already holds a deployment (boot entry {ENTRIES_DIR}/{e})",
+            sysroot.path().display()
+        );
+    }
+    for id in deployment::list_state_dirs(sysroot)? {
+        tracing::info!("removing {STATE_DEPLOY_DIR}/{id}, left by an interrupted install");
+        util::remove_all(sysroot.dir(), format!("{STATE_DEPLOY_DIR}/{id}"))?;
+    }
+    Ok(())
+}
+
+/// The architecture name install configs use for this machine.
+pub(crate) fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+/// Merges the host's install config files, in order.
+pub(crate) fn read_host_config(files: &[PathBuf]) -> Result<InstallConfig> {
+    let mut cfg = InstallConfig::default();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading install config {}", f.display()))?;
+        cfg.merge_text(&f.display().to_string(), &text, host_arch())?;
+    }
+    Ok(cfg)
+}

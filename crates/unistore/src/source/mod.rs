@@ -1,0 +1,27 @@
+//! Getting an image from a source: everything between a reference and
+//! verified layers in the composefs repository.
+//!
+//! * [`imgref`]: image references (`docker://`, `oci:`, `containers-storage:`,
+//!   ...) and the origin's `ostree-unverified-*` spellings;
+//! * [`fetch_config`]: how to reach registries (registries.conf, credentials,
+//!   signature policy), the same for every peer;
+//! * [`sigpolicy`]: the containers signature policy, enforced before writing;
+//! * [`remote`]: what a source says an image is now (`upgrade --check`);
+//! * [`pull`]: the pull into the composefs repository, whatever the
+//!   transport, with its stall guard, boot image and tag;
+//! * [`layer_fetch`]: registry layers read, inflated and diff-id-checked on
+//!   threads of their own;
+//! * [`docker_schema2`]: Docker schema 2 manifests and their OCI conversion;
+//! * [`oci_layout`]: `oci:` layout directories verified before a pull.
+//!
+//! The stores ([`crate::stores`]) only store: this room calls them, never
+//! the other way round.
+
+pub mod docker_schema2;
+pub mod fetch_config;
+pub mod imgref;
+pub mod layer_fetch;
+pub mod oci_layout;
+pub mod pull;
+pub mod remote;
+pub mod sigpolicy;
