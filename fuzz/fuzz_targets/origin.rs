@@ -1,7 +1,7 @@
 //! Deployment `.origin` files (INI) and legacy `.imginfo` JSON, as read from disk.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use unistore::origin::{Origin, parse_imginfo};
+use unistore::deployment::origin::{Origin, parse_imginfo};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = unistore::staged::parse(data);
+    let _ = unistore::deployment::staged::parse(data);
 });

@@ -2,11 +2,11 @@
 
 use anyhow::{Result, bail};
 use unistore::Sysroot;
-use unistore::source::imgref::ImageRef;
 use unistore::command::finalize::FinalizeOutcome;
 use unistore::command::gc::{GcOpts, GcReport};
 use unistore::command::upgrade::{UpgradeOpts, UpgradeOutcome};
 use unistore::source::fetch_config::FetchConfig;
+use unistore::source::imgref::ImageRef;
 
 use crate::progress;
 

@@ -16,11 +16,12 @@ use crate::boot::bls;
 use crate::boot::migrate;
 use crate::command::finalize::FinalizeOutcome;
 use crate::deployment;
-use crate::etc_merge;
-use crate::host::HostState;
+use crate::deployment::etc_merge;
+use crate::deployment::host_state::HostState;
+use crate::deployment::staged;
 use crate::stores::composefs_repo;
 use crate::sysroot::{ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
-use crate::{crashpoint, lock, staged, util};
+use crate::{crashpoint, lock, util};
 
 /// Runs finalize.
 pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {

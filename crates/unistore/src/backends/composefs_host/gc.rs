@@ -14,7 +14,7 @@ use crate::command::gc::GcOpts;
 use crate::command::gc::GcReport;
 use crate::command::gc::du;
 use crate::deployment;
-use crate::host::HostState;
+use crate::deployment::host_state::HostState;
 use crate::stores::composefs_repo;
 use crate::sysroot::{BOOT_DIR, BOOTC_TAG_PREFIX, KERNEL_DIR_PREFIX, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;

@@ -29,7 +29,7 @@ use crate::command::install::InstallResult;
 use crate::command::install::UnifiedSummary;
 use crate::command::install::check_empty;
 use crate::command::install::read_host_config;
-use crate::deploy::{self, DeployRequest};
+use crate::deployment::create::{self, DeployRequest};
 use crate::fs::reflink;
 use crate::install_config::{InstallConfig, UnifiedMode};
 use crate::progress::{self, Progress};
@@ -96,7 +96,7 @@ pub async fn fetch(
 /// The image's install config, then the host's on top.
 fn effective_config(
     repo: &Repo,
-    tree: &deploy::ImageTree,
+    tree: &create::ImageTree,
     host: &InstallConfig,
 ) -> Result<InstallConfig> {
     let mut cfg = InstallConfig::from_image(&tree.fs, repo, &tree.img.architecture())?;
@@ -134,7 +134,7 @@ async fn install_inner(
     crate::crashpoint::hit("install:after-pull");
 
     // The image's own install config is known only now.
-    let tree = deploy::ImageTree::read(&repo, &manifest_digest)?;
+    let tree = create::ImageTree::read(&repo, &manifest_digest)?;
     let image_config = effective_config(&repo, &tree, host_config)?;
     let (mode, decided_by) = match early {
         Some((m, by)) => (m, by),
@@ -194,7 +194,7 @@ async fn install_inner(
 
     progress::step(&progress, format!("Deploying {id}"));
     let origin_image = opts.target.clone().unwrap_or_else(|| opts.source.clone());
-    let deployed = deploy::deploy_image(
+    let deployed = create::deploy_image(
         sysroot,
         &repo,
         &DeployRequest {

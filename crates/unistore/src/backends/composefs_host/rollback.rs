@@ -10,9 +10,10 @@ use anyhow::{Result, bail};
 use crate::boot::bls;
 use crate::boot::migrate;
 use crate::command::rollback::RollbackReport;
-use crate::host::HostState;
+use crate::deployment::host_state::HostState;
+use crate::deployment::staged;
 use crate::sysroot::{ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
-use crate::{crashpoint, lock, staged, util};
+use crate::{crashpoint, lock, util};
 
 /// Runs the rollback.
 pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {

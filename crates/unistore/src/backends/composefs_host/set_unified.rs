@@ -20,7 +20,7 @@ use crate::command::set_unified::SetUnifiedOpts;
 use crate::command::set_unified::SetUnifiedOutcome;
 use crate::command::set_unified::Target;
 use crate::deployment;
-use crate::host::HostState;
+use crate::deployment::host_state::HostState;
 use crate::progress::{self, Progress};
 use crate::source::pull;
 use crate::stores::composefs_repo;

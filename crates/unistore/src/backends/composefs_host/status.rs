@@ -86,7 +86,7 @@ pub fn storage_status(sysroot: &Sysroot) -> Result<Option<StorageStatus>> {
 /// The status of a native composefs host.
 pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
     let repo = composefs_repo::open(sysroot).ok();
-    let host = crate::host::HostState::read(sysroot)?;
+    let host = crate::deployment::host_state::HostState::read(sysroot)?;
     let entries = &host.entries;
     let booted_idx = host.booted;
     let staged = host

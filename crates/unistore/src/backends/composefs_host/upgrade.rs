@@ -18,12 +18,12 @@ use crate::boot::migrate;
 use crate::command::gc::GcOpts;
 use crate::command::upgrade::UpgradeOpts;
 use crate::command::upgrade::UpgradeOutcome;
-use crate::deploy::{self, DeployRequest};
 use crate::deployment;
-use crate::host::HostState;
+use crate::deployment::create::{self, DeployRequest};
+use crate::deployment::host_state::HostState;
+use crate::deployment::staged::{self, StagedMarker};
 use crate::progress::{self, Progress};
 use crate::source::remote;
-use crate::staged::{self, StagedMarker};
 use crate::stores::composefs_repo;
 use crate::sysroot::{STAGED_ENTRIES_DIR, Sysroot};
 use crate::{crashpoint, lock};
@@ -155,17 +155,17 @@ pub async fn upgrade(
         .cloned()
         .collect();
     let old_image_kargs = match &booted_digest {
-        Some(d) => deploy::image_kargs(&repo, d)
+        Some(d) => create::image_kargs(&repo, d)
             .with_context(|| format!("reading the kernel arguments of the booted image {d}"))?,
         None => vec![],
     };
-    let tree = deploy::ImageTree::read(&repo, &pulled.manifest_digest)?;
+    let tree = create::ImageTree::read(&repo, &pulled.manifest_digest)?;
     let new_image_kargs = tree
         .kargs(&repo)
         .with_context(|| format!("reading the kernel arguments of {imgref}"))?;
     let kargs =
         crate::install_config::upgrade_kargs(&booted_kargs, &old_image_kargs, &new_image_kargs);
-    let deployed = deploy::deploy_image(
+    let deployed = create::deploy_image(
         sysroot,
         &repo,
         &DeployRequest {

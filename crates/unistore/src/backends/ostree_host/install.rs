@@ -338,8 +338,9 @@ fn seed_var(
     }
     let tmp = format!("ostree/deploy/{stateroot}/.var-seed");
     util::remove_all(dir, &tmp)?;
-    let m = crate::etc::materialize(&staged.fs, "/var", &staged.repo, &sysroot.join(&tmp))
-        .context("seeding the stateroot's /var")?;
+    let m =
+        crate::deployment::etc::materialize(&staged.fs, "/var", &staged.repo, &sysroot.join(&tmp))
+            .context("seeding the stateroot's /var")?;
     for name in util::list_names(dir, &tmp)? {
         dir.rename(format!("{tmp}/{name}"), dir, format!("{var}/{name}"))?;
     }

@@ -8,7 +8,7 @@ use composefs::fsverity::FsVerityHashValue;
 use serde_json::Value;
 
 use crate::deployment;
-use crate::host::HostState;
+use crate::deployment::host_state::HostState;
 use crate::stores::composefs_repo::{self, Repo};
 use crate::stores::containers_storage::writer::WriteOptions;
 use crate::sysroot::{BOOTC_TAG_PREFIX, COMPOSEFS_DIR, HOST_STORAGE_DIR, Sysroot, UNIFIED_FLAG};

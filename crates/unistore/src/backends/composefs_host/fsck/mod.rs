@@ -48,7 +48,7 @@ use crate::command::fsck::{
     DeploymentReport, EntryReport, FsckOpts, FullReport, RepoReport, Verdict,
 };
 use crate::deployment;
-use crate::host::HostState;
+use crate::deployment::host_state::HostState;
 use crate::stores::composefs_repo;
 use crate::sysroot::{COMPOSEFS_DIR, Sysroot};
 use crate::util::short_digest;

@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use composefs_boot::os_release::OsReleaseInfo;
 
 use crate::boot::bls::{self, BlsEntry};
+use crate::deployment::origin::Origin;
 use crate::deployment::{self, NewDeployment};
 use crate::fs::reflink::Tally;
 use crate::install_config;
-use crate::origin::Origin;
 use crate::source::imgref::ImageRef;
 use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{BOOT_DIR, Sysroot};

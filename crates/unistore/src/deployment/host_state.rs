@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use anyhow::Result;
 
 use crate::boot::bls::{self, BlsEntry};
-use crate::staged::{self, StagedMarker};
+use crate::deployment::staged::{self, StagedMarker};
 use crate::sysroot::{BootedMode, ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
 
 /// What the loader directories say.

@@ -1,12 +1,29 @@
 //! Deployments: `state/deploy/<id>/` with its `etc/`, `var` link and
 //! `<id>.origin`.
+//!
+//! The room of a composefs host's deployments, one module per concern:
+//! * [`create`]: a pulled image turned into a deployment (state directory,
+//!   kernel directory, the entry that will name it);
+//! * [`origin`]: the `<id>.origin` file (and the legacy `.imginfo`);
+//! * [`etc`]: `/etc` and `/var` materialized from the image;
+//! * [`etc_merge`]: the three-way `/etc` merge at finalize;
+//! * [`staged`]: the staged-deployment marker, written last;
+//! * [`host_state`]: the host as its entries describe it (booted, staged,
+//!   rollback).
+
+pub mod create;
+pub mod etc;
+pub mod etc_merge;
+pub mod host_state;
+pub mod origin;
+pub mod staged;
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::deployment::origin::{ImgInfoRef, Origin, parse_imginfo};
 use crate::fs::reflink::Tally;
-use crate::origin::{ImgInfoRef, Origin, parse_imginfo};
 use crate::stores::composefs_repo::{self, Repo};
 use crate::sysroot::{SHARED_VAR_DIR, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
@@ -125,7 +142,7 @@ pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<Tally> {
     util::remove_all(dir, &tmp_rel)?;
     dir.create_dir(&tmp_rel)?;
     let tmp_abs = sysroot.join(&tmp_rel);
-    let mut tally = crate::etc::materialize(d.fs, "/etc", d.repo, &tmp_abs.join("etc"))
+    let mut tally = crate::deployment::etc::materialize(d.fs, "/etc", d.repo, &tmp_abs.join("etc"))
         .context("copying the image's /etc")?
         .content;
     // The shared /var is seeded from the first image that needs it.
@@ -134,8 +151,8 @@ pub fn create(sysroot: &Sysroot, d: &NewDeployment<'_>) -> Result<Tally> {
         dir.create_dir_all(parent)?;
         let var_tmp = sysroot.join(format!("{SHARED_VAR_DIR}.tmp"));
         util::remove_all(dir, format!("{SHARED_VAR_DIR}.tmp"))?;
-        let var =
-            crate::etc::materialize(d.fs, "/var", d.repo, &var_tmp).context("seeding /var")?;
+        let var = crate::deployment::etc::materialize(d.fs, "/var", d.repo, &var_tmp)
+            .context("seeding /var")?;
         tally.merge(&var.content);
         dir.rename(format!("{SHARED_VAR_DIR}.tmp"), dir, SHARED_VAR_DIR)?;
     }
