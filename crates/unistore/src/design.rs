@@ -2,6 +2,34 @@
 //!
 //! Only rustdoc: the why behind the code, next to it.
 //!
+//! ## The map: one room per concern, calls go down the floors
+//!
+//! | room | what lives there | for example |
+//! |---|---|---|
+//! | [`crate::command`] | the [`crate::command::HostBackend`] trait and, per command, the options, outcomes and reports both backends share | `UpgradeOpts`, `GcReport`, `FsckOpts`, bootc's status shape |
+//! | [`crate::backends`] | the two kinds of host, each owning its commands one module each: [`crate::backends::composefs_host`], [`crate::backends::ostree_host`]; `detect` and `for_kind` | GC of an ostree host: `backends/ostree_host/gc.rs`; upgrade of a composefs host: `backends/composefs_host/upgrade.rs` |
+//! | [`crate::deployment`] | a composefs host's deployments: creating one, its origin, `/etc` (materialized, three-way merge), the staged marker, the host as its entries describe it | `deployment/origin.rs` |
+//! | [`crate::boot`] | what a boot loader reads: BLS entries, their names and sort keys, kernel directories, migration of older layouts; disks, ESPs and loaders belong here | entries on the ESP: `boot/bls.rs` |
+//! | [`crate::source`] | getting an image from a source: references, registry settings and credentials, the signature policy, the pull into composefs, the registry layer reader, Docker schema 2, `oci:` layouts | Docker manifests: `source/docker_schema2.rs` |
+//! | [`crate::stores`] | the three stores, which only store: [`crate::stores::composefs_repo`], [`crate::stores::containers_storage`] (with unistore's writer), [`crate::stores::ostree_repo`], and [`crate::stores::tar_walk`] (a stored layer replayed as its tar) | `stores/ostree_repo/commit.rs` |
+//! | [`crate::unified`] | unified storage across the stores: the unified pull, import into the store, the ownership record, the share pass, the store GC | `unified/share.rs` |
+//! | [`crate::verify`] | the image checks both backends' fsck share | `verify/sharing.rs` |
+//! | [`crate::fs`] | filesystem mechanics: reflinks, extent maps, XFS preallocation | `fs/reflink.rs` |
+//!
+//! Cross-cutting, at the top: [`crate::sysroot`] (the root handle and its
+//! paths), [`crate::install_config`], [`crate::lock`], [`crate::crashpoint`],
+//! [`crate::progress`], [`crate::util`].
+//!
+//! `install to-filesystem` goes down the floors: the CLI builds
+//! `command::install::InstallOpts` and asks `backends::for_kind` for a
+//! backend; `backends::composefs_host::install` pulls through
+//! `source::pull` (which reads `source::imgref`, `source::fetch_config`,
+//! `source::layer_fetch` and writes `stores::composefs_repo`), or through
+//! `unified` when unified; then `deployment::create` writes the state and
+//! kernel directories and `boot::bls` the entry. No file imports one that
+//! imports it back (`scripts/check-layout` checks it, with the 700-line
+//! limit on every file).
+//!
 //! ## What "booted" means on a root that is not running
 //!
 //! `install`, tests and image builders work on roots that no kernel booted.

@@ -6,7 +6,12 @@
 //! a temporary root. Long work reports through a [`progress::Progress`] sink
 //! that the CLI renders.
 //!
-//! See [`design`] for the decisions behind the on-disk layout.
+//! The rooms: [`command`] (the shape of every command and the backend
+//! trait), [`backends`] (each kind of host with its commands), [`deployment`]
+//! and [`boot`] (what a host boots), [`source`] (getting an image),
+//! [`stores`] (keeping it), [`unified`] (one copy across the stores),
+//! [`verify`] (checking it), [`fs`] (reflinks and extents). See [`design`]
+//! for the map and the decisions behind the on-disk layout.
 
 pub mod backends;
 pub mod boot;

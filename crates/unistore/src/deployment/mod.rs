@@ -2,7 +2,7 @@
 //! `<id>.origin`.
 //!
 //! The room of a composefs host's deployments, one module per concern:
-//! * [`create`]: a pulled image turned into a deployment (state directory,
+//! * [`create`](mod@create): a pulled image turned into a deployment (state directory,
 //!   kernel directory, the entry that will name it);
 //! * [`origin`]: the `<id>.origin` file (and the legacy `.imginfo`);
 //! * [`etc`]: `/etc` and `/var` materialized from the image;

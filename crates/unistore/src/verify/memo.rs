@@ -15,23 +15,23 @@ use crate::util::short_digest;
 
 /// What the repository check found for one layer.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LayerFindings {
-    pub(crate) problems: Vec<String>,
-    pub(crate) bad: Vec<BadObject>,
+pub struct LayerFindings {
+    pub problems: Vec<String>,
+    pub bad: Vec<BadObject>,
 }
 
 /// The sharing check of one store layer.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct LayerSharing {
-    pub(crate) shared: u64,
-    pub(crate) unshared: u64,
-    pub(crate) unshared_bytes: u64,
-    pub(crate) unchecked: u64,
+pub struct LayerSharing {
+    pub shared: u64,
+    pub unshared: u64,
+    pub unshared_bytes: u64,
+    pub unchecked: u64,
 }
 
 /// Per-run cache of layer results (see the module's doc).
 #[derive(Debug, Default)]
-pub(crate) struct LayerMemo {
+pub struct LayerMemo {
     /// (diff-id, splitstream verity, verify contents) -> findings.
     composefs: RefCell<HashMap<(String, String, bool), LayerFindings>>,
     /// (store layer id, diff-id, verify contents) -> problem.
@@ -42,13 +42,13 @@ pub(crate) struct LayerMemo {
 
 impl LayerMemo {
     /// Forgets everything: after a repair.
-    pub(crate) fn clear(&self) {
+    pub fn clear(&self) {
         self.composefs.borrow_mut().clear();
         self.store.borrow_mut().clear();
         self.sharing.borrow_mut().clear();
     }
 
-    pub(crate) fn composefs_layer(
+    pub fn composefs_layer(
         &self,
         key: (String, String, bool),
         check: impl FnOnce() -> LayerFindings,
@@ -61,7 +61,7 @@ impl LayerMemo {
         f
     }
 
-    pub(crate) fn store_layer(
+    pub fn store_layer(
         &self,
         key: (String, String, bool),
         check: impl FnOnce() -> Option<String>,
@@ -75,7 +75,7 @@ impl LayerMemo {
     }
 
     /// The sharing of layer `id`, or the error `check` gave (not kept).
-    pub(crate) fn sharing_of<E>(
+    pub fn sharing_of<E>(
         &self,
         id: &str,
         check: impl FnOnce() -> Result<LayerSharing, E>,
@@ -131,17 +131,17 @@ mod tests {
 
 /// A referenced object that is missing or whose content is wrong.
 #[derive(Debug, Clone)]
-pub(crate) struct BadObject {
-    pub(crate) id: ObjectId,
+pub struct BadObject {
+    pub id: ObjectId,
     /// Where the layer puts it (relative path).
-    pub(crate) path: Vec<u8>,
-    pub(crate) diff_id: String,
-    pub(crate) size: u64,
-    pub(crate) missing: bool,
+    pub path: Vec<u8>,
+    pub diff_id: String,
+    pub size: u64,
+    pub missing: bool,
 }
 
 impl BadObject {
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "object objects/{} (/{} in layer {}) is {}",
             self.id.to_object_pathname(),

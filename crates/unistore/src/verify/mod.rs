@@ -20,8 +20,8 @@ pub mod repo;
 pub mod sharing;
 pub mod store;
 
-pub(crate) use memo::LayerMemo;
-pub(crate) use store::read_store;
+pub use memo::LayerMemo;
+pub use store::read_store;
 pub use store::reflinks_supported;
 
 use anyhow::Result;
@@ -51,7 +51,7 @@ use store::{StoreView, id_of};
 /// id), so that the store GC prunes it once no deployment uses it. The
 /// record is written before the image (as pending: a crash cannot leave an
 /// image unistore wrote but does not own) and completed after it.
-pub(crate) fn write_into_store(
+pub fn write_into_store(
     sysroot: &Sysroot,
     repo: &Repo,
     manifest_digest: &str,
@@ -100,7 +100,7 @@ pub(crate) fn write_into_store(
 /// extents again (`FIDEDUPERANGE`: the kernel compares the bytes first).
 /// Unshared files are a note, not a failure: they waste space, nothing is
 /// broken.
-pub(crate) fn check_image_sharing(
+pub fn check_image_sharing(
     sysroot: &Sysroot,
     repo: &Repo,
     store: &std::path::Path,
@@ -162,7 +162,7 @@ pub(crate) fn check_image_sharing(
     note_sharing(&c, opts, r);
 }
 
-pub(crate) fn note_sharing(c: &SharingCheck, opts: FsckOpts, r: &mut ImageReport) {
+pub fn note_sharing(c: &SharingCheck, opts: FsckOpts, r: &mut ImageReport) {
     r.sharing_checked = true;
     r.shared_files = c.shared;
     r.unshared_files = c.unshared;
@@ -194,7 +194,7 @@ pub(crate) fn note_sharing(c: &SharingCheck, opts: FsckOpts, r: &mut ImageReport
 /// objects) or the store that holds it; the digest decides
 /// ([`restore_object`]). Problems left go to `r.issues`. Returns whether
 /// the image is whole.
-pub(crate) fn check_composefs_image(
+pub fn check_composefs_image(
     sysroot: &Sysroot,
     repo: &Repo,
     manifest_digest: &str,

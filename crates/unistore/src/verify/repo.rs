@@ -24,16 +24,16 @@ use crate::verify::memo::BadObject;
 
 /// What the repository says about one image.
 #[derive(Debug, Default)]
-pub(crate) struct CfsCheck {
-    pub(crate) problems: Vec<String>,
-    pub(crate) config_digest: Option<String>,
-    pub(crate) config_json: Option<Vec<u8>>,
-    pub(crate) diff_ids: Vec<String>,
-    pub(crate) bad_objects: Vec<BadObject>,
+pub struct CfsCheck {
+    pub problems: Vec<String>,
+    pub config_digest: Option<String>,
+    pub config_json: Option<Vec<u8>>,
+    pub diff_ids: Vec<String>,
+    pub bad_objects: Vec<BadObject>,
 }
 
 impl CfsCheck {
-    pub(crate) fn ok(&self) -> bool {
+    pub fn ok(&self) -> bool {
         self.problems.is_empty() && self.bad_objects.is_empty()
     }
 }
@@ -159,7 +159,7 @@ fn check_layer(
 }
 
 /// fs-verity digest of a whole file.
-pub(crate) fn verity_of(f: &mut File) -> Result<(ObjectId, u64)> {
+pub fn verity_of(f: &mut File) -> Result<(ObjectId, u64)> {
     let mut h = FsVerityHasher::<ObjectId, 12>::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -174,7 +174,7 @@ pub(crate) fn verity_of(f: &mut File) -> Result<(ObjectId, u64)> {
     Ok((h.digest(), n))
 }
 
-pub(crate) fn check_composefs(
+pub fn check_composefs(
     repo: &Repo,
     objects: &Path,
     manifest_digest: &str,
@@ -276,7 +276,7 @@ pub(crate) fn check_composefs(
 /// Puts the content of `src` (reflinked where possible) in place of object
 /// `id`, after checking its digest; replaces a damaged file atomically.
 /// Returns whether the content was reflinked.
-pub(crate) fn restore_object(
+pub fn restore_object(
     sysroot: &Sysroot,
     repo: &Repo,
     id: &ObjectId,

@@ -3,7 +3,7 @@
 //! host whose filesystem has reflinks.
 //!
 //! Store files are paired with objects by walking the image's layer
-//! splitstreams ([`crate::unified::for_each_object_file`], the walk the
+//! splitstreams (`crate::unified::for_each_object_file`, the walk the
 //! share pass makes); each pair is compared by its extent maps
 //! ([`crate::fs::extents::files_share_extents`]): no data is read, files are
 //! opened with `O_NOATIME`, nothing is written.
@@ -22,26 +22,26 @@ use crate::unified;
 
 /// What the check found for one image.
 #[derive(Debug, Default)]
-pub(crate) struct SharingCheck {
+pub struct SharingCheck {
     /// Store files that share their object's extents.
-    pub(crate) shared: u64,
+    pub shared: u64,
     /// Store files that hold their own copy.
-    pub(crate) unshared: u64,
+    pub unshared: u64,
     /// Their bytes.
-    pub(crate) unshared_bytes: u64,
+    pub unshared_bytes: u64,
     /// The store layers (ids) that hold them.
-    pub(crate) unshared_layers: BTreeSet<String>,
+    pub unshared_layers: BTreeSet<String>,
     /// Files that could not be compared (missing in the store, another
     /// size, not a regular file, an object that cannot be opened): the
     /// layer checks (`--verify-content`) say what is wrong with them.
-    pub(crate) unchecked: u64,
+    pub unchecked: u64,
 }
 
 /// Compares every store file of the image that composefs keeps as an
 /// object with that object. `store` is the store's path, `objects` the
 /// repository's `objects/`; the image must be whole in both (its store
 /// layer ids are the chain of its diff-ids).
-pub(crate) fn check_sharing(
+pub fn check_sharing(
     repo: &Repo,
     objects: &Path,
     store: &Path,
@@ -109,7 +109,7 @@ fn layer_sharing(
 }
 
 /// `3.4 MiB`, `812 KiB`, `100 bytes`.
-pub(crate) fn human_bytes(b: u64) -> String {
+pub fn human_bytes(b: u64) -> String {
     const KIB: f64 = 1024.0;
     let f = b as f64;
     if f >= KIB * KIB * KIB {

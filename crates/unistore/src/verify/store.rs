@@ -20,15 +20,15 @@ use super::repo::verity_of;
 use crate::util::short_digest;
 
 /// The store's JSON, read once per check.
-pub(crate) struct StoreView {
-    pub(crate) path: PathBuf,
-    pub(crate) layers: Vec<Value>,
-    pub(crate) images: Vec<Value>,
+pub struct StoreView {
+    pub path: PathBuf,
+    pub layers: Vec<Value>,
+    pub images: Vec<Value>,
 }
 
 /// Reads the store's JSON under shared locks (taken only if the lock files
 /// exist). `Ok(None)` when there is no store.
-pub(crate) fn read_store(path: &Path) -> Result<Option<StoreView>> {
+pub fn read_store(path: &Path) -> Result<Option<StoreView>> {
     if !path.is_dir() {
         return Ok(None);
     }
@@ -47,12 +47,12 @@ pub(crate) fn read_store(path: &Path) -> Result<Option<StoreView>> {
     }))
 }
 
-pub(crate) fn id_of(v: &Value) -> &str {
+pub fn id_of(v: &Value) -> &str {
     v.get("id").and_then(Value::as_str).unwrap_or_default()
 }
 
 /// Problems of the image in the store; `None` when the store lacks it.
-pub(crate) fn check_store_image(
+pub fn check_store_image(
     store: &StoreView,
     config_digest: &str,
     config_json: Option<&[u8]>,
@@ -153,7 +153,7 @@ pub fn reflinks_supported(path: &Path) -> bool {
 /// Where a store holds a file with the content of `bad`, if anywhere:
 /// the same path in a layer with the same diff-id first, then the same
 /// path in any layer; the content's fs-verity digest decides.
-pub(crate) fn find_in_store(store: &StoreView, bad: &BadObject) -> Option<PathBuf> {
+pub fn find_in_store(store: &StoreView, bad: &BadObject) -> Option<PathBuf> {
     let rel = tar_walk::as_os_str(&bad.path);
     let mut candidates: Vec<&Value> = store
         .layers
