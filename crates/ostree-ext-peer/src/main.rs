@@ -57,8 +57,16 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(Some(v)) => {
-            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
-            ExitCode::SUCCESS
+            use std::io::Write;
+            let text = serde_json::to_string_pretty(&v).expect("json");
+            // A closed stdout (e.g. `| head`) is not our failure; anything else is.
+            match writeln!(std::io::stdout(), "{text}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: writing stdout: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
