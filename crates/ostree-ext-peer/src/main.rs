@@ -11,6 +11,8 @@
 //! - `prune --sysroot S`                      → `container::deploy::prune`
 //! - `prepare --repo R --imgref IMGREF [--insecure]` → `ImageImporter::new` + `prepare`
 //! - `cli ARGS...`                            → `ostree_ext::cli::run_from_iter`
+//! - `escape-ref --prefix P --value S`        → `refescape::prefix_escape_for_ref`
+//! - `image-ref --imgref IMGREF`              → the image ref name ostree-ext uses for IMGREF
 //!
 //! Each subcommand but `cli` prints one JSON object on stdout; when the library
 //! call fails it prints the whole error chain on stderr and exits non-zero.
@@ -41,6 +43,8 @@ const USAGE: &str = "usage: ostree-ext-peer <subcommand> ...
   query-image-commit --repo R --commit CHECKSUM
   prune --sysroot S
   prepare --repo R --imgref IMGREF [--insecure]
+  escape-ref --prefix P --value S
+  image-ref --imgref IMGREF
   cli ARGS...   (ostree-ext's own CLI, e.g. `cli container encapsulate ...`)";
 
 fn main() -> ExitCode {
@@ -175,6 +179,23 @@ async fn run(args: Vec<String>) -> Result<Option<Value>> {
             let repo = open_repo(f.get("repo")?)?;
             let imgref = parse_imgref(f.get("imgref")?)?;
             prepare(&repo, &imgref, f.has("insecure")).await.map(Some)
+        }
+        "escape-ref" => {
+            let f = Flags::parse(rest, &["prefix", "value"], &[])?;
+            let (prefix, value) = (f.get("prefix")?, f.get("value")?);
+            let r = refescape::prefix_escape_for_ref(prefix, value)?;
+            let back = refescape::unprefix_unescape_ref(prefix, &r)?;
+            Ok(Some(json!({ "prefix": prefix, "value": value, "ref": r, "unescaped": back })))
+        }
+        "image-ref" => {
+            // ostree-ext escapes the transport-qualified image (ImageReference's
+            // Display, `docker://` for the registry transport), not the whole
+            // string with its signature-verification prefix.
+            let f = Flags::parse(rest, &["imgref"], &[])?;
+            let imgref = parse_imgref(f.get("imgref")?)?;
+            let image = imgref.imgref.to_string();
+            let r = refescape::prefix_escape_for_ref(IMAGE_PREFIX, &image)?;
+            Ok(Some(json!({ "imgref": imgref.to_string(), "image": image, "ref": r })))
         }
         "cli" => {
             let argv = std::iter::once("ostree-ext-cli".to_string()).chain(rest.iter().cloned());
