@@ -42,6 +42,7 @@ const WALKED: &[Scenario] = &[
     Scenario::OstreeRollback,
     Scenario::OstreeGc,
     Scenario::OstreeSetUnified,
+    Scenario::OstreeMigrate,
 ];
 
 #[test]
@@ -149,6 +150,36 @@ fn make_old(root: &Path) {
     }
 }
 
+/// Makes an ostree host look like one an older version wrote: image refs
+/// with every `/` escaped, no layer commits.
+fn make_old_ostree(root: &Path) {
+    let ostree = |args: &[&str]| {
+        let out = Command::new("ostree")
+            .arg(format!("--repo={}", root.join("ostree/repo").display()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ostree {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for n in ostree(&["refs", "--list", "ostree/container/blob"]).lines() {
+        ostree(&["refs", "--delete", n]);
+    }
+    for n in ostree(&["refs", "--list", "ostree/container/image"]).lines() {
+        let c = ostree(&["rev-parse", n]);
+        let old = n
+            .replacen("ostree/container/image/", "", 1)
+            .replace('/', "_2F_");
+        ostree(&[
+            "refs",
+            "--create",
+            &format!("ostree/container/image/{old}"),
+            c.trim(),
+        ]);
+        ostree(&["refs", "--delete", n]);
+    }
+}
+
 /// Damages a unified host: one composefs object gone (its content is in
 /// the store) and the store image's data (manifest, config) gone.
 fn damage_unified(root: &Path) {
@@ -253,6 +284,13 @@ fn prepare(w: &World, s: Scenario) -> (Vec<String>, bool) {
         Scenario::OstreeSetUnified => {
             install(&["--backend", "ostree"]);
             (v(&["image", "set-unified", "full"]), false)
+        }
+        Scenario::OstreeMigrate => {
+            // Unified: the layers are on the host, so the migration writes
+            // the layer commits.
+            install(&["--backend", "ostree", "--unified", "enabled"]);
+            make_old_ostree(w.root());
+            (v(&["internals", "gc"]), false)
         }
     }
 }
@@ -390,4 +428,5 @@ walks! {
     walk_ostree_rollback => OstreeRollback,
     walk_ostree_gc => OstreeGc,
     walk_ostree_set_unified => OstreeSetUnified,
+    walk_ostree_migrate => OstreeMigrate,
 }

@@ -56,6 +56,9 @@ pub enum Scenario {
     OstreeGc,
     /// `image set-unified full` of an ostree host.
     OstreeSetUnified,
+    /// The first writing command (`internals gc`) on a unified ostree host
+    /// an older version wrote (old ref names, no layer commits).
+    OstreeMigrate,
 }
 
 /// A crash point: its name and the scenario that reaches it.
@@ -124,6 +127,8 @@ pub const ALL: &[CrashPoint] = &[
     p("ostree-set-unified:after-image", OstreeSetUnified),
     p("ostree-set-unified:before-flag", OstreeSetUnified),
     p("ostree-set-unified:after-flag", OstreeSetUnified),
+    p("ostree-migrate:after-new-ref", OstreeMigrate),
+    p("ostree-migrate:after-layers", OstreeMigrate),
 ];
 
 /// The points a scenario reaches.

@@ -276,12 +276,7 @@ pub fn check_composefs(
 /// Puts the content of `src` (reflinked where possible) in place of object
 /// `id`, after checking its digest; replaces a damaged file atomically.
 /// Returns whether the content was reflinked.
-pub fn restore_object(
-    sysroot: &Sysroot,
-    repo: &Repo,
-    id: &ObjectId,
-    src: &Path,
-) -> Result<bool> {
+pub fn restore_object(sysroot: &Sysroot, repo: &Repo, id: &ObjectId, src: &Path) -> Result<bool> {
     let objdir = sysroot
         .join(COMPOSEFS_DIR)
         .join("objects")

@@ -173,7 +173,7 @@ fn checked_commits(os: &ostree::Sysroot) -> Result<BTreeSet<String>> {
 pub fn fsck_images(sysroot: &Sysroot, opts: FsckOpts) -> Result<ImagesReport> {
     let os = super::load(sysroot)?;
     let _lock = if opts.repair {
-        Some(super::lock(&os)?)
+        Some(super::lock_and_migrate(sysroot, &os)?)
     } else {
         None
     };

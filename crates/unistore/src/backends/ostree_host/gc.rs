@@ -1,4 +1,5 @@
-//! `internals gc` on an ostree host: image refs no deployment uses, the
+//! `internals gc` on an ostree host: image refs no deployment uses, layer
+//! refs no remaining image names, the
 //! deployments and kernels no boot entry names (libostree's
 //! `prepare_cleanup`), a staging repository left by a killed run, then a
 //! repository prune from the refs (libostree keeps a ref per deployment).
@@ -13,11 +14,12 @@ use std::collections::BTreeSet;
 use anyhow::{Result, anyhow};
 use ostree::gio;
 
-use super::{lock, name, staging};
+use super::{name, staging};
 use crate::command::gc::{GcOpts, GcReport};
 use crate::stores::composefs_repo;
 use crate::stores::ostree_repo;
 use crate::stores::ostree_repo::checksum_cache::ChecksumCache;
+use crate::stores::ostree_repo::layers;
 use crate::sysroot::BOOTC_TAG_PREFIX;
 use crate::sysroot::Sysroot;
 use crate::util;
@@ -45,7 +47,11 @@ fn kernel_dirs(sysroot: &Sysroot) -> Result<BTreeSet<String>> {
 /// Runs the GC (or, with `dry_run`, reports what it would remove).
 pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     let os = super::load(sysroot)?;
-    let _lock = if opts.dry_run { None } else { Some(lock(&os)?) };
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(super::lock_and_migrate(sysroot, &os)?)
+    };
     let repo = os.repo();
     let mut deps = os.deployments();
     if let Some(s) = os.staged_deployment()
@@ -71,7 +77,23 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         .filter(|(_, c)| !live_commits.contains(c))
         .map(|(r, _)| r)
         .collect();
-    report.tags_removed = dead_refs.clone();
+    // Layer refs no remaining image's manifest names (ostree-ext's layer
+    // GC keeps exactly those).
+    let mut named = BTreeSet::new();
+    for (r, c) in ostree_repo::image_refs(&repo)? {
+        if !dead_refs.contains(&r) {
+            named.extend(layers::blob_refs_of(&repo, &c)?);
+        }
+    }
+    for c in &live_commits {
+        named.extend(layers::blob_refs_of(&repo, c)?);
+    }
+    let dead_layers: Vec<String> = layers::blob_refs(&repo)?
+        .into_iter()
+        .filter(|(r, _)| !named.contains(r))
+        .map(|(r, _)| r)
+        .collect();
+    report.tags_removed = dead_refs.iter().chain(&dead_layers).cloned().collect();
     report.state_dirs = deploy_dirs(sysroot)?
         .difference(&live_dirs)
         .cloned()
@@ -102,7 +124,7 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         collect_composefs(sysroot, &live_digests, &mut report)?;
         return Ok(report);
     }
-    for r in &dead_refs {
+    for r in dead_refs.iter().chain(&dead_layers) {
         repo.set_ref_immediate(None, r, None, none)
             .map_err(|e| anyhow!("removing ref {r}: {e}"))?;
     }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use ostree::gio;
 
 use super::staging::Source;
-use super::{deployment_image, lock, name, origin_keyfile, staging};
+use super::{deployment_image, name, origin_keyfile, staging};
 use crate::command::finalize::FinalizeOutcome;
 use crate::command::gc::GcOpts;
 use crate::command::rollback::RollbackReport;
@@ -23,6 +23,7 @@ use crate::crashpoint;
 use crate::progress::{self, Progress};
 use crate::source::remote;
 use crate::stores::ostree_repo;
+use crate::stores::ostree_repo::layers;
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// The kernel arguments of a deployment, without the `ostree=` libostree
@@ -46,7 +47,11 @@ pub async fn upgrade(
     progress: Progress,
 ) -> Result<UpgradeOutcome> {
     let os = super::load(sysroot)?;
-    let _lock = if opts.check { None } else { Some(lock(&os)?) };
+    let _lock = if opts.check {
+        None
+    } else {
+        Some(super::lock_and_migrate(sysroot, &os)?)
+    };
     let (deps, booted) = super::deployments(sysroot, &os);
     let booted = booted
         .map(|i| deps[i].clone())
@@ -68,6 +73,22 @@ pub async fn upgrade(
     let remote = remote::inspect_remote(&target, &opts.fetch, opts.check).await?;
     if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) && !resynthesize {
         if target == current || opts.check {
+            // A host an older version wrote keeps no layers of its image
+            // (a classic commit): fetch them again, once, so that bootc
+            // can read the deployment ([`super::migrate`]).
+            if !opts.check && !layers::complete(&repo, &booted.csum())? {
+                progress::step(&progress, format!("Fetching the layers of {target}"));
+                let source = if bound {
+                    Source::Host(crate::unified::unified_mode(sysroot)?)
+                } else {
+                    Source::Staging
+                };
+                let staged =
+                    staging::pull(sysroot, &target, &opts.fetch, source, progress.clone()).await?;
+                staged.commit(sysroot, &repo, &target, &progress)?;
+                drop(staged);
+                staging::remove(sysroot)?;
+            }
             return Ok(UpgradeOutcome::NoChange {
                 image: target.to_string(),
                 manifest_digest: remote.manifest_digest,
@@ -189,7 +210,7 @@ pub async fn upgrade(
 /// `ostree admin rollback` does: the first two deployments swap places.
 pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
     let os = super::load(sysroot)?;
-    let _lock = lock(&os)?;
+    let _lock = super::lock_and_migrate(sysroot, &os)?;
     let mut deps: Vec<ostree::Deployment> = os
         .deployments()
         .into_iter()

@@ -17,6 +17,7 @@ pub mod fsck_stores;
 pub mod gc;
 pub mod install;
 pub mod lifecycle;
+pub mod migrate;
 pub mod mount;
 pub mod staging;
 pub mod status;
@@ -171,6 +172,21 @@ pub fn lock(os: &ostree::Sysroot) -> Result<SysrootLock<'_>> {
         ),
         Err(e) => Err(anyhow!("taking the ostree sysroot lock: {e}")),
     }
+}
+
+/// [`lock`], then the migration of a host an older version wrote
+/// ([`migrate`]): what every writing command of an ostree host starts with.
+pub fn lock_and_migrate<'a>(sysroot: &Sysroot, os: &'a ostree::Sysroot) -> Result<SysrootLock<'a>> {
+    let l = lock(os)?;
+    let m = migrate::migrate(sysroot, os)?;
+    if m != migrate::Migrated::default() {
+        tracing::info!(
+            "migrated the ostree layout: {} image refs renamed, {} layer commits written",
+            m.renamed.len(),
+            m.layers
+        );
+    }
+    Ok(l)
 }
 
 /// libostree's sysroot lock, held.

@@ -27,7 +27,7 @@ use composefs::generic_tree::LeafContent;
 use composefs::tree::{FileSystem, RegularFile};
 use serde::Serialize;
 
-use super::{deployment_image, lock, name};
+use super::{deployment_image, name};
 use crate::command::set_unified::{LiveImage, SetUnifiedOpts, SetUnifiedOutcome, Target};
 use crate::crashpoint;
 use crate::fs::reflink::{self, Method, Policy};
@@ -357,7 +357,7 @@ pub async fn set_unified(
     progress: Progress,
 ) -> Result<SetUnifiedOutcome> {
     let os = super::load(sysroot)?;
-    let _lock = lock(&os)?;
+    let _lock = super::lock_and_migrate(sysroot, &os)?;
     let repo = os.repo();
     if opts.target == Target::Composefs {
         if ostree_repo::is_bound(&repo) {

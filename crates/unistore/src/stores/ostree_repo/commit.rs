@@ -87,8 +87,18 @@ pub struct Imported {
     pub bytes_read: u64,
     /// Content files whose checksum came from the cache.
     pub checksums_cached: u64,
+    /// Layer commits written ([`super::layers`]), and layers whose commit
+    /// the repository had already.
+    pub layers_written: u64,
+    pub layers_reused: u64,
     /// What was left out of the commit, for people.
     pub notes: Vec<String>,
+}
+
+/// What a commit is: an image's merge commit (deployable), or one layer's.
+enum Kind<'a> {
+    Image(&'a ImageCommit<'a>),
+    Layer { diff_id: &'a str, timestamp: u64 },
 }
 
 fn glib_err(what: &str) -> impl FnOnce(glib::Error) -> anyhow::Error + '_ {
@@ -443,9 +453,11 @@ fn count_entries(d: &Directory<ObjectId>) -> usize {
         .sum()
 }
 
-/// Writes `fs` as one commit and points `c.ref_name` at it, in one
-/// transaction of `ostree` (the repository opened at `repo_dir`). `cfs` holds
-/// the tree's objects.
+/// Writes `fs` as the image's merge commit and points `c.ref_name` at it,
+/// and a commit for each layer of the image the repository lacks (kept by
+/// its blob ref, [`super::layers`]), in one transaction of `ostree` (the
+/// repository opened at `repo_dir`): a crash leaves either all the refs or
+/// none. `cfs` holds the tree's objects and the layers' streams.
 pub fn import(
     ostree: &ostree::Repo,
     repo_dir: &Dir,
@@ -455,13 +467,22 @@ pub fn import(
     cache: &mut ChecksumCache,
 ) -> Result<Imported> {
     let none = gio::Cancellable::NONE;
+    let layers = super::layers::layers_of(c.manifest_json, c.config_json)?;
     ostree
         .prepare_transaction(none)
         .map_err(glib_err("starting an ostree transaction"))?;
-    let r = write_tree(ostree, repo_dir, cfs, fs, c, cache);
+    let r = (|| -> Result<Imported> {
+        let share = c.composefs_manifest.is_some();
+        let mut imported = write_tree(ostree, repo_dir, cfs, fs, Kind::Image(c), cache, share)?;
+        ostree.transaction_set_ref(None, c.ref_name, Some(&imported.checksum));
+        let (written, totals) =
+            write_layers(ostree, repo_dir, cfs, &layers, c.timestamp, cache, share)?;
+        imported.layers_reused = layers.len() as u64 - written;
+        imported.add_layers(written, &totals);
+        Ok(imported)
+    })();
     match r {
         Ok(mut imported) => {
-            ostree.transaction_set_ref(None, c.ref_name, Some(&imported.checksum));
             ostree
                 .commit_transaction(none)
                 .map_err(glib_err("committing the ostree transaction"))?;
@@ -475,16 +496,110 @@ pub fn import(
     }
 }
 
+/// Writes the commit of each of `layers` whose blob ref is missing, and
+/// sets that ref, inside the caller's transaction. Returns how many it
+/// wrote and their totals.
+fn write_layers(
+    ostree: &ostree::Repo,
+    repo_dir: &Dir,
+    cfs: &Repo,
+    layers: &[super::layers::Layer],
+    timestamp: u64,
+    cache: &mut ChecksumCache,
+    share: bool,
+) -> Result<(u64, Imported)> {
+    let mut written = 0;
+    let mut totals = Imported::default();
+    for l in layers {
+        let r = super::layers::blob_ref(&l.blob_digest);
+        if ostree
+            .resolve_rev(&r, true)
+            .map_err(glib_err(&r))?
+            .is_some()
+        {
+            continue;
+        }
+        let tree = super::layers::layer_tree(cfs, &l.diff_id)?;
+        let kind = Kind::Layer {
+            diff_id: &l.diff_id,
+            timestamp,
+        };
+        let li = write_tree(ostree, repo_dir, cfs, &tree, kind, cache, share)
+            .with_context(|| format!("writing the commit of layer {}", l.blob_digest))?;
+        ostree.transaction_set_ref(None, &r, Some(&li.checksum));
+        totals.add_layers(1, &li);
+        written += 1;
+    }
+    Ok((written, totals))
+}
+
+/// Writes the commits of the `layers` whose blob ref is missing (their
+/// streams in `cfs`), in one transaction: what a host an older version
+/// wrote lacks. Returns how many it wrote.
+pub fn import_layers(
+    ostree: &ostree::Repo,
+    repo_dir: &Dir,
+    cfs: &Repo,
+    layers: &[super::layers::Layer],
+    timestamp: u64,
+    cache: &mut ChecksumCache,
+) -> Result<u64> {
+    let none = gio::Cancellable::NONE;
+    ostree
+        .prepare_transaction(none)
+        .map_err(glib_err("starting an ostree transaction"))?;
+    match write_layers(ostree, repo_dir, cfs, layers, timestamp, cache, true) {
+        Ok((n, _)) => {
+            ostree
+                .commit_transaction(none)
+                .map_err(glib_err("committing the ostree transaction"))?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = ostree.abort_transaction(none);
+            Err(e)
+        }
+    }
+}
+
+/// The manifest and config JSON an image's merge commit records
+/// (`ostree.manifest`, `ostree.container.image-config`); `None` for a
+/// commit without them.
+pub fn image_json(ostree: &ostree::Repo, checksum: &str) -> Result<Option<(String, String)>> {
+    let (commit, _) = ostree
+        .load_commit(checksum)
+        .map_err(|e| anyhow!("loading commit {checksum}: {e}"))?;
+    let meta = glib::VariantDict::new(Some(&commit.child_value(0)));
+    let get = |k: &str| meta.lookup::<String>(k).ok().flatten();
+    Ok(get("ostree.manifest").zip(get("ostree.container.image-config")))
+}
+
+impl Imported {
+    /// Counts what `n` layer commits wrote into the image's totals.
+    fn add_layers(&mut self, n: u64, l: &Imported) {
+        self.layers_written += n;
+        self.content.merge(&l.content);
+        self.objects_written += l.objects_written;
+        self.objects_reused += l.objects_reused;
+        self.objects_reused_shared += l.objects_reused_shared;
+        self.small_objects += l.small_objects;
+        self.files_read += l.files_read;
+        self.bytes_read += l.bytes_read;
+        self.checksums_cached += l.checksums_cached;
+    }
+}
+
 fn write_tree(
     ostree: &ostree::Repo,
     repo_dir: &Dir,
     cfs: &Repo,
     fs: &FileSystem<ObjectId>,
-    c: &ImageCommit<'_>,
+    kind: Kind<'_>,
     cache: &mut ChecksumCache,
+    share_reused: bool,
 ) -> Result<Imported> {
     let t0 = std::time::Instant::now();
-    let mut pre = prepare_content(cfs, fs, repo_dir, cache, c.composefs_manifest.is_some())?;
+    let mut pre = prepare_content(cfs, fs, repo_dir, cache, share_reused)?;
     tracing::debug!(
         "content objects: {} files read, {} checksums cached, {:?}",
         pre.files_read,
@@ -543,14 +658,19 @@ fn write_tree(
     // (the physical /boot is bound there) and `/ostree -> sysroot/ostree`
     // (where libostree finds its repository on the running system).
     let has = |n: &str| fs.root.entries().any(|(name, _)| name == OsStr::new(n));
+    // Only the merge commit is deployed; a layer's commit is its own tree.
+    let deployable = matches!(kind, Kind::Image(_));
     for d in ["sysroot", "boot"] {
+        if !deployable {
+            break;
+        }
         if !has(d) {
             let mt = root.ensure_dir(d).map_err(glib_err(d))?;
             mt.set_metadata_checksum(&w.dirmeta(&default_meta)?);
             notes.push(format!("/{d}: added (an ostree deployment needs it)"));
         }
     }
-    if !has("ostree") {
+    if deployable && !has("ostree") {
         let none = BTreeMap::new();
         let csum = ostree
             .write_symlink(
@@ -617,23 +737,32 @@ fn write_tree(
         .downcast::<ostree::RepoFile>()
         .map_err(|_| anyhow!("libostree returned a tree that is not a RepoFile"))?;
     let dict = glib::VariantDict::new(None);
-    dict.insert("ostree.manifest-digest", c.manifest_digest);
-    dict.insert("ostree.manifest", c.manifest_json);
-    dict.insert("ostree.container.image-config", c.config_json);
-    dict.insert("ostree.bootable", true);
-    if let Some(m) = c.composefs_manifest {
-        dict.insert("ostree-ext.composefs-synthesized", true);
-        dict.insert(COMPOSEFS_MANIFEST_KEY, m);
-    }
+    let (subject, timestamp) = match kind {
+        Kind::Image(c) => {
+            dict.insert("ostree.manifest-digest", c.manifest_digest);
+            dict.insert("ostree.manifest", c.manifest_json);
+            dict.insert("ostree.container.image-config", c.config_json);
+            dict.insert("ostree.bootable", true);
+            if let Some(m) = c.composefs_manifest {
+                dict.insert("ostree-ext.composefs-synthesized", true);
+                dict.insert(COMPOSEFS_MANIFEST_KEY, m);
+            }
+            (c.manifest_digest, c.timestamp)
+        }
+        Kind::Layer { diff_id, timestamp } => {
+            dict.insert(super::layers::DIFF_ID_KEY, diff_id);
+            (diff_id, timestamp)
+        }
+    };
     let metadata = dict.end();
     let checksum = ostree
         .write_commit_with_time(
             None,
-            Some(c.manifest_digest),
+            Some(subject),
             None,
             Some(&metadata),
             &tree,
-            c.timestamp,
+            timestamp,
             gio::Cancellable::NONE,
         )
         .map_err(glib_err("writing the commit"))?
@@ -641,7 +770,7 @@ fn write_tree(
     tracing::debug!("tree and commit written: {:?}", t0.elapsed());
     Ok(Imported {
         checksum,
-        synthesized: c.composefs_manifest.is_some(),
+        synthesized: share_reused,
         content: pre.tally,
         objects_written: pre.written,
         objects_reused: pre.reused,
@@ -650,6 +779,8 @@ fn write_tree(
         files_read: pre.files_read,
         bytes_read: pre.bytes_read,
         checksums_cached: pre.cached,
+        layers_written: 0,
+        layers_reused: 0,
         notes,
     })
 }

@@ -1,12 +1,15 @@
 //! The ostree bare repository under `ostree/repo` (libostree 2022.7).
 //!
-//! Images become one flattened commit each ([`commit`]), kept by the ref
-//! `ostree/container/image/<escaped image reference>`; content objects are
+//! Images become a merge commit ([`commit`]), kept by the ref
+//! `ostree/container/image/<escaped image reference>`, and one commit per
+//! layer ([`layers`]) under `ostree/container/blob/<escaped blob digest>`:
+//! the layout released bootc (ostree-ext) reads. Content objects are
 //! reflinks of composefs objects ([`objects`]). Everything else (dirtree,
 //! dirmeta, commit objects, refs, transactions, prune) is libostree's.
 
 pub mod checksum_cache;
 pub mod commit;
+pub mod layers;
 pub mod objects;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -20,20 +23,54 @@ pub const REPO_DIR: &str = "ostree/repo";
 /// Prefix of the refs that keep image commits.
 pub const IMAGE_REF_PREFIX: &str = "ostree/container/image/";
 
-/// Escapes `s` for a ref component as bootc does: ASCII letters and digits
-/// stay, `_` becomes `__`, every other character `_XX_` (its code in hex).
+/// Escapes `s` for a ref below a prefix as ostree-ext (bootc) does:
+/// ASCII letters, digits and `-` stay; `/` stays when it follows a letter
+/// or digit and is not the last character; `_` becomes `__`; every other
+/// character `_XX_` (its code point in hex, at least two digits).
 pub fn escape_ref(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 2);
-    for c in s.chars() {
-        if c.is_ascii_alphanumeric() {
+    let mut prev_alnum = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let last = chars.peek().is_none();
+        if c.is_ascii_alphanumeric() || c == '-' {
+            out.push(c);
+        } else if c == '/' && prev_alnum && !last {
             out.push(c);
         } else if c == '_' {
             out.push_str("__");
         } else {
             out.push_str(&format!("_{:02X}_", c as u32));
         }
+        prev_alnum = c.is_ascii_alphanumeric();
     }
     out
+}
+
+/// Reverses [`escape_ref`], and the escaping of older unistore versions
+/// (which escaped every `/` and `-`): `None` for a string neither wrote.
+pub fn unescape_ref(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        if c == '_' {
+            if let Some(r) = rest.strip_prefix("__") {
+                out.push('_');
+                rest = r;
+                continue;
+            }
+            let end = rest[1..].find('_')? + 1;
+            let code = u32::from_str_radix(&rest[1..end], 16).ok()?;
+            out.push(char::from_u32(code)?);
+            rest = &rest[end + 1..];
+        } else if c.is_ascii_alphanumeric() || c == '-' || c == '/' {
+            out.push(c);
+            rest = &rest[1..];
+        } else {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 /// The ref that keeps the commit of `image`.
@@ -198,12 +235,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_follows_bootc() {
-        assert_eq!(escape_ref("docker://"), "docker_3A__2F__2F_");
-        assert_eq!(escape_ref("a_b"), "a__b");
+    fn escaping_follows_ostree_ext() {
+        // ostree-ext's own example (refescape.rs), and what its
+        // `ref_for_image` gives for the references of our hosts.
         assert_eq!(
-            escape_ref("docker://127.0.0.1:5000/os:v1"),
-            "docker_3A__2F__2F_127_2E_0_2E_0_2E_1_3A_5000_2F_os_3A_v1"
+            escape_ref("registry:quay.io/coreos/fedora:latest"),
+            "registry_3A_quay_2E_io/coreos/fedora_3A_latest"
         );
+        assert_eq!(
+            escape_ref("docker://127.0.0.1:42091/probe/os:v1"),
+            "docker_3A__2F__2F_127_2E_0_2E_0_2E_1_3A_42091/probe/os_3A_v1"
+        );
+        assert_eq!(
+            escape_ref("docker://quay.io/my_org/os-base:latest"),
+            "docker_3A__2F__2F_quay_2E_io/my__org/os-base_3A_latest"
+        );
+        assert_eq!(escape_ref("oci:/tmp/x:t"), "oci_3A__2F_tmp/x_3A_t");
+        // `/` after a non-alphanumeric, or last, is escaped.
+        assert_eq!(escape_ref("a-/b/"), "a-_2F_b_2F_");
+        assert_eq!(escape_ref("a_b"), "a__b");
+    }
+
+    #[test]
+    fn unescaping_reads_both_spellings() {
+        for s in [
+            "docker://127.0.0.1:42091/probe/os:v1",
+            "oci:/tmp/x:t",
+            "a_b-c//d/",
+            "containers-storage:[overlay@/a+/b]x",
+        ] {
+            assert_eq!(unescape_ref(&escape_ref(s)).as_deref(), Some(s));
+        }
+        // What unistore wrote before (every `/`, `-` escaped).
+        assert_eq!(
+            unescape_ref("docker_3A__2F__2F_127_2E_0_2E_0_2E_1_3A_42091_2F_probe_2F_os_3A_v1")
+                .as_deref(),
+            Some("docker://127.0.0.1:42091/probe/os:v1")
+        );
+        assert_eq!(unescape_ref("bad_zz_"), None);
+        assert_eq!(unescape_ref("a.b"), None);
+        assert_eq!(unescape_ref("open_3A"), None);
     }
 }
