@@ -5,7 +5,10 @@
 //! `query_image_commit` of every deployment, one blob ref per layer, an
 //! update check that finds the deployed image present (`prepare`), and
 //! `container::deploy::prune` removing nothing live. Hosts written by older
-//! versions (refs escaped the old way, no layer commits) are migrated.
+//! versions (refs escaped the old way, no layer commits) are migrated: the
+//! refs by the first writing command, the layers of a classic host by its
+//! next upgrade (the unified case, layers on the host, is the crash walk's
+//! `walk_ostree_migrate`).
 
 mod common;
 
@@ -200,10 +203,26 @@ fn released_bootc_reads_and_prunes_ostree_hosts() {
     status(root);
     run_ok(cmd(root, None).args(["internals", "fsck"]));
     assert_snapshots_equal(&before, &snapshot(root), "status and fsck");
-    let gc: Value =
-        serde_json::from_str(&run_ok(cmd(root, None).args(["internals", "gc", "--json"]))).unwrap();
-    eprintln!("gc after the old layout: {gc}");
+    // The first writing command renames the refs; this classic host keeps
+    // no layers, so its next upgrade fetches them (by digest: the
+    // rollback's image is no longer the tag's).
+    run_ok(cmd(root, None).args(["internals", "gc"]));
     assert_eq!(refs(root, "ostree/container/image"), new_style);
+    assert!(refs(root, "ostree/container/blob").is_empty());
+    let up: Value = serde_json::from_str(&run_ok(
+        cmd(root, Some(&reg)).args(["upgrade", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(up["result"], "no-change", "{up}");
+    let mut blobs: Vec<String> = refs(root, "ostree/container/blob")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    blobs.sort();
+    let mut both: Vec<String> = want1.iter().chain(&want2).cloned().collect();
+    both.sort();
+    both.dedup();
+    assert_eq!(blobs, both);
     bootc_reads_and_prunes(root);
     assert_eq!(prepare(root, &origin_ref)["result"], "AlreadyPresent");
     // Migrated once: the next writing command finds nothing to do.

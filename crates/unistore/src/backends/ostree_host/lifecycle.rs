@@ -23,7 +23,6 @@ use crate::crashpoint;
 use crate::progress::{self, Progress};
 use crate::source::remote;
 use crate::stores::ostree_repo;
-use crate::stores::ostree_repo::layers;
 use crate::sysroot::{BootedMode, Sysroot};
 
 /// The kernel arguments of a deployment, without the `ostree=` libostree
@@ -70,25 +69,16 @@ pub async fn upgrade(
 
     progress::step(&progress, format!("Checking {target}"));
     crate::source::sigpolicy::check(&opts.fetch)?;
+    if !opts.check {
+        // A classic host an older version wrote keeps no layers of its
+        // images: fetch them once, so that bootc can read every deployment.
+        for n in super::migrate::fetch_missing_layers(sysroot, &os, &opts.fetch, &progress).await? {
+            progress::step(&progress, format!("note: {n}"));
+        }
+    }
     let remote = remote::inspect_remote(&target, &opts.fetch, opts.check).await?;
     if booted_digest.as_deref() == Some(remote.manifest_digest.as_str()) && !resynthesize {
         if target == current || opts.check {
-            // A host an older version wrote keeps no layers of its image
-            // (a classic commit): fetch them again, once, so that bootc
-            // can read the deployment ([`super::migrate`]).
-            if !opts.check && !layers::complete(&repo, &booted.csum())? {
-                progress::step(&progress, format!("Fetching the layers of {target}"));
-                let source = if bound {
-                    Source::Host(crate::unified::unified_mode(sysroot)?)
-                } else {
-                    Source::Staging
-                };
-                let staged =
-                    staging::pull(sysroot, &target, &opts.fetch, source, progress.clone()).await?;
-                staged.commit(sysroot, &repo, &target, &progress)?;
-                drop(staged);
-                staging::remove(sysroot)?;
-            }
             return Ok(UpgradeOutcome::NoChange {
                 image: target.to_string(),
                 manifest_digest: remote.manifest_digest,

@@ -10,8 +10,8 @@
 //!    layers it lacks ([`crate::stores::ostree_repo::layers`]), in one
 //!    transaction, when the host's composefs repository holds those layers
 //!    (a bound or unified host). A classic host keeps no layers: its next
-//!    upgrade fetches the booted image's layers again and writes them
-//!    ([`super::lifecycle`]).
+//!    upgrade (or switch) fetches the layers of each deployment's image
+//!    again, by digest, and writes them ([`fetch_missing_layers`]).
 //!
 //! Reads never migrate: only writing commands call [`migrate`], under
 //! libostree's sysroot lock.
@@ -22,6 +22,9 @@ use anyhow::{Result, anyhow};
 use ostree::gio;
 
 use crate::crashpoint;
+use crate::progress::{self, Progress};
+use crate::source::fetch_config::FetchConfig;
+use crate::source::imgref::{ImageRef, Transport};
 use crate::stores::composefs_repo::{self, layer_stream_id};
 use crate::stores::ostree_repo::checksum_cache::ChecksumCache;
 use crate::stores::ostree_repo::{
@@ -135,4 +138,106 @@ pub fn migrate(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Migrated> {
     }
     cache.save(sysroot)?;
     Ok(done)
+}
+
+/// The reference that names exactly the image `digest` of `image`: the
+/// registry's `name@digest`; other transports as they are (the pulled
+/// image's digest is then compared).
+fn by_digest(image: &ImageRef, digest: &str) -> ImageRef {
+    if image.transport != Transport::Registry {
+        return image.clone();
+    }
+    let name = match image.name.split_once('@') {
+        Some((n, _)) => n,
+        None => {
+            // A tag is what follows the last `:` after the last `/`.
+            let slash = image.name.rfind('/').map_or(0, |i| i + 1);
+            match image.name[slash..].rfind(':') {
+                Some(i) => &image.name[..slash + i],
+                None => &image.name,
+            }
+        }
+    };
+    ImageRef {
+        transport: Transport::Registry,
+        name: format!("{name}@{digest}"),
+    }
+}
+
+/// For a host whose layers are not on the host (a classic host an older
+/// version wrote): fetches the image of each deployment that lacks layer
+/// commits, by digest, through a staging repository, and writes the
+/// missing layer commits. Returns what it could not do, for people (an
+/// image its source no longer serves, say); the host is whole either way.
+pub async fn fetch_missing_layers(
+    sysroot: &Sysroot,
+    os: &ostree::Sysroot,
+    fetch: &FetchConfig,
+    progress: &Progress,
+) -> Result<Vec<String>> {
+    let repo = os.repo();
+    let mut notes = vec![];
+    let mut done = BTreeSet::new();
+    for d in os.deployments() {
+        let c = d.csum().to_string();
+        if !done.insert(c.clone()) {
+            continue;
+        }
+        let lacking = lacking_layers(&repo, &BTreeSet::from([c.clone()]))?;
+        let Some((_, missing)) = lacking.into_iter().next() else {
+            continue;
+        };
+        let info = ostree_repo::commit_info(&repo, &c)?;
+        let (Ok(image), Some(digest)) = (super::deployment_image(&d), info.manifest_digest) else {
+            notes.push(format!("deployment {}: no image to fetch its layers from", super::name(&d)));
+            continue;
+        };
+        let src = by_digest(&image, &digest);
+        progress::step(progress, format!("Fetching the layers of {src} (written by an older version)"));
+        let staged = match super::staging::pull(
+            sysroot,
+            &src,
+            fetch,
+            super::staging::Source::Staging,
+            progress.clone(),
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                super::staging::remove(sysroot)?;
+                notes.push(format!("the layers of {src} could not be fetched: {e:#}"));
+                continue;
+            }
+        };
+        if staged.manifest_digest != digest {
+            notes.push(format!(
+                "{src} is now {}, not the deployed {digest}: its layers were not written",
+                staged.manifest_digest
+            ));
+        } else {
+            let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
+            let mut cache = ChecksumCache::load(sysroot);
+            commit::import_layers(&repo, &repo_dir, &staged.repo, &missing, info.timestamp, &mut cache)?;
+            cache.save(sysroot)?;
+        }
+        drop(staged);
+        super::staging::remove(sysroot)?;
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_digest_replaces_the_tag() {
+        let d = "sha256:ab";
+        let r = |s: &str| by_digest(&ImageRef::parse(s).unwrap(), d).to_string();
+        assert_eq!(r("docker://127.0.0.1:5000/a/b:v1"), "docker://127.0.0.1:5000/a/b@sha256:ab");
+        assert_eq!(r("docker://127.0.0.1:5000/a/b"), "docker://127.0.0.1:5000/a/b@sha256:ab");
+        assert_eq!(r("docker://q.io/a@sha256:00"), "docker://q.io/a@sha256:ab");
+        assert_eq!(r("oci:/x/y:t"), "oci:/x/y:t");
+    }
 }
