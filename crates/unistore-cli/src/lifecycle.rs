@@ -281,6 +281,9 @@ pub fn gc(sysroot: &Sysroot, a: GcArgs) -> Result<()> {
         for t in &r.tags_added {
             println!("  tag added   {t}");
         }
+        for t in &r.layer_refs_removed {
+            println!("  layer ref   {t}");
+        }
         for i in &r.store_images_removed {
             println!("  store image {i}");
         }

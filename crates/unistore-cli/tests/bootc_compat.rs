@@ -209,10 +209,8 @@ fn released_bootc_reads_and_prunes_ostree_hosts() {
     run_ok(cmd(root, None).args(["internals", "gc"]));
     assert_eq!(refs(root, "ostree/container/image"), new_style);
     assert!(refs(root, "ostree/container/blob").is_empty());
-    let up: Value = serde_json::from_str(&run_ok(
-        cmd(root, Some(&reg)).args(["upgrade", "--json"]),
-    ))
-    .unwrap();
+    let up: Value =
+        serde_json::from_str(&run_ok(cmd(root, Some(&reg)).args(["upgrade", "--json"]))).unwrap();
     assert_eq!(up["result"], "no-change", "{up}");
     let mut blobs: Vec<String> = refs(root, "ostree/container/blob")
         .into_iter()

@@ -158,6 +158,8 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     assert_eq!(r["manifest_digest"], v1.manifest_digest.as_str());
     let c1 = check_host(root, &v1, &format!("{}:os", oci.display()), "oci");
     assert_eq!(r["deployment_id"], format!("{c1}.0"));
+    // Released bootc reads the host (ostree-ext 0.15.3).
+    bootc_reads(root);
 
     // The human status names the commit, the stateroot and the entry.
     let human = run_ok(cmd(root, None).arg("status"));
@@ -208,6 +210,7 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
         b"version 2\n"
     );
     ostree_fsck(root);
+    bootc_reads(root);
     let up = run_ok(cmd(root, None).args(["upgrade", "--json"]));
     assert!(up.contains("no-change"), "{up}");
     let fin = run_ok(cmd(root, None).args(["internals", "finalize-staged", "--json"]));
@@ -220,6 +223,7 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
         digest(&st, "booted").as_deref(),
         Some(v1.manifest_digest.as_str())
     );
+    bootc_reads(root);
     assert_eq!(
         digest(&st, "rollback").as_deref(),
         Some(v2.manifest_digest.as_str())
@@ -282,6 +286,7 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     );
     ostree_fsck(root);
     check_host(root, &v3, &format!("{}:os3", oci.display()), "oci");
+    bootc_reads(root);
     // set-unified composefs records the binding in ostree/repo/config and
     // changes nothing else (the mtimes of ostree/repo, where the config is
     // replaced, and of ostree/, where libostree's lock file comes and goes).
@@ -344,6 +349,8 @@ fn ostree_install_from_oci_on_xfs_and_lifecycle() {
     ostree_fsck(root);
     check_host(root, &v3, &format!("{}:os3", oci.display()), "oci");
     run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
+    // bootc's own GC then removes nothing live, and ours stays happy.
+    bootc_reads_and_prunes(root);
 }
 
 /// Registry and `oci:`, ext4 and XFS: the same image gives the same commit

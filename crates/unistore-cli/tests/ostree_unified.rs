@@ -197,6 +197,8 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
     let n = check_objects_shared(root, &checkout(root, &st, "booted"));
     assert!(n >= 3, "only {n} files of 4 KiB or more");
     ostree_fsck(root);
+    // Released bootc reads the bound host (ostree-ext 0.15.3).
+    bootc_reads(root);
     let f = fsck_images(root);
     assert_eq!(f["ok"], true, "{f}");
     assert!(
@@ -227,6 +229,7 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
     assert_eq!(st["status"]["booted"]["image"]["version"], "2.0");
     check_objects_shared(root, &checkout(root, &st, "booted"));
     ostree_fsck(root);
+    bootc_reads(root);
 
     // Full: the store too. v1 (now rollback) is still in composefs.
     let out = json(cmd(root, Some(&reg)).args(["image", "set-unified", "full", "--json"]));
@@ -260,6 +263,7 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
     ostree_fsck(root);
     let again = json(cmd(root, Some(&reg)).args(["image", "set-unified", "full", "--json"]));
     assert_eq!(again["result"], "already-unified", "{again}");
+    bootc_reads(root);
 
     // v3: v1 is no longer live; GC drops it from composefs and the store.
     reg.push_oci(&work.path().join("v3"), "latest", "bound/os")
@@ -289,6 +293,8 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
             && gc["store_images_removed"].as_array().unwrap().is_empty(),
         "a second GC is a no-op: {gc}"
     );
+    // bootc's own GC on the unified host removes nothing live.
+    bootc_reads_and_prunes(root);
 }
 
 /// Unified from the start, on XFS: the stores together use no more than

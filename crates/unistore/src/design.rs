@@ -314,3 +314,26 @@
 //! On an ostree host the store is bootc's `ostree/bootc/storage`, and
 //! `composefs/bootc` links to `ostree/bootc`, so the unified code's paths
 //! (store, ownership record) are the same on both kinds of host.
+//!
+//! ## The ostree layout released bootc reads: a merge commit and layer commits
+//!
+//! bootc's ostree hosts are read through ostree-ext (released 0.15.3): every
+//! `bootc status` calls `query_image_commit` for each deployment, which
+//! needs the first layer's ref `ostree/container/blob/<escaped blob
+//! digest>`; an update check (`prepare`) reuses each layer whose ref exists
+//! and says "no changes" when the deployed manifest digest matches; its GC
+//! keeps the layer refs the live images' manifests name. So an image is a
+//! merge commit (the deployed tree, under the image ref) plus one commit
+//! per layer ([`crate::stores::ostree_repo::layers`]), written in one
+//! libostree transaction, so a crash leaves all the refs or none. A layer
+//! commit is the layer's real tree, never the whole image under a layer's
+//! name: ostree-ext would reuse such a lie as that layer's content. Layer
+//! content objects are reflinks of composefs objects like the merge
+//! commit's, and files the merged tree has with the same metadata are the
+//! same ostree objects, so the layers cost only their metadata and the
+//! files later layers replace.
+//!
+//! Image refs use ostree-ext's escaping exactly (`/` kept after a letter or
+//! digit): an older unistore escaped every `/`, so ostree-ext found no
+//! image and its GC aborted. Hosts written that way are migrated by the
+//! first writing command ([`crate::backends::ostree_host::migrate`]).

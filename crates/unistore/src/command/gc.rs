@@ -18,6 +18,9 @@ pub struct GcReport {
     pub state_dirs: Vec<String>,
     pub tags_removed: Vec<String>,
     pub tags_added: Vec<String>,
+    /// Layer refs (`ostree/container/blob/...`) no remaining image names
+    /// (ostree hosts).
+    pub layer_refs_removed: Vec<String>,
     pub objects_removed: u64,
     pub object_bytes: u64,
     /// Bytes of kernel and state directories removed.
@@ -45,6 +48,7 @@ impl GcReport {
         self.kernel_dirs.is_empty()
             && self.state_dirs.is_empty()
             && self.tags_removed.is_empty()
+            && self.layer_refs_removed.is_empty()
             && self.tags_added.is_empty()
             && self.objects_removed == 0
             && self.streams_pruned == 0

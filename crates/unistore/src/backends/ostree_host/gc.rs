@@ -93,7 +93,8 @@ pub fn run(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         .filter(|(r, _)| !named.contains(r))
         .map(|(r, _)| r)
         .collect();
-    report.tags_removed = dead_refs.iter().chain(&dead_layers).cloned().collect();
+    report.tags_removed = dead_refs.clone();
+    report.layer_refs_removed = dead_layers.clone();
     report.state_dirs = deploy_dirs(sysroot)?
         .difference(&live_dirs)
         .cloned()

@@ -189,11 +189,17 @@ pub async fn fetch_missing_layers(
         };
         let info = ostree_repo::commit_info(&repo, &c)?;
         let (Ok(image), Some(digest)) = (super::deployment_image(&d), info.manifest_digest) else {
-            notes.push(format!("deployment {}: no image to fetch its layers from", super::name(&d)));
+            notes.push(format!(
+                "deployment {}: no image to fetch its layers from",
+                super::name(&d)
+            ));
             continue;
         };
         let src = by_digest(&image, &digest);
-        progress::step(progress, format!("Fetching the layers of {src} (written by an older version)"));
+        progress::step(
+            progress,
+            format!("Fetching the layers of {src} (written by an older version)"),
+        );
         let staged = match super::staging::pull(
             sysroot,
             &src,
@@ -218,7 +224,14 @@ pub async fn fetch_missing_layers(
         } else {
             let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
             let mut cache = ChecksumCache::load(sysroot);
-            commit::import_layers(&repo, &repo_dir, &staged.repo, &missing, info.timestamp, &mut cache)?;
+            commit::import_layers(
+                &repo,
+                &repo_dir,
+                &staged.repo,
+                &missing,
+                info.timestamp,
+                &mut cache,
+            )?;
             cache.save(sysroot)?;
         }
         drop(staged);
@@ -235,8 +248,14 @@ mod tests {
     fn by_digest_replaces_the_tag() {
         let d = "sha256:ab";
         let r = |s: &str| by_digest(&ImageRef::parse(s).unwrap(), d).to_string();
-        assert_eq!(r("docker://127.0.0.1:5000/a/b:v1"), "docker://127.0.0.1:5000/a/b@sha256:ab");
-        assert_eq!(r("docker://127.0.0.1:5000/a/b"), "docker://127.0.0.1:5000/a/b@sha256:ab");
+        assert_eq!(
+            r("docker://127.0.0.1:5000/a/b:v1"),
+            "docker://127.0.0.1:5000/a/b@sha256:ab"
+        );
+        assert_eq!(
+            r("docker://127.0.0.1:5000/a/b"),
+            "docker://127.0.0.1:5000/a/b@sha256:ab"
+        );
         assert_eq!(r("docker://q.io/a@sha256:00"), "docker://q.io/a@sha256:ab");
         assert_eq!(r("oci:/x/y:t"), "oci:/x/y:t");
     }
