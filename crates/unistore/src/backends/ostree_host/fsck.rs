@@ -14,6 +14,7 @@ use crate::command::fsck::{
     Verdict, all_ok,
 };
 use crate::stores::ostree_repo;
+use crate::stores::ostree_repo::layers;
 use crate::sysroot::{ENTRIES_DIR, Sysroot};
 use crate::util;
 
@@ -163,6 +164,7 @@ fn checked_commits(os: &ostree::Sysroot) -> Result<BTreeSet<String>> {
             .into_iter()
             .map(|(_, c)| c),
     );
+    commits.extend(layers::blob_refs(&os.repo())?.into_iter().map(|(_, c)| c));
     Ok(commits)
 }
 
@@ -256,6 +258,22 @@ fn images_report(
                 "commit {} is not whole in the ostree repository",
                 &commit[..12]
             ));
+        }
+        match layers::blob_refs_of(&repo, &commit) {
+            Ok(want) => {
+                let missing: Vec<&String> = want
+                    .iter()
+                    .filter(|b| !matches!(repo.resolve_rev(b, true), Ok(Some(_))))
+                    .collect();
+                if !missing.is_empty() {
+                    r.notes.push(format!(
+                        "{} of its {} layer commits are missing (written by an older version): released bootc cannot read it until the next writing command or upgrade writes them",
+                        missing.len(),
+                        want.len()
+                    ));
+                }
+            }
+            Err(e) => r.issues.push(format!("{e:#}")),
         }
         if deps.is_empty() {
             r.notes

@@ -466,12 +466,8 @@ pub fn import(
     c: &ImageCommit<'_>,
     cache: &mut ChecksumCache,
 ) -> Result<Imported> {
-    let none = gio::Cancellable::NONE;
     let layers = super::layers::layers_of(c.manifest_json, c.config_json)?;
-    ostree
-        .prepare_transaction(none)
-        .map_err(glib_err("starting an ostree transaction"))?;
-    let r = (|| -> Result<Imported> {
+    let mut imported = in_transaction(ostree, || {
         let share = c.composefs_manifest.is_some();
         let mut imported = write_tree(ostree, repo_dir, cfs, fs, Kind::Image(c), cache, share)?;
         ostree.transaction_set_ref(None, c.ref_name, Some(&imported.checksum));
@@ -480,14 +476,24 @@ pub fn import(
         imported.layers_reused = layers.len() as u64 - written;
         imported.add_layers(written, &totals);
         Ok(imported)
-    })();
-    match r {
-        Ok(mut imported) => {
+    })?;
+    imported.notes.dedup();
+    Ok(imported)
+}
+
+/// Runs `f` in a libostree transaction: committed when it succeeds,
+/// aborted when it fails (nothing it wrote gets a ref).
+fn in_transaction<T>(ostree: &ostree::Repo, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let none = gio::Cancellable::NONE;
+    ostree
+        .prepare_transaction(none)
+        .map_err(glib_err("starting an ostree transaction"))?;
+    match f() {
+        Ok(v) => {
             ostree
                 .commit_transaction(none)
                 .map_err(glib_err("committing the ostree transaction"))?;
-            imported.notes.dedup();
-            Ok(imported)
+            Ok(v)
         }
         Err(e) => {
             let _ = ostree.abort_transaction(none);
@@ -544,22 +550,9 @@ pub fn import_layers(
     timestamp: u64,
     cache: &mut ChecksumCache,
 ) -> Result<u64> {
-    let none = gio::Cancellable::NONE;
-    ostree
-        .prepare_transaction(none)
-        .map_err(glib_err("starting an ostree transaction"))?;
-    match write_layers(ostree, repo_dir, cfs, layers, timestamp, cache, true) {
-        Ok((n, _)) => {
-            ostree
-                .commit_transaction(none)
-                .map_err(glib_err("committing the ostree transaction"))?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = ostree.abort_transaction(none);
-            Err(e)
-        }
-    }
+    in_transaction(ostree, || {
+        write_layers(ostree, repo_dir, cfs, layers, timestamp, cache, true).map(|(n, _)| n)
+    })
 }
 
 /// The manifest and config JSON an image's merge commit records

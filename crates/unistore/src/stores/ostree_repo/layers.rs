@@ -99,26 +99,7 @@ pub fn layers_of(manifest_json: &str, config_json: &str) -> Result<Vec<Layer>> {
 
 /// Every ref below [`BLOB_REF_PREFIX`] with its commit.
 pub fn blob_refs(repo: &ostree::Repo) -> Result<Vec<(String, String)>> {
-    let refs = repo
-        .list_refs(
-            Some(BLOB_REF_PREFIX.trim_end_matches('/')),
-            ostree::gio::Cancellable::NONE,
-        )
-        .map_err(|e| anyhow!("listing refs: {e}"))?;
-    let mut out: Vec<(String, String)> = refs
-        .into_iter()
-        .map(|(k, v)| {
-            let k = k.to_string();
-            let k = if k.starts_with(BLOB_REF_PREFIX) {
-                k
-            } else {
-                format!("{BLOB_REF_PREFIX}{k}")
-            };
-            (k, v.to_string())
-        })
-        .collect();
-    out.sort();
-    Ok(out)
+    super::refs_below(repo, BLOB_REF_PREFIX)
 }
 
 /// The blob refs the manifest recorded in an image's merge commit

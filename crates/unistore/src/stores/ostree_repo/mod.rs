@@ -208,20 +208,22 @@ pub fn bind(repo: &ostree::Repo) -> Result<()> {
 
 /// Every ref below [`IMAGE_REF_PREFIX`] with its commit.
 pub fn image_refs(repo: &ostree::Repo) -> Result<Vec<(String, String)>> {
+    refs_below(repo, IMAGE_REF_PREFIX)
+}
+
+/// Every ref below `prefix` (ending in `/`), with its commit, sorted.
+pub fn refs_below(repo: &ostree::Repo, prefix: &str) -> Result<Vec<(String, String)>> {
     let refs = repo
-        .list_refs(
-            Some(IMAGE_REF_PREFIX.trim_end_matches('/')),
-            gio::Cancellable::NONE,
-        )
+        .list_refs(Some(prefix.trim_end_matches('/')), gio::Cancellable::NONE)
         .map_err(|e| anyhow!("listing refs: {e}"))?;
     let mut out: Vec<(String, String)> = refs
         .into_iter()
         .map(|(k, v)| {
             let k = k.to_string();
-            let k = if k.starts_with(IMAGE_REF_PREFIX) {
+            let k = if k.starts_with(prefix) {
                 k
             } else {
-                format!("{IMAGE_REF_PREFIX}{k}")
+                format!("{prefix}{k}")
             };
             (k, v.to_string())
         })
