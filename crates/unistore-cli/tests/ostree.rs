@@ -61,6 +61,25 @@ fn check_host(root: &Path, img: &BuiltImage, name: &str, transport: &str) -> Str
     assert_eq!(b["image"]["architecture"], "amd64");
     assert_eq!(b["ostree"]["stateroot"], "default");
     assert!(b["composefs"].is_null());
+    // bootc 1.16.9's fields on an ostree host.
+    assert_eq!(st["status"]["type"], "bootcHost", "{st}");
+    assert_eq!(b["store"], "ostreeContainer", "{st}");
+    assert_eq!(
+        b["image"]["timestamp"],
+        unistore_fixtures::image::oci::FIXED_CREATED,
+        "{st}"
+    );
+    assert!(b["cachedUpdate"].is_null(), "no update check ran: {st}");
+    for k in [
+        "incompatible",
+        "pinned",
+        "softRebootCapable",
+        "downloadOnly",
+    ] {
+        assert_eq!(b[k], false, "{k}: {st}");
+    }
+    assert!(st["status"]["usrOverlay"].is_null(), "{st}");
+    assert_eq!(st["status"]["readOnly"], false, "{st}");
     let commit = checksum(&st, "booted");
     assert_eq!(commit.len(), 64);
     let serial = b["ostree"]["deploySerial"].as_i64().unwrap();
@@ -81,6 +100,13 @@ fn check_host(root: &Path, img: &BuiltImage, name: &str, transport: &str) -> Str
     };
     assert!(origin.contains(&want), "{origin}");
     assert!(dep.join("etc/hostname").is_file(), "/etc is there");
+    // The version is the image's label (its os-release's VERSION_ID).
+    let os_release = std::fs::read_to_string(dep.join("usr/lib/os-release")).unwrap();
+    let version_id = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID="))
+        .unwrap();
+    assert_eq!(b["image"]["version"], version_id, "{st}");
     assert!(
         dep.join("usr/etc/hostname").is_file(),
         "/etc is kept as /usr/etc"
