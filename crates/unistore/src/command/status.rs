@@ -282,11 +282,20 @@ mod tests {
         let cfg = |labels: Value| json!({"architecture": "amd64", "config": {"Labels": labels}});
         let manifest = json!({"annotations": {VERSION_KEY: "3"}});
         let both = cfg(json!({VERSION_KEY: "1", "version": "2"}));
-        assert_eq!(image_version(Some(&both), Some(&manifest)).as_deref(), Some("1"));
+        assert_eq!(
+            image_version(Some(&both), Some(&manifest)).as_deref(),
+            Some("1")
+        );
         let legacy = cfg(json!({"version": "2"}));
-        assert_eq!(image_version(Some(&legacy), Some(&manifest)).as_deref(), Some("2"));
+        assert_eq!(
+            image_version(Some(&legacy), Some(&manifest)).as_deref(),
+            Some("2")
+        );
         let none = cfg(json!({}));
-        assert_eq!(image_version(Some(&none), Some(&manifest)).as_deref(), Some("3"));
+        assert_eq!(
+            image_version(Some(&none), Some(&manifest)).as_deref(),
+            Some("3")
+        );
         assert_eq!(image_version(None, Some(&manifest)).as_deref(), Some("3"));
         assert_eq!(image_version(Some(&json!({})), Some(&json!({}))), None);
         assert_eq!(image_version(None, None), None);
@@ -295,7 +304,10 @@ mod tests {
     #[test]
     fn timestamps_print_as_bootc_prints_them() {
         let n = |s: &str| normalize_timestamp(s);
-        assert_eq!(n("2024-01-01T00:00:00Z").as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(
+            n("2024-01-01T00:00:00Z").as_deref(),
+            Some("2024-01-01T00:00:00Z")
+        );
         assert_eq!(
             n("2024-01-01T02:00:00+02:00").as_deref(),
             Some("2024-01-01T00:00:00Z")
@@ -317,9 +329,15 @@ mod tests {
         // ostree status reads it.
         let c = json!({"created": "2024-01-01T00:00:00Z",
                        "config": {"Labels": {CREATED_KEY: "2025-02-02T00:00:00Z"}}});
-        assert_eq!(config_timestamp(&c).as_deref(), Some("2025-02-02T00:00:00Z"));
+        assert_eq!(
+            config_timestamp(&c).as_deref(),
+            Some("2025-02-02T00:00:00Z")
+        );
         let c = json!({"created": "2024-01-01T00:00:00Z"});
-        assert_eq!(config_timestamp(&c).as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(
+            config_timestamp(&c).as_deref(),
+            Some("2024-01-01T00:00:00Z")
+        );
         assert_eq!(config_timestamp(&json!({})), None);
     }
 

@@ -241,9 +241,7 @@ async fn install_inner(
         dir.create_dir_all(GRUB2_DIR)?;
         dir.set_permissions(
             GRUB2_DIR,
-            cap_std_ext::cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(
-                0o755,
-            )),
+            cap_std_ext::cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(0o755)),
         )?;
     }
     dir.create_dir_all(ENTRIES_DIR)?;
