@@ -67,17 +67,25 @@ fn layer_refs(oci: &Path, digest: &str) -> Vec<String> {
         .collect()
 }
 
-/// What `prepare` (an update check of released bootc) says for `imgref`.
+/// `prepare` (an update check of released bootc) of `imgref`.
+fn prepare_cmd(root: &Path, imgref: &str) -> Command {
+    let mut c = peer();
+    c.arg("prepare")
+        .arg("--repo")
+        .arg(root.join("ostree/repo"))
+        .args(["--imgref", imgref, "--insecure"]);
+    c
+}
+
+/// What `prepare` says for `imgref`.
 fn prepare(root: &Path, imgref: &str) -> Value {
-    let repo = root.join("ostree/repo");
-    peer_json(&[
-        "prepare",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--imgref",
-        imgref,
-        "--insecure",
-    ])
+    let out = run(&mut prepare_cmd(root, imgref));
+    assert!(
+        out.status.success(),
+        "ostree-ext 0.15.3 prepare fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// An update check of released bootc (`prepare`, as `bootc upgrade
@@ -86,15 +94,7 @@ fn prepare(root: &Path, imgref: &str) -> Value {
 /// `cachedUpdate`. ostree-ext 0.15.3 then refuses to go on with an image
 /// that has no `ostree.final-diffid` label, after it cached the update.
 fn update_check_is_shown(root: &Path, imgref: &str, newer: &BuiltImage) {
-    let repo = root.join("ostree/repo");
-    let out = run(peer().args([
-        "prepare",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--imgref",
-        imgref,
-        "--insecure",
-    ]));
+    let out = run(&mut prepare_cmd(root, imgref));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() || err.contains("ostree.final-diffid"),

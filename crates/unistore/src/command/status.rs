@@ -282,49 +282,35 @@ mod tests {
         let cfg = |labels: Value| json!({"architecture": "amd64", "config": {"Labels": labels}});
         let manifest = json!({"annotations": {VERSION_KEY: "3"}});
         let both = cfg(json!({VERSION_KEY: "1", "version": "2"}));
-        assert_eq!(
-            image_version(Some(&both), Some(&manifest)).as_deref(),
-            Some("1")
-        );
         let legacy = cfg(json!({"version": "2"}));
-        assert_eq!(
-            image_version(Some(&legacy), Some(&manifest)).as_deref(),
-            Some("2")
-        );
         let none = cfg(json!({}));
-        assert_eq!(
-            image_version(Some(&none), Some(&manifest)).as_deref(),
-            Some("3")
-        );
-        assert_eq!(image_version(None, Some(&manifest)).as_deref(), Some("3"));
-        assert_eq!(image_version(Some(&json!({})), Some(&json!({}))), None);
-        assert_eq!(image_version(None, None), None);
+        for (config, manifest, want) in [
+            (Some(&both), Some(&manifest), Some("1")),
+            (Some(&legacy), Some(&manifest), Some("2")),
+            (Some(&none), Some(&manifest), Some("3")),
+            (None, Some(&manifest), Some("3")),
+            (Some(&none), Some(&json!({})), None),
+            (None, None, None),
+        ] {
+            assert_eq!(image_version(config, manifest).as_deref(), want);
+        }
     }
 
     #[test]
     fn timestamps_print_as_bootc_prints_them() {
-        let n = |s: &str| normalize_timestamp(s);
-        assert_eq!(
-            n("2024-01-01T00:00:00Z").as_deref(),
-            Some("2024-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            n("2024-01-01T02:00:00+02:00").as_deref(),
-            Some("2024-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            n("2024-01-01T00:00:00.000000000Z").as_deref(),
-            Some("2024-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            n("2024-01-01T00:00:00.5Z").as_deref(),
-            Some("2024-01-01T00:00:00.500Z")
-        );
-        assert_eq!(
-            n("2024-01-01T00:00:00.123456789Z").as_deref(),
-            Some("2024-01-01T00:00:00.123456789Z")
-        );
-        assert_eq!(n("yesterday"), None);
+        for (given, printed) in [
+            ("2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z"),
+            ("2024-01-01T02:00:00+02:00", "2024-01-01T00:00:00Z"),
+            ("2024-01-01T00:00:00.000000000Z", "2024-01-01T00:00:00Z"),
+            ("2024-01-01T00:00:00.5Z", "2024-01-01T00:00:00.500Z"),
+            (
+                "2024-01-01T00:00:00.123456789Z",
+                "2024-01-01T00:00:00.123456789Z",
+            ),
+        ] {
+            assert_eq!(normalize_timestamp(given).as_deref(), Some(printed));
+        }
+        assert_eq!(normalize_timestamp("yesterday"), None);
         // The label `org.opencontainers.image.created` first, as bootc's
         // ostree status reads it.
         let c = json!({"created": "2024-01-01T00:00:00Z",
