@@ -30,14 +30,7 @@ pub fn status(w: &mut impl Write, host: &Host, _tty: bool) -> Result<()> {
             writeln!(w)?;
         }
         first = false;
-        entry_lines(
-            w,
-            mark,
-            label,
-            e,
-            label == "Booted image" && s.storage.is_some(),
-            host,
-        )?;
+        entry_lines(w, mark, label, e, label == "Booted image", host)?;
     }
     for e in &s.other_deployments {
         writeln!(w)?;
@@ -57,7 +50,7 @@ fn entry_lines(
     mark: &str,
     label: &str,
     e: &BootEntry,
-    show_storage: bool,
+    booted: bool,
     host: &Host,
 ) -> Result<()> {
     match &e.image {
@@ -74,6 +67,20 @@ fn entry_lines(
                 None => writeln!(w, "{:>16}: {version}", "Version")?,
             }
             writeln!(w, "{:>16}: {}", "Architecture", img.architecture)?;
+            // An update an update check found (bootc's rows), unless it is
+            // this very image.
+            if let Some(u) = e
+                .cached_update
+                .as_ref()
+                .filter(|u| u.image_digest != img.image_digest)
+            {
+                match (&u.version, &u.timestamp) {
+                    (Some(v), Some(t)) => writeln!(w, "{:>16}: {v} ({t})", "UpdateVersion")?,
+                    (Some(v), None) => writeln!(w, "{:>16}: {v}", "UpdateVersion")?,
+                    (None, _) => writeln!(w, "{:>16}: Available", "Update")?,
+                }
+                writeln!(w, "{:>16}: {}", "UpdateDigest", u.image_digest)?;
+            }
         }
         None => writeln!(w, "{mark} {label}: <unreadable>")?,
     }
@@ -101,7 +108,10 @@ fn entry_lines(
         )?;
         writeln!(w, "{:>16}: bls ({})", "Boot", e.entry_file)?;
     }
-    if show_storage && let Some(st) = &host.status.storage {
+    if booted && let Some(o) = &host.status.usr_overlay {
+        writeln!(w, "{:>16}: {o}", "/usr overlay")?;
+    }
+    if booted && let Some(st) = &host.status.storage {
         if st.ostree_composefs_bound && st.unified == "disabled" {
             writeln!(w, "{:>16}: ostree-composefs-bound", "Storage")?;
         } else {

@@ -70,17 +70,57 @@ fn layer_refs(oci: &Path, digest: &str) -> Vec<String> {
         .collect()
 }
 
-/// What `prepare` (an update check of released bootc) says for `imgref`.
+/// `prepare` (an update check of released bootc) of `imgref`.
+fn prepare_cmd(root: &Path, imgref: &str) -> Command {
+    let mut c = peer();
+    c.arg("prepare")
+        .arg("--repo")
+        .arg(root.join("ostree/repo"))
+        .args(["--imgref", imgref, "--insecure"]);
+    c
+}
+
+/// What `prepare` says for `imgref`.
 fn prepare(root: &Path, imgref: &str) -> Value {
-    let repo = root.join("ostree/repo");
-    peer_json(&[
-        "prepare",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--imgref",
-        imgref,
-        "--insecure",
-    ])
+    let out = run(&mut prepare_cmd(root, imgref));
+    assert!(
+        out.status.success(),
+        "ostree-ext 0.15.3 prepare fails: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An update check of released bootc (`prepare`, as `bootc upgrade
+/// --check`) that finds `newer` caches its manifest and config in the
+/// detached metadata of the deployed commit; status shows it as bootc's
+/// `cachedUpdate`. ostree-ext 0.15.3 then refuses to go on with an image
+/// that has no `ostree.final-diffid` label, after it cached the update.
+fn update_check_is_shown(root: &Path, imgref: &str, newer: &BuiltImage) {
+    let out = run(&mut prepare_cmd(root, imgref));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("ostree.final-diffid"),
+        "{err}"
+    );
+    let st = status(root);
+    let b = &st["status"]["booted"];
+    let u = &b["cachedUpdate"];
+    assert_eq!(u["imageDigest"], newer.manifest_digest.as_str(), "{st}");
+    assert_eq!(u["image"], b["image"]["image"], "{st}");
+    assert_eq!(u["version"], "2.0", "{st}");
+    assert_eq!(
+        u["timestamp"],
+        unistore_fixtures::image::oci::FIXED_CREATED,
+        "{st}"
+    );
+    assert_eq!(u["architecture"], "amd64", "{st}");
+    let human = run_ok(cmd(root, None).arg("status"));
+    assert!(human.contains("UpdateVersion: 2.0"), "{human}");
+    assert!(
+        human.contains(&format!("UpdateDigest: {}", newer.manifest_digest)),
+        "{human}"
+    );
 }
 
 #[test]
@@ -129,6 +169,7 @@ fn released_bootc_reads_and_prunes_ostree_hosts() {
     // v2 under the same tag: the upgrade commits only the layers v1 lacks.
     let v2 = image(&oci, "v1", 2);
     reg.push_oci(&oci, "v1", "probe/os").unwrap();
+    update_check_is_shown(root, &origin_ref, &v2);
     let want2 = layer_refs(&oci, &v2.manifest_digest);
     let new_layers = want2.iter().filter(|r| !want1.contains(r)).count() as u64;
     assert!(new_layers > 0 && new_layers < want2.len() as u64);
@@ -144,6 +185,14 @@ fn released_bootc_reads_and_prunes_ostree_hosts() {
     assert_eq!(
         st["status"]["booted"]["image"]["imageDigest"],
         v2.manifest_digest.as_str()
+    );
+    // The new commit has no update cached; v1's still names v2, as bootc
+    // reads each deployment's own commit.
+    assert!(st["status"]["booted"]["cachedUpdate"].is_null(), "{st}");
+    assert_eq!(
+        st["status"]["rollback"]["cachedUpdate"]["imageDigest"],
+        v2.manifest_digest.as_str(),
+        "{st}"
     );
     ostree_fsck(root);
     bootc_reads_and_prunes(root);

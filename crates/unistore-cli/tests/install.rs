@@ -47,9 +47,37 @@ fn check_installed(root: &Path, img: &BuiltImage, image_name: &str, transport: &
             .as_bool()
             .unwrap()
     );
+    // bootc 1.16.9's spellings and the fields it has on a composefs host.
+    assert_eq!(booted["composefs"]["bootType"], "Bls", "{st}");
+    assert_eq!(booted["composefs"]["bootloader"], "grub", "{st}");
+    assert!(booted["composefs"]["bootDigest"].is_string(), "{st}");
+    assert!(st["status"]["type"].is_null(), "only ostree hosts: {st}");
+    assert!(booted["store"].is_null(), "{st}");
+    assert!(booted["ostree"].is_null(), "{st}");
+    assert_fresh_bootc_fields(&st);
+    assert_eq!(st["status"]["rollbackQueued"], false, "{st}");
+    assert!(
+        st["status"].get("otherDeployments").is_none(),
+        "left out when empty, as bootc: {st}"
+    );
+    assert_eq!(st["spec"]["image"], booted["image"]["image"], "{st}");
+    assert_eq!(st["spec"]["bootOrder"], "default", "{st}");
 
     // The bootc layout.
     assert!(root.join(format!("composefs/images/{id}")).exists());
+    assert_eq!(
+        std::fs::read_link(root.join("ostree/bootc")).unwrap(),
+        Path::new("../composefs/bootc"),
+        "bootc's compatibility link"
+    );
+    assert!(root.join("composefs/bootc").is_dir());
+    // GRUB's directory, without which bootc fails every command.
+    let grub = std::fs::symlink_metadata(root.join("boot/grub2")).unwrap();
+    assert!(grub.is_dir());
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&grub.permissions()) & 0o7777,
+        0o755
+    );
     let tag = format!("localhost%2Fbootc-{}", img.manifest_digest);
     assert!(
         root.join("composefs/streams/refs/oci").join(&tag).exists(),

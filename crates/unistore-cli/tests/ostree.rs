@@ -61,6 +61,10 @@ fn check_host(root: &Path, img: &BuiltImage, name: &str, transport: &str) -> Str
     assert_eq!(b["image"]["architecture"], "amd64");
     assert_eq!(b["ostree"]["stateroot"], "default");
     assert!(b["composefs"].is_null());
+    // bootc 1.16.9's fields on an ostree host.
+    assert_eq!(st["status"]["type"], "bootcHost", "{st}");
+    assert_eq!(b["store"], "ostreeContainer", "{st}");
+    assert_fresh_bootc_fields(&st);
     let commit = checksum(&st, "booted");
     assert_eq!(commit.len(), 64);
     let serial = b["ostree"]["deploySerial"].as_i64().unwrap();
@@ -81,6 +85,13 @@ fn check_host(root: &Path, img: &BuiltImage, name: &str, transport: &str) -> Str
     };
     assert!(origin.contains(&want), "{origin}");
     assert!(dep.join("etc/hostname").is_file(), "/etc is there");
+    // The version is the image's label (its os-release's VERSION_ID).
+    let os_release = std::fs::read_to_string(dep.join("usr/lib/os-release")).unwrap();
+    let version_id = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID="))
+        .unwrap();
+    assert_eq!(b["image"]["version"], version_id, "{st}");
     assert!(
         dep.join("usr/etc/hostname").is_file(),
         "/etc is kept as /usr/etc"
@@ -632,4 +643,80 @@ fn ostree_kills_leave_the_old_deployment_booting() {
     assert!(!root.join("ostree/unistore-staging").exists());
     ostree_fsck(root);
     let _: PathBuf = root.to_path_buf();
+}
+
+/// Rewrites the image `tag` of the `oci:` layout at `oci` without `created`
+/// in its config; returns the new manifest digest.
+fn strip_created(oci: &Path, tag: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let blob = |d: &str| {
+        oci.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let read = |d: &Value| -> Value {
+        serde_json::from_slice(&std::fs::read(blob(d.as_str().unwrap())).unwrap()).unwrap()
+    };
+    let put = |v: &Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(v).unwrap();
+        let d = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        std::fs::write(blob(&d), &bytes).unwrap();
+        (d, bytes.len())
+    };
+    let index_path = oci.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let mut manifest = read(&entry["digest"]);
+    let mut config = read(&manifest["config"]["digest"]);
+    assert!(config.as_object_mut().unwrap().remove("created").is_some());
+    let (d, n) = put(&config);
+    manifest["config"]["digest"] = d.into();
+    manifest["config"]["size"] = n.into();
+    let (d, n) = put(&manifest);
+    entry["digest"] = d.clone().into();
+    entry["size"] = n.into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    d
+}
+
+/// An image whose config has no `created`: its commit is dated by its
+/// newest file (the fixtures' files: 2023-11-14 22:13:20), never epoch 0,
+/// and the same image still gives the same commit on every host. Status
+/// shows no timestamp, as bootc.
+#[test]
+fn ostree_commit_of_an_image_without_created_is_dated_by_its_newest_file() {
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    image(&oci, "v1", 1);
+    let manifest = strip_created(&oci, "v1");
+    let layout = format!("oci:{}:v1", oci.display());
+    let mut commits = vec![];
+    for kind in [FsKind::Ext4, FsKind::Xfs] {
+        let fs = LoopFs::new(kind, 1024).unwrap();
+        let root = fs.path();
+        run_ok(&mut install_cmd(root, &layout, None, &[]));
+        let st = status(root);
+        assert_eq!(digest(&st, "booted").as_deref(), Some(manifest.as_str()));
+        assert!(
+            st["status"]["booted"]["image"]["timestamp"].is_null(),
+            "{st}"
+        );
+        let commit = checksum(&st, "booted");
+        let shown = run_ok(
+            Command::new("ostree")
+                .arg(format!("--repo={}", root.join("ostree/repo").display()))
+                .args(["show", &commit]),
+        );
+        assert!(
+            shown.contains("Date:  2023-11-14 22:13:20 +0000"),
+            "{shown}"
+        );
+        ostree_fsck(root);
+        commits.push(commit);
+    }
+    assert_eq!(commits[0], commits[1]);
 }

@@ -337,3 +337,23 @@
 //! digit): an older unistore escaped every `/`, so ostree-ext found no
 //! image and its GC aborted. Hosts written that way are migrated by the
 //! first writing command ([`crate::backends::ostree_host::migrate`]).
+//!
+//! ## status is bootc 1.16.9's, field for field
+//!
+//! Users run the real bootc on hosts unistore installed, so `status --json`
+//! has bootc's shape ([`crate::command::status`]) and bootc's values where
+//! they can be known offline: `bootType` `Bls`, `store` `ostreeContainer`
+//! and `type` `bootcHost` only on ostree hosts, `cachedUpdate` from the
+//! detached metadata ostree-ext's update check leaves on a deployment's
+//! commit, the version from the config's labels then the manifest's
+//! annotation. What only the running system knows (soft-reboot capability,
+//! a composefs host's `/usr` overlay) is what bootc prints when it cannot
+//! tell; unistore's own fields are marked as such.
+//!
+//! A composefs host has what bootc expects beside the repository:
+//! `boot/grub2/` (bootc without UEFI takes the loader for GRUB and fails
+//! every command without that directory) and the link
+//! `ostree/bootc -> ../composefs/bootc`. Where bootc itself made
+//! `ostree/bootc` a real directory (its update check writes
+//! `ostree/bootc/storage/` where the link is missing), unistore leaves it
+//! alone and keeps its store at `composefs/bootc/storage`.

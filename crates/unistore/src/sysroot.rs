@@ -21,6 +21,10 @@ pub const BOOT_DIR: &str = "boot";
 pub const ENTRIES_DIR: &str = "boot/loader/entries";
 /// Loader entries of the next boot, swapped in at finalize.
 pub const STAGED_ENTRIES_DIR: &str = "boot/loader/entries.staged";
+/// GRUB's directory: bootc (on a machine without UEFI, whose loader it
+/// takes for GRUB) fails every command without it, even with the entries
+/// under `boot/loader/entries`.
+pub const GRUB2_DIR: &str = "boot/grub2";
 /// Prefix of per-deployment kernel directories under `boot/`.
 pub const KERNEL_DIR_PREFIX: &str = "bootc_composefs-";
 /// Tag prefix every deployment's manifest carries in the repository.

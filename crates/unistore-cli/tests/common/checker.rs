@@ -91,6 +91,20 @@ pub fn check_host(
     assert_eq!(st["kind"], "BootcHost", "{st}");
     assert!(!st["status"]["booted"].is_null(), "nothing booted: {st}");
     let ostree = !st["status"]["booted"]["ostree"].is_null();
+    // bootc 1.16.9's shape: `type` and `store` only on ostree hosts, its
+    // spellings of the boot type and loader.
+    let b = &st["status"]["booted"];
+    if ostree {
+        assert_eq!(st["status"]["type"], "bootcHost", "{st}");
+        assert_eq!(b["store"], "ostreeContainer", "{st}");
+    } else {
+        assert!(st["status"]["type"].is_null(), "{st}");
+        assert!(b["store"].is_null(), "{st}");
+        assert_eq!(b["composefs"]["bootType"], "Bls", "{st}");
+        assert_eq!(b["composefs"]["bootloader"], "grub", "{st}");
+    }
+    assert_eq!(st["status"]["readOnly"], false, "{st}");
+    assert!(b.get("cachedUpdate").is_some(), "{st}");
 
     // Every deployment of the menu mounts and is its image.
     for which in ["booted", "rollback", "staged"] {

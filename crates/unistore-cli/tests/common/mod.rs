@@ -256,3 +256,26 @@ pub fn mount_and_compare(root: &Path, expected: &[ExpectedEntry]) -> usize {
     umount_all(mnt.path());
     r.unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
+
+/// bootc's fields that a freshly installed host has the same on both kinds
+/// of host: the image's creation time (the fixtures'), no cached update,
+/// none of the entry's flags, no `/usr` overlay, a writable root.
+pub fn assert_fresh_bootc_fields(st: &serde_json::Value) {
+    let b = &st["status"]["booted"];
+    assert_eq!(
+        b["image"]["timestamp"],
+        unistore_fixtures::image::oci::FIXED_CREATED,
+        "{st}"
+    );
+    assert!(b["cachedUpdate"].is_null(), "no update check ran: {st}");
+    for k in [
+        "incompatible",
+        "pinned",
+        "softRebootCapable",
+        "downloadOnly",
+    ] {
+        assert_eq!(b[k], false, "{k}: {st}");
+    }
+    assert!(st["status"]["usrOverlay"].is_null(), "{st}");
+    assert_eq!(st["status"]["readOnly"], false, "{st}");
+}

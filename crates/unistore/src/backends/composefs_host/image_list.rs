@@ -64,9 +64,7 @@ pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
         if let Ok(img) = composefs_repo::open_image(&repo, &d) {
             h.in_composefs = true;
             let c = img.config_digest().to_string();
-            h.version = img
-                .label("org.opencontainers.image.version")
-                .map(str::to_string);
+            h.version = super::status::version_of(&img);
             if let Some(si) = unified::store_image(sysroot, &c)? {
                 h.in_containers_storage = true;
                 h.store_names = si.names;

@@ -13,7 +13,11 @@
 //! 4. `state/deploy/<id>/` (tmp + rename);
 //! 5. `boot/bootc_composefs-<id>/{vmlinuz,initrd}` (tmp + rename);
 //! 6. the unified flag `composefs/bootc.json`, when unified;
-//! 7. `boot/loader/entries/<entry>.conf` (tmp + rename + fsync).
+//! 7. `boot/grub2/` (empty: bootc wants it where the loader is GRUB), then
+//!    `boot/loader/entries/<entry>.conf` (tmp + rename + fsync).
+//!
+//! With the repository come `composefs/bootc/` and bootc's compatibility
+//! link `ostree/bootc -> ../composefs/bootc`.
 //!
 //! On failure everything this run created is removed, so the root is as it
 //! was, or holds nothing a later run would take for a deployment.
@@ -38,7 +42,8 @@ use crate::source::imgref::ImageRef;
 use crate::source::pull;
 use crate::source::pull::Pulled;
 use crate::stores::composefs_repo::{self, Repo};
-use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, Sysroot};
+use crate::stores::containers_storage;
+use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, GRUB2_DIR, Sysroot};
 use crate::unified;
 use crate::util;
 
@@ -66,7 +71,14 @@ pub async fn install_to_filesystem(
         mode.require_reflinks(&probe, sysroot.path())?;
     }
     let mut created = Created::new(&sysroot);
-    for p in [COMPOSEFS_DIR, "state", BOOT_DIR, "boot/loader", "ostree"] {
+    for p in [
+        COMPOSEFS_DIR,
+        "state",
+        BOOT_DIR,
+        "boot/loader",
+        GRUB2_DIR,
+        "ostree",
+    ] {
         created.track(p)?;
     }
     let result = install_inner(&sysroot, opts, &host_config, early, progress, &mut created).await?;
@@ -116,6 +128,7 @@ async fn install_inner(
 ) -> Result<InstallResult> {
     progress::step(&progress, format!("Pulling {}", opts.source));
     let (repo, _) = composefs_repo::init(sysroot)?;
+    containers_storage::ensure_bootc_link(sysroot)?;
     let Pulled {
         manifest_digest,
         boot_image_id: id,
@@ -223,6 +236,14 @@ async fn install_inner(
     // The writers' lock file exists from the start, so that a failed later
     // operation leaves the root exactly as it was.
     drop(crate::lock::lock(sysroot)?);
+    if !dir.try_exists(GRUB2_DIR)? {
+        use std::os::unix::fs::PermissionsExt;
+        dir.create_dir_all(GRUB2_DIR)?;
+        dir.set_permissions(
+            GRUB2_DIR,
+            cap_std_ext::cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(0o755)),
+        )?;
+    }
     dir.create_dir_all(ENTRIES_DIR)?;
     util::atomic_write(
         dir,

@@ -2,14 +2,24 @@
 //! origin and image, in bootc's `BootcHost` shape. Reads only.
 
 use anyhow::Result;
+use composefs_oci::oci_image::OciImage;
 
 use crate::boot::bls::BlsEntry;
 use crate::command::status::{
-    BootEntry, ComposefsStatus, Host, HostStatus, ImageStatus, StorageStatus, assemble,
+    BootEntry, BootType, ComposefsStatus, Host, HostStatus, ImageStatus, StorageStatus, assemble,
+    image_version, normalize_timestamp, root_is_read_only,
 };
 use crate::deployment;
-use crate::stores::composefs_repo::{self, Repo};
+use crate::stores::composefs_repo::{self, ObjectId, Repo};
 use crate::sysroot::{BootedMode, Sysroot};
+
+/// An image's version as [`image_version`] reads it (label, legacy
+/// label, manifest annotation).
+pub fn version_of(img: &OciImage<ObjectId>) -> Option<String> {
+    let config = img.config().and_then(|c| serde_json::to_value(c).ok());
+    let manifest = serde_json::to_value(img.manifest()).ok();
+    image_version(config.as_ref(), manifest.as_ref())
+}
 
 /// Describes the deployment an entry names.
 pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) -> BootEntry {
@@ -28,19 +38,24 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
             None
         }
     };
+    let boot_type = match origin.as_ref().map(|o| o.boot_type.as_str()) {
+        None => BootType::Bls,
+        Some(t) => BootType::from_origin(t).unwrap_or_else(|| {
+            errors.push(format!("unknown boot_type {t:?} in the origin of {id}"));
+            BootType::Bls
+        }),
+    };
     let mut image = None;
     if let (Some(origin), Some(repo)) = (&origin, repo) {
         match deployment::manifest_digest(sysroot, repo, &id, origin)
             .and_then(|d| Ok((composefs_repo::open_image(repo, &d)?, d)))
         {
             Ok((img, digest)) => {
-                let version = img
-                    .label("org.opencontainers.image.version")
-                    .map(str::to_string);
                 image = Some(ImageStatus {
                     image: (&origin.image).into(),
-                    version,
-                    timestamp: img.created().map(str::to_string),
+                    version: version_of(&img),
+                    // bootc reads only the config's `created` here.
+                    timestamp: img.created().and_then(normalize_timestamp),
                     image_digest: origin.registry_digest.clone().unwrap_or(digest),
                     architecture: img.architecture(),
                 });
@@ -59,11 +74,8 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
         ostree: None,
         composefs: Some(ComposefsStatus {
             verity: id,
-            boot_type: origin
-                .as_ref()
-                .map(|o| o.boot_type.clone())
-                .unwrap_or_else(|| "bls".into()),
-            bootloader: "grub".into(),
+            boot_type,
+            bootloader: "grub",
             boot_digest: origin.as_ref().and_then(|o| o.boot_digest.clone()),
             missing_verity_allowed: entry.missing_verity_allowed(),
         }),
@@ -89,9 +101,11 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
     let host = crate::deployment::host_state::HostState::read(sysroot)?;
     let entries = &host.entries;
     let booted_idx = host.booted;
-    let staged = host
-        .staged_entry()
-        .map(|e| describe_entry(sysroot, repo.as_deref(), e));
+    let staged = host.staged_entry().map(|e| BootEntry {
+        // The marker's `finalization_locked` (`upgrade --download-only`).
+        download_only: host.marker.as_ref().is_some_and(|m| m.finalization_locked),
+        ..describe_entry(sysroot, repo.as_deref(), e)
+    });
     let mut booted = None;
     let mut rollback = None;
     let mut other = vec![];
@@ -111,7 +125,11 @@ pub fn composefs_status(sysroot: &Sysroot) -> Result<Host> {
         rollback,
         other_deployments: other,
         rollback_queued: booted_idx.is_some_and(|i| i != 0),
-        ty: Some("bootcHost"),
+        // bootc sets `type` only on ostree hosts.
+        ty: None,
+        // What is mounted on the running `/usr` is not on the root.
+        usr_overlay: None,
+        read_only: root_is_read_only(sysroot),
         storage: storage_status(sysroot)?,
         booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
     }))

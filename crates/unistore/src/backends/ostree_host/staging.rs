@@ -61,7 +61,8 @@ pub struct Staged {
     pub manifest_json: String,
     /// The config as JSON.
     pub config_json: String,
-    /// The image's creation time, seconds since the epoch (0 if unknown).
+    /// The image's creation time, seconds since the epoch (without one,
+    /// its newest file's mtime).
     pub created: u64,
     /// The config's architecture.
     pub architecture: String,
@@ -129,11 +130,14 @@ pub async fn pull(
     let manifest_json = String::from_utf8(manifest_bytes).context("the manifest is not UTF-8")?;
     let config_json =
         String::from_utf8(img.read_config_json(&repo)?).context("the config is not UTF-8")?;
+    // Without `created`, the newest mtime of the image's files: never
+    // epoch 0 (rpm-ostree takes it for no time), and the same image gives
+    // the same commit on every host.
     let created = img
         .created()
         .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-        .map(|t| t.timestamp().max(0) as u64)
-        .unwrap_or(0);
+        .map_or_else(|| fs.root.newest_file(&fs.leaves).0, |t| t.timestamp())
+        .max(0) as u64;
     let architecture = img.architecture();
     Ok(Staged {
         source,

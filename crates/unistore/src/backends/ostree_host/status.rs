@@ -1,11 +1,74 @@
 //! `status` of an ostree host, in bootc's `BootcHost` shape. Reads only:
 //! libostree loads the sysroot without writing.
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow};
+use ostree::{gio, glib};
+use serde_json::Value;
 
-use crate::command::status::{BootEntry, Host, HostStatus, ImageStatus, StorageStatus};
+use crate::command::status::{
+    BootEntry, FilesystemOverlay, Host, HostStatus, ImageReference, ImageStatus, StorageStatus,
+    image_status_of, image_version, root_is_read_only,
+};
 use crate::stores::ostree_repo;
 use crate::sysroot::{BootedMode, Sysroot};
+
+/// Detached-metadata keys ostree-ext writes on an image's merge commit
+/// when an update check finds a newer image (`ImageImporter::prepare`).
+const CACHED_MANIFEST_DIGEST: &str = "ostree-ext.cached.manifest-digest";
+const CACHED_MANIFEST: &str = "ostree-ext.cached.manifest";
+const CACHED_CONFIG: &str = "ostree-ext.cached.config";
+
+/// Origin groups of machine-local changes (rpm-ostree's): bootc calls such
+/// a deployment incompatible and shows no image for it.
+const LOCAL_CHANGE_GROUPS: [&str; 4] = ["rpmostree", "packages", "overrides", "modules"];
+
+/// The update an update check cached on `commit` (its detached metadata,
+/// `.commitmeta`), as bootc shows it; `None` when there is none.
+pub fn cached_update(
+    repo: &ostree::Repo,
+    commit: &str,
+    image: &ImageReference,
+) -> Result<Option<ImageStatus>> {
+    let Some(meta) = repo
+        .read_commit_detached_metadata(commit, gio::Cancellable::NONE)
+        .map_err(|e| anyhow!("reading the detached metadata of {commit}: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let meta = glib::VariantDict::new(Some(&meta));
+    let get = |k: &str| meta.lookup::<String>(k).ok().flatten();
+    // Other writers' detached metadata (signatures) is not an update.
+    let Some(digest) = get(CACHED_MANIFEST_DIGEST) else {
+        return Ok(None);
+    };
+    let json = |k: &str| -> Result<Value> {
+        let text = get(k).ok_or_else(|| anyhow!("cached update {digest}: no {k}"))?;
+        serde_json::from_str(&text).with_context(|| format!("cached update {digest}: {k}"))
+    };
+    let manifest = json(CACHED_MANIFEST)?;
+    let config = json(CACHED_CONFIG)?;
+    Ok(Some(image_status_of(
+        image.clone(),
+        digest,
+        &config,
+        Some(&manifest),
+    )))
+}
+
+/// bootc's `usrOverlay` of an unlocked deployment (`ostree admin unlock`).
+pub fn usr_overlay(d: &ostree::Deployment) -> Option<FilesystemOverlay> {
+    use ostree::DeploymentUnlockedState as U;
+    let (access_mode, persistence) = match d.unlocked() {
+        U::Development => ("readWrite", "transient"),
+        U::Hotfix => ("readWrite", "persistent"),
+        U::Transient => ("readOnly", "transient"),
+        _ => return None,
+    };
+    Some(FilesystemOverlay {
+        access_mode,
+        persistence,
+    })
+}
 
 /// Describes one deployment.
 pub fn describe(
@@ -16,6 +79,9 @@ pub fn describe(
 ) -> BootEntry {
     let mut errors = vec![];
     let repo = os.repo();
+    let incompatible = d
+        .origin()
+        .is_some_and(|kf| LOCAL_CHANGE_GROUPS.iter().any(|g| kf.has_group(g)));
     let image = match super::deployment_image(d) {
         Ok(img) => Some(img),
         Err(e) => {
@@ -31,14 +97,14 @@ pub fn describe(
         }
     };
     let image_status = match (&image, &info) {
+        _ if incompatible => None,
         (Some(img), Some(info)) => match &info.manifest_digest {
-            Some(digest) => Some(ImageStatus {
-                image: img.into(),
-                version: info.version(),
-                timestamp: info.created(),
-                image_digest: digest.clone(),
-                architecture: info.architecture().unwrap_or_default(),
-            }),
+            Some(digest) => Some(image_status_of(
+                img.into(),
+                digest.clone(),
+                info.config.as_ref().unwrap_or(&Value::Null),
+                info.manifest.as_ref(),
+            )),
             None => {
                 errors.push(format!(
                     "commit {} records no image (no ostree.manifest-digest)",
@@ -49,15 +115,21 @@ pub fn describe(
         },
         _ => None,
     };
+    let cached = image_status.as_ref().and_then(|i| {
+        cached_update(&repo, &d.csum(), &i.image)
+            .map_err(|e| errors.push(format!("{e:#}")))
+            .ok()
+            .flatten()
+    });
     let osname = d.osname().to_string();
     BootEntry {
         image: image_status,
-        cached_update: None,
-        incompatible: false,
+        cached_update: cached,
+        incompatible,
         pinned: d.is_pinned(),
         soft_reboot_capable: false,
         download_only: false,
-        store: None,
+        store: Some("ostreeContainer"),
         ostree: Some(serde_json::json!({
             "checksum": d.csum().to_string(),
             "deploySerial": d.deployserial(),
@@ -101,12 +173,14 @@ fn host(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Host> {
     let mut booted = None;
     let mut rollback = None;
     let mut other = vec![];
+    let mut usr = None;
     for (i, d) in deps.iter().enumerate() {
         if d.is_staged() {
             continue;
         }
         let e = describe(os, d, i, total);
         if Some(i) == booted_idx {
+            usr = usr_overlay(d);
             booted = Some(e);
         } else if rollback.is_none() {
             rollback = Some(e);
@@ -114,13 +188,20 @@ fn host(sysroot: &Sysroot, os: &ostree::Sysroot) -> Result<Host> {
             other.push(e);
         }
     }
+    // bootc: a bootc host when the booted deployment runs an image.
+    let ty = booted
+        .as_ref()
+        .is_some_and(|b: &BootEntry| b.image.is_some())
+        .then_some("bootcHost");
     Ok(crate::command::status::assemble(HostStatus {
         staged,
         booted,
         rollback,
         other_deployments: other,
         rollback_queued: booted_idx.is_some_and(|i| i != 0),
-        ty: Some("bootcHost"),
+        ty,
+        usr_overlay: usr,
+        read_only: root_is_read_only(sysroot),
         storage: storage(sysroot, os)?,
         booted_is_primary_entry: *sysroot.booted_mode() == BootedMode::Offline,
     }))
@@ -186,7 +267,7 @@ pub fn image_list(sysroot: &Sysroot) -> Result<crate::command::image_list::Image
             config_digest: None,
             image: Some(r),
             roles: vec![],
-            version: info.version(),
+            version: image_version(info.config.as_ref(), info.manifest.as_ref()),
             in_composefs: false,
             in_containers_storage: false,
             store_names: vec![],
@@ -220,4 +301,79 @@ pub fn image_list(sysroot: &Sysroot) -> Result<crate::command::image_list::Image
         images,
         errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ostree::prelude::*;
+
+    /// A commit of an empty tree in a fresh archive repository.
+    fn empty_commit(repo: &ostree::Repo) -> String {
+        let none = gio::Cancellable::NONE;
+        repo.create(ostree::RepoMode::Archive, none).unwrap();
+        let info = gio::FileInfo::new();
+        info.set_attribute_uint32("unix::uid", 0);
+        info.set_attribute_uint32("unix::gid", 0);
+        info.set_attribute_uint32("unix::mode", libc::S_IFDIR | 0o755);
+        let dirmeta = ostree::create_directory_metadata(&info, None);
+        repo.prepare_transaction(none).unwrap();
+        let meta = repo
+            .write_metadata(ostree::ObjectType::DirMeta, None, &dirmeta, none)
+            .unwrap();
+        let mtree = ostree::MutableTree::new();
+        mtree.set_metadata_checksum(&meta.to_hex());
+        let root = repo.write_mtree(&mtree, none).unwrap();
+        let root = root.downcast_ref::<ostree::RepoFile>().unwrap();
+        let c = repo
+            .write_commit(None, None, None, None, root, none)
+            .unwrap()
+            .to_string();
+        repo.commit_transaction(none).unwrap();
+        c
+    }
+
+    #[test]
+    fn cached_update_is_what_ostree_ext_cached() {
+        let td = tempfile::tempdir().unwrap();
+        let repo = ostree::Repo::new_for_path(td.path());
+        let commit = empty_commit(&repo);
+        let image = ImageReference {
+            image: "quay.io/a/b:latest".into(),
+            transport: "registry".into(),
+        };
+        let write = |pairs: &[(&str, &str)]| {
+            let d = glib::VariantDict::new(None);
+            for (k, v) in pairs {
+                d.insert(k, *v);
+            }
+            repo.write_commit_detached_metadata(&commit, Some(&d.end()), gio::Cancellable::NONE)
+                .unwrap();
+        };
+        // No detached metadata; then someone else's (a signature).
+        assert!(cached_update(&repo, &commit, &image).unwrap().is_none());
+        write(&[("ostree.gpgsigs", "x")]);
+        assert!(cached_update(&repo, &commit, &image).unwrap().is_none());
+        // ostree-ext's keys.
+        write(&[
+            (CACHED_MANIFEST_DIGEST, "sha256:bb"),
+            (
+                CACHED_MANIFEST,
+                r#"{"schemaVersion":2,"annotations":{"org.opencontainers.image.version":"9"}}"#,
+            ),
+            (
+                CACHED_CONFIG,
+                r#"{"architecture":"amd64","created":"2026-01-02T04:04:05+01:00"}"#,
+            ),
+        ]);
+        let u = cached_update(&repo, &commit, &image).unwrap().unwrap();
+        assert_eq!(u.image, image);
+        assert_eq!(u.image_digest, "sha256:bb");
+        assert_eq!(u.version.as_deref(), Some("9"));
+        assert_eq!(u.timestamp.as_deref(), Some("2026-01-02T03:04:05Z"));
+        assert_eq!(u.architecture, "amd64");
+        // The digest without the rest is an error, not an update.
+        write(&[(CACHED_MANIFEST_DIGEST, "sha256:bb")]);
+        assert!(cached_update(&repo, &commit, &image).is_err());
+    }
 }

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::progress::{ComponentId, Progress, ProgressEvent};
-use crate::sysroot::{HOST_STORAGE_DIR, OSTREE_BOOTC_LINK, Sysroot};
+use crate::sysroot::{BOOTC_STATE_DIR, HOST_STORAGE_DIR, OSTREE_BOOTC_LINK, Sysroot};
 
 pub mod format;
 mod service;
@@ -52,13 +52,25 @@ pub fn store_exists(sysroot: &Sysroot) -> Result<bool> {
     Ok(sysroot.dir().try_exists(HOST_STORAGE_DIR)?)
 }
 
-/// Creates the store directory and the `ostree/bootc -> ../composefs/bootc`
-/// compatibility link (left alone when `ostree/bootc` exists, as on ostree
-/// hosts where it is a real directory).
+/// Creates the store directory and the compatibility link (see
+/// [`ensure_bootc_link`]).
 pub fn ensure_store(sysroot: &Sysroot) -> Result<()> {
-    let dir = sysroot.dir();
-    dir.create_dir_all(HOST_STORAGE_DIR)
+    sysroot
+        .dir()
+        .create_dir_all(HOST_STORAGE_DIR)
         .with_context(|| format!("creating {HOST_STORAGE_DIR}"))?;
+    ensure_bootc_link(sysroot)
+}
+
+/// Creates `composefs/bootc` and the `ostree/bootc -> ../composefs/bootc`
+/// compatibility link, as bootc's composefs install does. An existing
+/// `ostree/bootc` is left alone: a real directory on ostree hosts, or one
+/// bootc made itself (`upgrade --check` writes `ostree/bootc/storage`
+/// where the link is missing); the host store stays `composefs/bootc/storage`.
+pub fn ensure_bootc_link(sysroot: &Sysroot) -> Result<()> {
+    let dir = sysroot.dir();
+    dir.create_dir_all(BOOTC_STATE_DIR)
+        .with_context(|| format!("creating {BOOTC_STATE_DIR}"))?;
     if dir.symlink_metadata(OSTREE_BOOTC_LINK).is_err() {
         dir.create_dir_all("ostree")?;
         dir.symlink("../composefs/bootc", OSTREE_BOOTC_LINK)

@@ -119,6 +119,8 @@ pub struct CommitInfo {
     pub manifest_digest: Option<String>,
     /// `ostree.container.image-config`, parsed.
     pub config: Option<serde_json::Value>,
+    /// `ostree.manifest`, parsed (`None` if absent or not JSON).
+    pub manifest: Option<serde_json::Value>,
     /// The commit's timestamp (the image's creation time).
     pub timestamp: u64,
     /// Synthesized from the host's composefs repository: the image's
@@ -175,6 +177,7 @@ pub fn commit_info_of(commit: &glib::Variant, checksum: &str) -> Result<CommitIn
     Ok(CommitInfo {
         manifest_digest: get("ostree.manifest-digest"),
         config,
+        manifest: get("ostree.manifest").and_then(|m| serde_json::from_str(&m).ok()),
         timestamp: ostree::commit_get_timestamp(commit),
         composefs_manifest: meta
             .lookup::<bool>("ostree-ext.composefs-synthesized")
