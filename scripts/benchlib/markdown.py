@@ -270,6 +270,15 @@ def write_markdown(ctx, res, rows, info, path, svg_name, old_notes):
                          fmt_s(M("ostree", "bound-upgrade@xfs", "wall_sync")),
                          "`podman pull` v2 over v1 " + fmt_s(M("ostree", "podman-upgrade@xfs", "wall_sync")),
                          rstr(fmt_ratio(M("ostree", "bound-upgrade@xfs", "wall_sync"), M("ostree", "podman-upgrade@xfs", "wall_sync")))])
+            if M("ostree", "bound-upgrade@xfs", "deploy_s") is not None:
+                rows.append([f"bound upgrade phases: check {fmt_s(M('ostree', 'bound-upgrade@xfs', 'check_s'))}, "
+                             f"pull {fmt_s(M('ostree', 'bound-upgrade@xfs', 'pull_s'))}, "
+                             f"commits {fmt_s(M('ostree', 'bound-upgrade@xfs', 'commit_s'))} "
+                             f"({M('ostree', 'bound-upgrade@xfs', 'layers_written')} layer commits written, "
+                             f"{M('ostree', 'bound-upgrade@xfs', 'layers_reused')} reused), "
+                             f"libostree deploy {fmt_s(M('ostree', 'bound-upgrade@xfs', 'deploy_s'))}, "
+                             f"gc {fmt_s(M('ostree', 'bound-upgrade@xfs', 'gc_s'))}",
+                             "", "", ""])
         L.append(md_table(["what", "unistore", "peer", "ratio"], rows))
     L.append("")
     L.append("## Peak memory vs image size")

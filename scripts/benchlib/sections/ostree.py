@@ -99,10 +99,26 @@ def bench_ostree(ctx, res, run_no):
             commit = out.get("commit") or {}
             r["files_read"] = commit.get("files_read")
             r["checksums_cached"] = commit.get("checksums_cached")
+            r["layers_written"] = commit.get("layers_written")
+            r["layers_reused"] = commit.get("layers_reused")
+            # Where the time goes: check, pull into composefs, the commits,
+            # libostree's deploy (checkout, /etc merge, boot entries, its
+            # syncs), then the GC.
+            ph = phases(r["lines"], {"pull": "Pulling ", "commit": "Writing the ostree commit",
+                                     "deploy": "Deploying ", "gc": "Collecting garbage"})
+            if all(k in ph for k in ("pull", "commit", "deploy", "gc")):
+                r["check_s"] = ph["pull"]
+                r["pull_s"] = ph["commit"] - ph["pull"]
+                r["commit_s"] = ph["deploy"] - ph["commit"]
+                r["deploy_s"] = ph["gc"] - ph["deploy"]
+                r["gc_s"] = r["wall"] - ph["gc"]
             r["delta"] = fs.settle() - before
             rec = res.add("ostree", "bound-upgrade@xfs", run_no, **r)
             log(f"  ostree  bound upgrade v1 -> v2 {rec['wall']:6.2f} s (+sync {rec['wall_sync']:6.2f} s), "
-                f"{r['files_read']} files read, {r['checksums_cached']} checksums cached")
+                f"{r['files_read']} files read, {r['checksums_cached']} checksums cached, "
+                f"layer commits {r['layers_written']} written / {r['layers_reused']} reused; phases: "
+                f"check {fmt_s(r.get('check_s'))}, pull {fmt_s(r.get('pull_s'))}, commit {fmt_s(r.get('commit_s'))}, "
+                f"deploy {fmt_s(r.get('deploy_s'))}, gc {fmt_s(r.get('gc_s'))}")
         with make_fs(ctx, "xfs", "ostree-podman-upgrade") as fs:
             ctx.reg.push(ctx.oci, "latest", name)
             timed(podman_cmd(ctx, fs.mnt / "podman", runroot, "pull", "-q", up_src), env=podman_env(ctx))

@@ -9,6 +9,7 @@
 
 pub mod checksum_cache;
 pub mod commit;
+mod content;
 pub mod layers;
 pub mod objects;
 
