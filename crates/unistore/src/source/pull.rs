@@ -309,6 +309,12 @@ pub fn finish_pull(
 ) -> Result<Pulled> {
     let manifest_digest = result.manifest_digest.to_string();
     let digest: OciDigest = result.manifest_digest.clone();
+    // Issue 22: an ostree-encapsulated image's EROFS images are made from
+    // its embedded commit (xattrs applied, no object store), not its tar.
+    if boot_image {
+        crate::source::ostree_encap::images::link_images(repo, &digest)
+            .context("making the EROFS images of the ostree-encapsulated image")?;
+    }
     // The verity composefs-oci returns can be stale: re-resolve through the
     // manifest digest, which is what the tag points at.
     let boot_id = if boot_image {

@@ -110,13 +110,8 @@ pub async fn pull(
         }
     };
     let img = composefs_repo::open_image(&repo, &pulled.manifest_digest)?;
-    let fs = composefs_oci::image::create_filesystem(
-        &repo,
-        img.config_digest(),
-        Some(img.config_verity()),
-        &Default::default(),
-    )
-    .context("reading the image's merged tree")?;
+    // Issue 22: an ostree-encapsulated image's tree is its commit's.
+    let fs = crate::source::ostree_encap::merged_tree(&repo, &img)?;
     // An image in Docker's format: the commit records the registry's
     // manifest and digest (composefs holds its OCI conversion).
     let (manifest_digest, manifest_bytes) = match &pulled.registry {
@@ -164,6 +159,24 @@ impl Staged {
         let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
         let ref_name = ostree_repo::image_ref(image);
         let mut cache = ChecksumCache::load(sysroot);
+        // Issue 22: an ostree-encapsulated image's embedded commit, as is.
+        if let Some(e) = crate::source::ostree_encap::ostree_import::import(
+            ostree,
+            &repo_dir,
+            &self.repo,
+            &self.composefs_digest,
+            &self.manifest_json,
+            &self.config_json,
+            &mut cache,
+        )? {
+            crate::progress::step(
+                progress,
+                format!(
+                    "ostree-encapsulated image: commit {} imported ({} files, {} read, {} already present)",
+                    e.commit, e.files, e.files_read, e.files_present
+                ),
+            );
+        }
         let imported = ostree_repo::commit::import(
             ostree,
             &repo_dir,

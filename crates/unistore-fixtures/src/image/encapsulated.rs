@@ -1,0 +1,265 @@
+//! Ostree-encapsulated images (issue 22), made the way Fedora's and
+//! CentOS's bootc bases are: a root tree committed with the real `ostree
+//! commit` (which records the tree's owners, modes and xattrs), then
+//! encapsulated by ostree-ext 0.15.3's own `container encapsulate` (the
+//! test-only peer binary, `crates/ostree-ext-peer`).
+//!
+//! The tree is bootable-looking for unistore (kernel and initramfs under
+//! `/usr/lib/modules/6.1.0-test`, os-release, `/usr/etc`, `/sysroot`,
+//! `/ostree -> sysroot/ostree`) and carries the xattrs the tests look for:
+//! `security.capability` on [`PING`], `user.test` on [`TAGGED`] and on the
+//! empty file [`EMPTY_TAGGED`] (ostree-ext writes empty files as plain
+//! files, not links to their object), `user.dir` on the directory
+//! [`TAGGED_DIR`]. [`add_derived_layer`] puts a plain OCI layer on top (v2).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::layer::{LayerTar, Meta};
+use super::oci::add_raw_layer;
+use super::synthetic::{CAP_NET_RAW_EP, TEST_KVER};
+
+/// A file with `security.capability` (`cap_net_raw=ep`).
+pub const PING: &str = "/usr/bin/ping";
+/// A file with `user.test=hi`.
+pub const TAGGED: &str = "/usr/bin/tagged";
+/// An empty file with `user.test=empty`.
+pub const EMPTY_TAGGED: &str = "/usr/lib/empty-tagged";
+/// A directory with `user.dir=d`.
+pub const TAGGED_DIR: &str = "/usr/share/tagged-dir";
+/// A file big enough to be a composefs object.
+pub const BIG: &str = "/usr/lib/libbig.so";
+/// Two paths with the same content and metadata (one ostree object).
+pub const TWINS: [&str; 2] = ["/usr/lib/twin-a", "/usr/lib/twin-b"];
+/// A file owned 1000:1000, mode 0640.
+pub const OWNED: &str = "/usr/share/owned.txt";
+/// A file in `/usr/etc` (the image's `/etc`).
+pub const ETC_FILE: &str = "/usr/etc/encap.conf";
+
+/// What [`build_encapsulated_image`] made.
+#[derive(Debug, Clone)]
+pub struct EncapsulatedImage {
+    /// The embedded commit (the `ostree.commit` label).
+    pub commit: String,
+    /// `sha256:` of the manifest.
+    pub manifest_digest: String,
+    /// `sha256:` of each layer blob, bottom first.
+    pub layer_digests: Vec<String>,
+    /// The source ostree repository (bare) holding the commit.
+    pub source_repo: PathBuf,
+}
+
+fn run(c: &mut Command) -> Result<String> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn write(root: &Path, path: &str, data: &[u8], mode: u32) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap())?;
+    std::fs::write(&p, data)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+    Ok(p)
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
+    rustix::fs::lsetxattr(p, OsStr::new(name), value, rustix::fs::XattrFlags::empty())
+        .with_context(|| format!("setting {name} on {}", p.display()))
+}
+
+/// The root tree of the image, written below `root` (as root).
+fn write_tree(root: &Path, version: &str) -> Result<()> {
+    for d in [
+        "usr/bin",
+        "usr/sbin",
+        "usr/etc",
+        "usr/share",
+        "sysroot",
+        "boot",
+        "var",
+        "tmp",
+        "run",
+        "dev",
+        "proc",
+        "sys",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for (link, target) in [
+        ("ostree", "sysroot/ostree"),
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("usr/etc/os-release", "../lib/os-release"),
+    ] {
+        std::fs::create_dir_all(root.join(link).parent().unwrap())?;
+        std::os::unix::fs::symlink(target, root.join(link))?;
+    }
+    let kdir = format!("/usr/lib/modules/{TEST_KVER}");
+    write(
+        root,
+        &format!("{kdir}/vmlinuz"),
+        format!("encap kernel {version}\n").as_bytes(),
+        0o644,
+    )?;
+    write(
+        root,
+        &format!("{kdir}/initramfs.img"),
+        format!("encap initramfs {version}\n").as_bytes(),
+        0o644,
+    )?;
+    write(
+        root,
+        "/usr/lib/os-release",
+        format!("NAME=\"Encapsulated Test OS\"\nID=encaptest\nVERSION_ID={version}\n").as_bytes(),
+        0o644,
+    )?;
+    let p = write(root, PING, b"#!/bin/sh\necho ping\n", 0o755)?;
+    setxattr(&p, "security.capability", &CAP_NET_RAW_EP)?;
+    let p = write(root, TAGGED, b"tagged\n", 0o644)?;
+    setxattr(&p, "user.test", b"hi")?;
+    let p = write(root, EMPTY_TAGGED, b"", 0o644)?;
+    setxattr(&p, "user.test", b"empty")?;
+    let d = root.join(TAGGED_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&d)?;
+    setxattr(&d, "user.dir", b"d")?;
+    write(root, &format!("{TAGGED_DIR}/inside"), b"inside\n", 0o644)?;
+    let big: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write(root, BIG, &big, 0o755)?;
+    for t in TWINS {
+        write(root, t, b"twin content, one ostree object\n", 0o644)?;
+    }
+    let p = write(root, OWNED, b"owned\n", 0o640)?;
+    std::os::unix::fs::chown(&p, Some(1000), Some(1000))?;
+    write(
+        root,
+        ETC_FILE,
+        format!("version={version}\n").as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// Commits the test tree (version `version`) into a bare repository under
+/// `work` with the real `ostree`, and encapsulates it with the peer
+/// `peer` into the layout `oci_dir` under `tag`.
+pub fn build_encapsulated_image(
+    peer: &Path,
+    work: &Path,
+    oci_dir: &Path,
+    tag: &str,
+    version: &str,
+) -> Result<EncapsulatedImage> {
+    let repo = work.join("encap-src-repo");
+    if !repo.join("config").exists() {
+        std::fs::create_dir_all(&repo)?;
+        run(Command::new("ostree")
+            .arg(format!("--repo={}", repo.display()))
+            .args(["init", "--mode=bare"]))?;
+    }
+    let root = work.join(format!("encap-rootfs-{tag}"));
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    write_tree(&root, version)?;
+    let commit = run(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["commit", "--branch=encap/test", "-s"])
+        .arg(format!("encapsulated test {version}"))
+        .arg(format!("--add-metadata-string=version={version}"))
+        .arg("--add-metadata=ostree.bootable=true")
+        .arg("--timestamp=2024-01-01 00:00:00 UTC")
+        .arg(&root))?
+    .trim()
+    .to_string();
+    std::fs::create_dir_all(oci_dir)?;
+    run(Command::new(peer)
+        .args(["cli", "container", "encapsulate", "--repo"])
+        .arg(&repo)
+        .arg(&commit)
+        .arg(format!("oci:{}:{tag}", oci_dir.display())))?;
+    let (manifest_digest, layer_digests) = manifest_of(oci_dir, tag)?;
+    Ok(EncapsulatedImage {
+        commit,
+        manifest_digest,
+        layer_digests,
+        source_repo: repo,
+    })
+}
+
+/// The manifest digest and layer digests of `tag` in the layout `oci_dir`.
+pub fn manifest_of(oci_dir: &Path, tag: &str) -> Result<(String, Vec<String>)> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(oci_dir.join("index.json"))?)?;
+    let m = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .with_context(|| format!("no tag {tag} in {}", oci_dir.display()))?;
+    let digest = m["digest"]
+        .as_str()
+        .context("a manifest without a digest")?
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(super::oci::blob_path(oci_dir, &digest)?)?)?;
+    let layers = manifest["layers"]
+        .as_array()
+        .context("a manifest without layers")?
+        .iter()
+        .filter_map(|l| l["digest"].as_str().map(str::to_string))
+        .collect();
+    Ok((digest, layers))
+}
+
+/// Paths the derived layer of [`add_derived_layer`] touches.
+pub const DERIVED_FILE: &str = "/usr/bin/derived";
+/// An `/etc` file the derived layer adds.
+pub const DERIVED_ETC: &str = "/etc/derived.conf";
+
+/// Puts a plain OCI layer on top of `tag` and tags the result `new_tag`
+/// (the labels stay: still encapsulated, the new layer above
+/// `ostree.final-diffid`): a file with `security.capability` and a
+/// `user.derived` xattr (which composefs-oci's allowlist drops), an `/etc`
+/// file, [`TAGGED`] replaced (its `user.test` gone with the old file), a
+/// whiteout of the second of [`TWINS`]. Returns the new manifest digest.
+pub fn add_derived_layer(oci_dir: &Path, tag: &str, new_tag: &str) -> Result<String> {
+    let mut t = LayerTar::new(Vec::new());
+    t.dir("usr", Meta::root(0o755))?;
+    t.dir("usr/bin", Meta::root(0o755))?;
+    t.file_from_reader(
+        DERIVED_FILE,
+        Meta::root(0o755),
+        8,
+        &b"derived\n"[..],
+        &[
+            ("security.capability".to_string(), CAP_NET_RAW_EP.to_vec()),
+            ("user.derived".to_string(), b"x".to_vec()),
+        ],
+    )?;
+    t.file(TAGGED, Meta::root(0o644), b"tagged v2\n")?;
+    t.dir("usr/lib", Meta::root(0o755))?;
+    t.whiteout(TWINS[1])?;
+    t.dir("etc", Meta::root(0o755))?;
+    t.file(DERIVED_ETC, Meta::root(0o644), b"derived=1\n")?;
+    let raw = t.finish()?;
+    add_raw_layer(
+        oci_dir,
+        tag,
+        new_tag,
+        &raw,
+        "encapsulated test: derived layer",
+    )
+}
