@@ -160,7 +160,7 @@ impl Staged {
         let ref_name = ostree_repo::image_ref(image);
         let mut cache = ChecksumCache::load(sysroot);
         // Issue 22: an ostree-encapsulated image's embedded commit, as is.
-        if let Some(e) = crate::source::ostree_encap::ostree_import::import(
+        let encap = crate::source::ostree_encap::ostree_import::import(
             ostree,
             &repo_dir,
             &self.repo,
@@ -168,7 +168,8 @@ impl Staged {
             &self.manifest_json,
             &self.config_json,
             &mut cache,
-        )? {
+        )?;
+        if let Some(e) = &encap {
             crate::progress::step(
                 progress,
                 format!(
@@ -177,7 +178,7 @@ impl Staged {
                 ),
             );
         }
-        let imported = ostree_repo::commit::import(
+        let mut imported = ostree_repo::commit::import(
             ostree,
             &repo_dir,
             &self.repo,
@@ -193,6 +194,10 @@ impl Staged {
             },
             &mut cache,
         )?;
+        if let Some(e) = &encap {
+            imported.content.merge(&e.content);
+            imported.objects_written += e.files_written;
+        }
         cache.save(sysroot)?;
         for n in &imported.notes {
             crate::progress::step(progress, format!("note: {n}"));

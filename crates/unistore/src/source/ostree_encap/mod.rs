@@ -34,12 +34,18 @@
 //!   writer (files reflinked from composefs objects), and points the first
 //!   layer's blob ref at it, as ostree-ext's import does. The merge commit
 //!   then reuses those objects, so its tree is the embedded commit's.
+//! * the host containers-storage (unified storage) keeps the layers as
+//!   their tars have them, the object store included (an export must give
+//!   the tars back); [`store_xattrs::store_xattrs`] names the xattrs its
+//!   files get there, which the store writer sets (hook:
+//!   `unified::import_into_store`).
 //!
 //! Images without the label take none of these paths.
 
 pub mod images;
 pub mod objects;
 pub mod ostree_import;
+pub mod store_xattrs;
 pub mod tree;
 
 use anyhow::{Context, Result, bail};

@@ -57,6 +57,8 @@ pub struct EncapImported {
     pub metadata_objects: u64,
     /// Layer blob refs set: the commit's, and one per chunk layer.
     pub layer_refs: u64,
+    /// How the content of the files written reached them.
+    pub content: crate::fs::reflink::Tally,
 }
 
 fn glib_err(what: &str) -> impl FnOnce(glib::Error) -> anyhow::Error + '_ {
@@ -247,7 +249,7 @@ fn write_external(
         .map_or(1, |n| n.get())
         .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    type Out = (Vec<usize>, u64, u64);
+    type Out = (Vec<usize>, u64, u64, crate::fs::reflink::Tally);
     let results: Vec<Result<Out>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -277,7 +279,7 @@ fn write_external(
                             .with_context(|| format!("writing ostree object {c}"))?;
                         verified.push(i);
                     }
-                    Ok((verified, writer.written, writer.reused))
+                    Ok((verified, writer.written, writer.reused, writer.tally))
                 })
             })
             .collect();
@@ -291,7 +293,8 @@ fn write_external(
     });
     out.files_present += known.len() as u64;
     for r in results {
-        let (verified, written, reused) = r?;
+        let (verified, written, reused, tally) = r?;
+        out.content.merge(&tally);
         out.files_read += verified.len() as u64;
         out.files_written += written;
         out.files_present += reused;

@@ -150,6 +150,13 @@ impl Builder<'_> {
 
 /// The embedded commit's tree alone, `usr/etc` still where ostree keeps it.
 pub fn commit_tree(set: &ObjectSet) -> Result<FileSystem<ObjectId>> {
+    Ok(commit_tree_with_checksums(set)?.0)
+}
+
+/// [`commit_tree`], and the content object of each leaf.
+pub fn commit_tree_with_checksums(
+    set: &ObjectSet,
+) -> Result<(FileSystem<ObjectId>, HashMap<LeafId, String>)> {
     let (tree, meta) = commit_root(&set.commit_bytes)?;
     let mut b = Builder {
         set,
@@ -158,7 +165,8 @@ pub fn commit_tree(set: &ObjectSet) -> Result<FileSystem<ObjectId>> {
     };
     let root = b.dir(&tree, &meta, "", 0)?;
     b.fs.root = root;
-    Ok(b.fs)
+    let ids = b.leaves.into_iter().map(|(c, id)| (id, c)).collect();
+    Ok((b.fs, ids))
 }
 
 /// Moves the commit's `usr/etc` to `/etc`, where images have it.
