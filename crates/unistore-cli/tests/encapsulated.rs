@@ -51,9 +51,22 @@ struct Images {
 }
 
 fn images() -> Images {
+    images_chunked(0)
+}
+
+/// [`images`], v1 chunked into `chunks` components when > 0.
+fn images_chunked(chunks: usize) -> Images {
     let work = tempfile::tempdir().unwrap();
     let oci = work.path().join("oci");
-    let v1 = encap::build_encapsulated_image(&peer_path(), work.path(), &oci, "v1", "1.0").unwrap();
+    let v1 = encap::build_encapsulated_image_chunked(
+        &peer_path(),
+        work.path(),
+        &oci,
+        "v1",
+        "1.0",
+        chunks,
+    )
+    .unwrap();
     let v2_digest = encap::add_derived_layer(&oci, "v1", "v2").unwrap();
     let checkout = work.path().join("checkout");
     run_ok(
@@ -509,5 +522,71 @@ fn encapsulated_on_ostree_hosts() {
     check_v2_tree(root);
     fsck_ok(root);
     bootc_reads_and_prunes(root);
+    drop(imgs.work);
+}
+
+/// Every blob ref of the repository at `repo` with its commit.
+fn blob_refs(repo: &Path) -> Vec<(String, String)> {
+    let mut c = Command::new("ostree");
+    c.arg(format!("--repo={}", repo.display()));
+    let names = run_ok(c.args(["refs", "--list", "ostree/container/blob"]));
+    names
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|n| {
+            let c = run_ok(
+                Command::new("ostree")
+                    .arg(format!("--repo={}", repo.display()))
+                    .args(["rev-parse", n]),
+            );
+            (n.to_string(), c.trim().to_string())
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// A chunked image (the commit layer, four component layers, the last
+/// ostree layer), as rpm-ostree builds Fedora's: the same tree on both
+/// backends, and on an ostree host the same layer commits as ostree-ext's
+/// own import of the image (the commit layer's is the embedded commit, the
+/// others its synthetic object-set commits).
+#[test]
+fn encapsulated_chunked_on_both_backends() {
+    let imgs = images_chunked(4);
+    assert_eq!(
+        imgs.v1.layer_digests.len(),
+        6,
+        "{:?}",
+        imgs.v1.layer_digests
+    );
+    let layout = format!("oci:{}:v1", imgs.oci.display());
+
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    composefs_install(fs.path(), &layout, None);
+    check_v1_tree(fs.path(), &imgs, true);
+    fsck_ok(fs.path());
+
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    run_ok(&mut install_cmd(root, &layout, None, &[]));
+    check_ostree_v1(root, &imgs);
+
+    // ostree-ext's own import of the same image, into a fresh repository.
+    let theirs = imgs.work.path().join("peer-repo");
+    run_ok(
+        Command::new("ostree")
+            .arg(format!("--repo={}", theirs.display()))
+            .args(["init", "--mode=bare"]),
+    );
+    run_ok(
+        peer()
+            .args(["cli", "container", "image", "pull", "--quiet"])
+            .arg(&theirs)
+            .arg(format!("ostree-unverified-image:{layout}")),
+    );
+    let theirs = blob_refs(&theirs);
+    assert_eq!(theirs.len(), 6, "{theirs:?}");
+    assert_eq!(blob_refs(&root.join("ostree/repo")), theirs);
     drop(imgs.work);
 }

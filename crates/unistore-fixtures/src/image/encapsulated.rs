@@ -124,7 +124,10 @@ fn write_tree(root: &Path, version: &str) -> Result<()> {
         format!("NAME=\"Encapsulated Test OS\"\nID=encaptest\nVERSION_ID={version}\n").as_bytes(),
         0o644,
     )?;
-    let p = write(root, PING, b"#!/bin/sh\necho ping\n", 0o755)?;
+    // Bigger than composefs inlines (64 bytes): an object, reflinked into
+    // ostree with its capability.
+    let ping = format!("#!/bin/sh\n# {}\necho ping\n", "x".repeat(200));
+    let p = write(root, PING, ping.as_bytes(), 0o755)?;
     setxattr(&p, "security.capability", &CAP_NET_RAW_EP)?;
     let p = write(root, TAGGED, b"tagged\n", 0o644)?;
     setxattr(&p, "user.test", b"hi")?;
@@ -154,13 +157,29 @@ fn write_tree(root: &Path, version: &str) -> Result<()> {
 
 /// Commits the test tree (version `version`) into a bare repository under
 /// `work` with the real `ostree`, and encapsulates it with the peer
-/// `peer` into the layout `oci_dir` under `tag`.
+/// `peer` into the layout `oci_dir` under `tag` (one layer).
 pub fn build_encapsulated_image(
     peer: &Path,
     work: &Path,
     oci_dir: &Path,
     tag: &str,
     version: &str,
+) -> Result<EncapsulatedImage> {
+    build_encapsulated_image_chunked(peer, work, oci_dir, tag, version, 0)
+}
+
+/// [`build_encapsulated_image`], chunked as rpm-ostree chunks Fedora's
+/// images when `chunks` > 0: ostree-ext's `--contentmeta` puts the content
+/// objects round-robin into `chunks` components (at least 3), so the image
+/// has the commit layer, one layer per component, and a last (empty)
+/// ostree layer, `ostree.final-diffid`.
+pub fn build_encapsulated_image_chunked(
+    peer: &Path,
+    work: &Path,
+    oci_dir: &Path,
+    tag: &str,
+    version: &str,
+    chunks: usize,
 ) -> Result<EncapsulatedImage> {
     let repo = work.join("encap-src-repo");
     if !repo.join("config").exists() {
@@ -185,9 +204,15 @@ pub fn build_encapsulated_image(
     .trim()
     .to_string();
     std::fs::create_dir_all(oci_dir)?;
-    run(Command::new(peer)
-        .args(["cli", "container", "encapsulate", "--repo"])
-        .arg(&repo)
+    let mut enc = Command::new(peer);
+    enc.args(["cli", "container", "encapsulate", "--repo"])
+        .arg(&repo);
+    if chunks > 0 {
+        let meta = work.join(format!("encap-contentmeta-{tag}.json"));
+        std::fs::write(&meta, contentmeta(&repo, &commit, chunks)?)?;
+        enc.arg("--contentmeta").arg(meta);
+    }
+    run(enc
         .arg(&commit)
         .arg(format!("oci:{}:{tag}", oci_dir.display())))?;
     let (manifest_digest, layer_digests) = manifest_of(oci_dir, tag)?;
@@ -197,6 +222,28 @@ pub fn build_encapsulated_image(
         layer_digests,
         source_repo: repo,
     })
+}
+
+/// ostree-ext's content meta (`RawMeta`, version 1): every content object
+/// of `commit` (from `ostree ls -R -C`) mapped round-robin to `chunks`
+/// components.
+fn contentmeta(repo: &Path, commit: &str, chunks: usize) -> Result<String> {
+    let ls = run(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["ls", "-R", "-C", commit]))?;
+    let mut layers = serde_json::Map::new();
+    for i in 0..chunks {
+        layers.insert(format!("c{i}"), format!("component {i}").into());
+    }
+    let mut mapping = serde_json::Map::new();
+    for (i, l) in ls.lines().filter(|l| !l.starts_with('d')).enumerate() {
+        let csum = l
+            .split_whitespace()
+            .nth(4)
+            .with_context(|| format!("unexpected `ostree ls` line {l:?}"))?;
+        mapping.insert(csum.to_string(), format!("c{}", i % chunks).into());
+    }
+    Ok(serde_json::json!({"version": 1, "layers": layers, "mapping": mapping}).to_string())
 }
 
 /// The manifest digest and layer digests of `tag` in the layout `oci_dir`.

@@ -28,6 +28,7 @@ use super::{
 };
 
 /// Builds layer `id` into the store and returns its `layers.json` record.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_layer(
     repo: &Repo,
     store: &Path,
