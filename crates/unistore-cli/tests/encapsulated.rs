@@ -590,3 +590,41 @@ fn encapsulated_chunked_on_both_backends() {
     assert_eq!(blob_refs(&root.join("ostree/repo")), theirs);
     drop(imgs.work);
 }
+
+/// Images that lie about their commit are refused before anything is
+/// deployed: a content object whose content is not what its name says (on
+/// an ostree host, where every object is verified), a dirtree object
+/// (either backend: the tree comes from the commit's objects).
+#[test]
+fn encapsulated_lies_are_refused() {
+    let imgs = images();
+    let bad_file = encap::tamper_first_layer(
+        &imgs.oci,
+        "v1",
+        "bad-file",
+        encap::Tamper::ObjectOf(encap::BIG),
+    )
+    .unwrap();
+    let bad_tree = encap::tamper_first_layer(
+        &imgs.oci,
+        "v1",
+        "bad-tree",
+        encap::Tamper::FirstObject(".dirtree"),
+    )
+    .unwrap();
+    assert_ne!(bad_file, bad_tree);
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    let before = snapshot(root);
+    let src = format!("oci:{}:bad-file", imgs.oci.display());
+    run_fails(&mut install_cmd(root, &src, None, &[]), "checksum");
+    assert_snapshots_equal(&before, &snapshot(root), "a refused install");
+    let src = format!("oci:{}:bad-tree", imgs.oci.display());
+    run_fails(&mut install_cmd(root, &src, None, &[]), "checksum");
+    assert_snapshots_equal(&before, &snapshot(root), "a refused install");
+    let mut c = unistore();
+    c.args(["install", "to-filesystem", "--source-imgref", &src])
+        .arg(root);
+    run_fails(&mut c, "checksum");
+    drop(imgs.work);
+}

@@ -310,3 +310,106 @@ pub fn add_derived_layer(oci_dir: &Path, tag: &str, new_tag: &str) -> Result<Str
         "encapsulated test: derived layer",
     )
 }
+
+/// Which entry of the first layer [`tamper_first_layer`] changes.
+#[derive(Debug, Clone, Copy)]
+pub enum Tamper<'a> {
+    /// The content object the checkout path (absolute) is a hard link to.
+    ObjectOf(&'a str),
+    /// The first object whose name ends with this (`.dirtree`, ...).
+    FirstObject(&'a str),
+}
+
+/// An image that lies: `tag` with one entry of its first layer changed
+/// (its first byte flipped), the config naming the new layer's diff-id,
+/// labels kept; tagged `new_tag`. Returns the new manifest digest.
+pub fn tamper_first_layer(
+    oci_dir: &Path,
+    tag: &str,
+    new_tag: &str,
+    what: Tamper<'_>,
+) -> Result<String> {
+    use ocidir::oci_spec::image::{ImageConfiguration, ImageManifest};
+    use ocidir::prelude::*;
+    use std::io::Read;
+    let (digest, layers) = manifest_of(oci_dir, tag)?;
+    let blob = super::oci::blob_path(oci_dir, &layers[0])?;
+    let mut entries: Vec<(tar::Header, String, Option<String>, Vec<u8>)> = vec![];
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&blob)?));
+    for e in a.entries()? {
+        let mut e = e?;
+        let path = e.path()?.to_string_lossy().into_owned();
+        let link = e.link_name()?.map(|l| l.to_string_lossy().into_owned());
+        let mut data = vec![];
+        e.read_to_end(&mut data)?;
+        entries.push((e.header().clone(), path, link, data));
+    }
+    let victim = match what {
+        Tamper::ObjectOf(p) => {
+            let p = p.trim_start_matches('/');
+            entries
+                .iter()
+                .find(|(_, path, _, _)| path == p)
+                .and_then(|(_, _, l, _)| l.clone())
+                .with_context(|| format!("{p} is not a hard link in the layer"))?
+        }
+        Tamper::FirstObject(suffix) => entries
+            .iter()
+            .find(|(_, path, _, d)| path.ends_with(suffix) && !d.is_empty())
+            .map(|(_, p, _, _)| p.clone())
+            .with_context(|| format!("no object *{suffix} in the layer"))?,
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    for (mut h, path, link, mut data) in entries {
+        if path == victim {
+            data[0] ^= 0xff;
+        }
+        match link {
+            Some(l) if h.entry_type().is_hard_link() || h.entry_type().is_symlink() => {
+                b.append_link(&mut h, &path, &l)?
+            }
+            _ => b.append_data(&mut h, &path, &data[..])?,
+        }
+    }
+    let raw = b.into_inner()?;
+    let oci = super::oci::open_oci_dir(oci_dir)?;
+    let mut manifest: ImageManifest =
+        serde_json::from_slice(&std::fs::read(super::oci::blob_path(oci_dir, &digest)?)?)?;
+    let mut config: ImageConfiguration = oci.read_json_blob(manifest.config())?;
+    let mut w = oci.create_gzip_layer(None)?;
+    std::io::Write::write_all(&mut w, &raw)?;
+    let layer = w.complete()?;
+    let mut rootfs = config.rootfs().clone();
+    let old = rootfs.diff_ids()[0].clone();
+    let new = layer.uncompressed_sha256_as_digest().to_string();
+    rootfs.diff_ids_mut()[0] = new.clone();
+    config.set_rootfs(rootfs);
+    // `ostree.final-diffid` follows the layer (config label and manifest
+    // annotation), so only the object lies.
+    let key = "ostree.final-diffid";
+    if let Some(mut c) = config.config().clone() {
+        if let Some(l) = c.labels_mut().as_mut().and_then(|l| l.get_mut(key)) {
+            if *l == old {
+                *l = new.clone();
+            }
+        }
+        config.set_config(Some(c));
+    }
+    if let Some(a) = manifest.annotations_mut().as_mut().and_then(|a| a.get_mut(key)) {
+        if *a == old {
+            *a = new.clone();
+        }
+    }
+    let mut descs = manifest.layers().clone();
+    descs[0] = layer.descriptor().build()?;
+    manifest.set_layers(descs);
+    manifest.set_config(oci.write_config(config)?);
+    let platform = ocidir::oci_spec::image::PlatformBuilder::default()
+        .architecture(ocidir::oci_spec::image::Arch::Amd64)
+        .os(ocidir::oci_spec::image::Os::Linux)
+        .build()?;
+    Ok(oci
+        .insert_manifest(manifest, Some(new_tag), platform)?
+        .digest()
+        .to_string())
+}
