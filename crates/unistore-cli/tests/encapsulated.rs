@@ -391,6 +391,7 @@ fn encapsulated_on_composefs_hosts() {
             "version=1.0\n"
         );
         fsck_ok(root);
+        run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
         ids.push(id);
     }
     assert_eq!(ids[0], ids[1], "the same image gives the same deployment");
@@ -401,6 +402,7 @@ fn encapsulated_on_composefs_hosts() {
     composefs_install(root, &layout, None);
     let src2 = format!("oci:{}:v2", imgs.oci.display());
     run_ok(cmd(root, None).args(["switch", &src2]));
+    run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
     let st = status(root);
     assert_eq!(
         st["status"]["booted"]["image"]["imageDigest"],
@@ -467,6 +469,7 @@ fn encapsulated_on_ostree_hosts() {
     let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
     run_ok(&mut install_cmd(fs.path(), &layout, None, &[]));
     check_ostree_v1(fs.path(), &imgs);
+    run_ok(cmd(fs.path(), None).args(["internals", "gc", "--assert-no-op"]));
 
     let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
     let root = fs.path();
@@ -521,6 +524,7 @@ fn encapsulated_on_ostree_hosts() {
     );
     check_v2_tree(root);
     fsck_ok(root);
+    run_ok(cmd(root, None).args(["internals", "gc", "--assert-no-op"]));
     bootc_reads_and_prunes(root);
     drop(imgs.work);
 }

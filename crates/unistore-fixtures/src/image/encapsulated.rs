@@ -395,7 +395,11 @@ pub fn tamper_first_layer(
         }
         config.set_config(Some(c));
     }
-    if let Some(a) = manifest.annotations_mut().as_mut().and_then(|a| a.get_mut(key)) {
+    if let Some(a) = manifest
+        .annotations_mut()
+        .as_mut()
+        .and_then(|a| a.get_mut(key))
+    {
         if *a == old {
             *a = new.clone();
         }

@@ -44,14 +44,27 @@ fn slots(images: &Images) -> (Option<ObjectId>, Option<ObjectId>) {
     (v2, v1)
 }
 
+/// What [`link_images`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linked {
+    /// Not an encapsulated image: nothing done.
+    NotEncapsulated,
+    /// Its images were the commit's already.
+    AlreadyLinked,
+    /// Its images are the commit's now; composefs-oci's, and the config and
+    /// manifest splitstreams that linked them, are garbage for the
+    /// repository's GC.
+    Relinked,
+}
+
 /// For an ostree-encapsulated image of `repo`, writes its EROFS images from
 /// the embedded commit's tree and links them to the image in place of
-/// composefs-oci's; returns whether the image is encapsulated. Idempotent:
-/// an image already linked so is left as it is.
-pub fn link_images(repo: &Arc<Repo>, manifest_digest: &OciDigest) -> Result<bool> {
+/// composefs-oci's. Idempotent: an image already linked so is left as it
+/// is.
+pub fn link_images(repo: &Arc<Repo>, manifest_digest: &OciDigest) -> Result<Linked> {
     let img = OciImage::open(repo, manifest_digest, None)?;
     let Some(enc) = super::detect(&img)? else {
-        return Ok(false);
+        return Ok(Linked::NotEncapsulated);
     };
     let set = ObjectSet::read(repo, &enc)?;
     let mut fs = super::tree::build(repo, &enc, &set)?;
@@ -71,7 +84,7 @@ pub fn link_images(repo: &Arc<Repo>, manifest_digest: &OciDigest) -> Result<bool
         && linked.image_ref_v1 == image_v1
         && linked.boot_image_refs == boot
     {
-        return Ok(true);
+        return Ok(Linked::AlreadyLinked);
     }
     tracing::debug!(
         "ostree-encapsulated image {manifest_digest} (commit {}): linking the commit's EROFS images",
@@ -89,7 +102,7 @@ pub fn link_images(repo: &Arc<Repo>, manifest_digest: &OciDigest) -> Result<bool
     .context("linking the EROFS images to the image's config")?;
     relink_manifest(repo, &img, &config_verity)
         .context("linking the new config to the image's manifest")?;
-    Ok(true)
+    Ok(Linked::Relinked)
 }
 
 /// Rewrites `img`'s manifest splitstream so that its config ref names
