@@ -18,7 +18,11 @@
 //! objects as ostree-ext writes one (`docs/ostree-ext-layout.md` section 3:
 //! a root 0/0/0755 holding each content object named by its checksum, no
 //! metadata, time 0). The caller's merge commit transaction then finds
-//! those refs and writes commits only for the plain layers.
+//! those refs and writes commits only for the plain layers. An image whose
+//! ostree layers' refs are all set, the first at its commit (v2 over v1's
+//! ostree layers, a re-deploy), is not written again: refs are set only by
+//! a transaction that wrote all their objects, and prune keeps what refs
+//! reach.
 
 use std::collections::HashSet;
 
@@ -102,18 +106,37 @@ pub fn import(
     }
     let set = ObjectSet::read(cfs, &enc)?;
     let none = gio::Cancellable::NONE;
+    // Imported before: nothing to write (see the module documentation).
+    let ostree_refs: Vec<String> = layers
+        .iter()
+        .take(enc.ostree_layers.len())
+        .map(|l| blob_ref(&l.blob_digest))
+        .collect();
+    let mut present = true;
+    for (i, r) in ostree_refs.iter().enumerate() {
+        let c = ostree.resolve_rev(r, true).map_err(glib_err(r))?;
+        present &= c.is_some_and(|c| i > 0 || c == set.commit);
+    }
+    if present {
+        return Ok(Some(EncapImported {
+            commit: set.commit.clone(),
+            files: set.files.len() as u64,
+            files_present: set.files.len() as u64,
+            ..Default::default()
+        }));
+    }
     ostree
         .prepare_transaction(none)
         .map_err(glib_err("starting an ostree transaction"))?;
     let r = (|| -> Result<EncapImported> {
         let mut out = write_objects(ostree, repo_dir, cfs, &set, cache)?;
-        for (i, l) in layers.iter().take(enc.ostree_layers.len()).enumerate() {
+        for (i, r) in ostree_refs.iter().enumerate() {
             let target = if i == 0 {
                 set.commit.clone()
             } else {
                 chunk_commit(ostree, &set.layer_files[i])?
             };
-            ostree.transaction_set_ref(None, &blob_ref(&l.blob_digest), Some(&target));
+            ostree.transaction_set_ref(None, r, Some(&target));
             out.layer_refs += 1;
         }
         Ok(out)
