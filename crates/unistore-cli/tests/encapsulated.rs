@@ -27,18 +27,7 @@ use unistore_fixtures::image::synthetic::CAP_NET_RAW_EP;
 
 /// The peer binary (`OSTREE_EXT_PEER`, else the crate's own build).
 fn peer_path() -> PathBuf {
-    let p = std::env::var_os("OSTREE_EXT_PEER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../ostree-ext-peer/target/debug/ostree-ext-peer")
-        });
-    assert!(
-        p.is_file(),
-        "the ostree-ext 0.15.3 peer {} is missing: build it with `cargo build --manifest-path crates/ostree-ext-peer/Cargo.toml`",
-        p.display()
-    );
-    p
+    PathBuf::from(peer().get_program())
 }
 
 /// v1 (encapsulated) and v2 (v1 + a plain layer) in `work/oci`.
