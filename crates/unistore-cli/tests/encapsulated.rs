@@ -358,9 +358,23 @@ fn encapsulated_on_unified_hosts() {
     drop(imgs.work);
 }
 
+/// How many entries of the first layer lie below `sysroot/ostree/repo`
+/// (what a plain tar reader would deploy).
+fn object_store_entries(imgs: &Images) -> usize {
+    let blob =
+        unistore_fixtures::image::oci::blob_path(&imgs.oci, &imgs.v1.layer_digests[0]).unwrap();
+    let list = run_ok(Command::new("tar").arg("-tzf").arg(blob));
+    list.lines()
+        .filter(|l| l.starts_with("sysroot/ostree/repo"))
+        .count()
+}
+
 #[test]
 fn encapsulated_on_composefs_hosts() {
     let imgs = images();
+    let n = object_store_entries(&imgs);
+    eprintln!("the ostree layer holds {n} entries below sysroot/ostree/repo");
+    assert!(n > 256, "{n}");
     let reg = Registry::start().unwrap();
     let pushed = reg.push_oci(&imgs.oci, "v1", "encap").unwrap();
     let layout = format!("oci:{}:v1", imgs.oci.display());

@@ -387,11 +387,14 @@ pub fn tamper_first_layer(
     // `ostree.final-diffid` follows the layer (config label and manifest
     // annotation), so only the object lies.
     let key = "ostree.final-diffid";
+    let follow = |v: &mut String| {
+        if *v == old {
+            *v = new.clone();
+        }
+    };
     if let Some(mut c) = config.config().clone() {
         if let Some(l) = c.labels_mut().as_mut().and_then(|l| l.get_mut(key)) {
-            if *l == old {
-                *l = new.clone();
-            }
+            follow(l);
         }
         config.set_config(Some(c));
     }
@@ -400,9 +403,7 @@ pub fn tamper_first_layer(
         .as_mut()
         .and_then(|a| a.get_mut(key))
     {
-        if *a == old {
-            *a = new.clone();
-        }
+        follow(a);
     }
     let mut descs = manifest.layers().clone();
     descs[0] = layer.descriptor().build()?;
