@@ -248,6 +248,39 @@
 //! parsed is never rewritten: it may describe images unistore knows nothing
 //! about.
 //!
+//! # Ostree-encapsulated images (issue 22)
+//!
+//! Fedora's and CentOS's bootc bases carry an ostree commit (label
+//! `ostree.commit`) as objects under `sysroot/ostree/repo` in their layers,
+//! the files' xattrs only in `.file-xattrs` objects. Read as plain tars
+//! they deploy the object store and lose every xattr. unistore reads them
+//! as ostree-ext does ([`crate::source::ostree_encap`]): the tree is built
+//! from the commit's own dirtree and dirmeta objects, each file with its
+//! object's owner, mode and xattrs, plain layers above applied as usual.
+//! Why from the objects and not by patching the tar's tree: empty files
+//! are not hard links to their object in the tar and directories' xattrs
+//! are only in dirmeta, so only the commit's tree has them all; and the
+//! metadata objects are checked against their names, so the tree is the
+//! commit's.
+//!
+//! * A composefs host gets its EROFS images (plain and boot) made from that
+//!   tree and linked to the image's config in place of composefs-oci's
+//!   (hook in `source::pull::finish_pull`); an install then collects
+//!   composefs-oci's, which are garbage (an upgrade's GC does anyway).
+//! * An ostree host first imports the commit itself, every object under the
+//!   checksum the layer states and verified (libostree for metadata, small
+//!   files and symlinks; our reflink writer for the rest, after computing
+//!   the checksum from the composefs object), and points the first layer's
+//!   blob ref at it (chunk layers at ostree-ext's object-set commits: the
+//!   test checks ours equal ostree-ext's own import). The merge commit is
+//!   then written from the same tree: its files' checksums come from the
+//!   checksum cache the import filled, so nothing is read twice, and its
+//!   root dirtree is the commit's (`ostree diff` empty without plain
+//!   layers). Hooks in `backends/ostree_host/staging.rs`.
+//! * In the host containers-storage the layers stay as their tars have them
+//!   (an export must give the tar back); the writer sets the objects'
+//!   xattrs on their files before publishing the layer.
+//!
 //! # ostree hosts
 //!
 //! An ostree host ([`crate::backends::ostree_host`]) is what bootc installs by

@@ -6,7 +6,10 @@
 //! * [`BuiltImage::expected`] is computed by applying the written layer blobs in memory
 //!   ([`merge`]); [`verify::compare_tree`] compares a real tree with it.
 //! * [`corrupt_first_layer_blob`] prepares bad input.
+//! * [`encapsulated`]: ostree-encapsulated images, made by the real `ostree` and
+//!   ostree-ext's own `container encapsulate` (issue 22).
 
+pub mod encapsulated;
 pub mod expected;
 pub mod host_files;
 pub mod layer;

@@ -12,7 +12,9 @@
 //! * [`layer_fetch`]: registry layers read, inflated and diff-id-checked on
 //!   threads of their own;
 //! * [`docker_schema2`]: Docker schema 2 manifests and their OCI conversion;
-//! * [`oci_layout`]: `oci:` layout directories verified before a pull.
+//! * [`oci_layout`]: `oci:` layout directories verified before a pull;
+//! * [`ostree_encap`]: ostree-encapsulated images (the `ostree.commit`
+//!   label): the embedded commit's tree, xattrs and objects.
 //!
 //! The stores ([`crate::stores`]) only store: this room calls them, never
 //! the other way round.
@@ -22,6 +24,7 @@ pub mod fetch_config;
 pub mod imgref;
 pub mod layer_fetch;
 pub mod oci_layout;
+pub mod ostree_encap;
 pub mod pull;
 pub mod remote;
 pub mod sigpolicy;

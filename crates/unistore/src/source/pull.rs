@@ -33,6 +33,9 @@ pub struct Pulled {
     /// manifest digest and bytes (`manifest_digest` is that of its OCI
     /// conversion, see [`crate::source::docker_schema2`]).
     pub registry: Option<RegistryManifest>,
+    /// Issue 22: composefs-oci's EROFS images of this ostree-encapsulated
+    /// image were replaced by its commit's: garbage for the repository GC.
+    pub superseded: bool,
 }
 
 impl Pulled {
@@ -309,6 +312,12 @@ pub fn finish_pull(
 ) -> Result<Pulled> {
     let manifest_digest = result.manifest_digest.to_string();
     let digest: OciDigest = result.manifest_digest.clone();
+    // Issue 22: an ostree-encapsulated image's EROFS images are made from
+    // its embedded commit (xattrs applied, no object store), not its tar.
+    let superseded = boot_image
+        && crate::source::ostree_encap::images::link_images(repo, &digest)
+            .context("making the EROFS images of the ostree-encapsulated image")?
+            == crate::source::ostree_encap::images::Linked::Relinked;
     // The verity composefs-oci returns can be stale: re-resolve through the
     // manifest digest, which is what the tag points at.
     let boot_id = if boot_image {
@@ -335,5 +344,6 @@ pub fn finish_pull(
         config_digest: result.config_digest.to_string(),
         boot_image_id: boot_id,
         stats: result.stats,
+        superseded,
     })
 }

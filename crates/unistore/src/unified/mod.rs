@@ -382,9 +382,13 @@ pub async fn import_into_store(
             manifest: registry.map(|r| (r.digest.clone(), r.bytes.clone())),
         };
         let (r, m, st) = (repo.clone(), manifest_digest.to_string(), store.clone());
-        let w = tokio::task::spawn_blocking(move || writer::write_image(&r, &m, &st, &opts))
-            .await?
-            .with_context(|| format!("writing {manifest_digest} into containers-storage"))?;
+        let w = tokio::task::spawn_blocking(move || {
+            // Issue 22: an ostree-encapsulated image's xattrs (not in its tars).
+            let extra = crate::source::ostree_encap::store_xattrs::store_xattrs(&r, &m)?;
+            writer::write_image_with(&r, &m, &st, &opts, &extra)
+        })
+        .await?
+        .with_context(|| format!("writing {manifest_digest} into containers-storage"))?;
         crashpoint::hit("unified:after-store-write");
         Some(w)
     };

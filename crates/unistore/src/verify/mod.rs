@@ -84,11 +84,13 @@ pub fn write_into_store(
     crate::stores::containers_storage::ensure_store(sysroot)?;
     unified::record_upsert(sysroot, entry(true))?;
     crate::crashpoint::hit("fsck-repair:after-record-pending");
-    let stats = writer::write_image(
+    let stats = writer::write_image_with(
         repo,
         manifest_digest,
         &crate::stores::containers_storage::store_path(sysroot),
         wo,
+        // Issue 22: an ostree-encapsulated image's xattrs (not in its tars).
+        &crate::source::ostree_encap::store_xattrs::store_xattrs(repo, manifest_digest)?,
     )?;
     crate::crashpoint::hit("fsck-repair:after-store-write");
     unified::record_upsert(sysroot, entry(false))?;

@@ -134,6 +134,7 @@ async fn install_inner(
         boot_image_id: id,
         stats,
         registry,
+        superseded,
         ..
     } = fetch(
         sysroot,
@@ -226,6 +227,13 @@ async fn install_inner(
     // written (`deployment_files`).
     let entry = deployed.entry;
     drop(repo);
+    if superseded {
+        // Issue 22: composefs-oci's own images of an ostree-encapsulated
+        // image (an upgrade's GC collects them; an install has none).
+        composefs_repo::open(sysroot)?
+            .gc(&[])
+            .context("collecting the encapsulated image's superseded EROFS images")?;
+    }
     crate::crashpoint::hit("install:after-deploy");
     if let Some(u) = &unified_summary {
         unified::write_flag(sysroot, u.mode)?;

@@ -111,13 +111,8 @@ pub async fn pull(
         }
     };
     let img = composefs_repo::open_image(&repo, &pulled.manifest_digest)?;
-    let fs = composefs_oci::image::create_filesystem(
-        &repo,
-        img.config_digest(),
-        Some(img.config_verity()),
-        &Default::default(),
-    )
-    .context("reading the image's merged tree")?;
+    // Issue 22: an ostree-encapsulated image's tree is its commit's.
+    let fs = crate::source::ostree_encap::merged_tree(&repo, &img)?;
     // An image in Docker's format: the commit records the registry's
     // manifest and digest (composefs holds its OCI conversion).
     let (manifest_digest, manifest_bytes) = match &pulled.registry {
@@ -168,7 +163,26 @@ impl Staged {
         let repo_dir = sysroot.dir().open_dir(ostree_repo::REPO_DIR)?;
         let ref_name = ostree_repo::image_ref(image);
         let mut cache = ChecksumCache::load(sysroot);
-        let imported = ostree_repo::commit::import(
+        // Issue 22: an ostree-encapsulated image's embedded commit, as is.
+        let encap = crate::source::ostree_encap::ostree_import::import(
+            ostree,
+            &repo_dir,
+            &self.repo,
+            &self.composefs_digest,
+            &self.manifest_json,
+            &self.config_json,
+            &mut cache,
+        )?;
+        if let Some(e) = &encap {
+            crate::progress::step(
+                progress,
+                format!(
+                    "ostree-encapsulated image: commit {} imported ({} files, {} read, {} already present)",
+                    e.commit, e.files, e.files_read, e.files_present
+                ),
+            );
+        }
+        let mut imported = ostree_repo::commit::import(
             ostree,
             &repo_dir,
             &self.repo,
@@ -184,6 +198,10 @@ impl Staged {
             },
             &mut cache,
         )?;
+        if let Some(e) = &encap {
+            imported.content.merge(&e.content);
+            imported.objects_written += e.files_written;
+        }
         cache.save(sysroot)?;
         for n in &imported.notes {
             crate::progress::step(progress, format!("note: {n}"));

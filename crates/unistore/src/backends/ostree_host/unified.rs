@@ -221,13 +221,8 @@ pub struct ObjectSharing {
 /// The merged tree of an image of the composefs repository.
 pub fn image_tree(cfs: &Repo, manifest: &str) -> Result<FileSystem<ObjectId>> {
     let img = composefs_repo::open_image(cfs, manifest)?;
-    composefs_oci::image::create_filesystem(
-        cfs,
-        img.config_digest(),
-        Some(img.config_verity()),
-        &Default::default(),
-    )
-    .context("reading the image's merged tree")
+    // Issue 22: an ostree-encapsulated image's tree is its commit's.
+    crate::source::ostree_encap::merged_tree(cfs, &img)
 }
 
 /// What [`walk_objects`] does with each ostree object.

@@ -28,6 +28,7 @@ use super::{
 };
 
 /// Builds layer `id` into the store and returns its `layers.json` record.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_layer(
     repo: &Repo,
     store: &Path,
@@ -35,6 +36,7 @@ pub(super) fn build_layer(
     parent: Option<&str>,
     layer: &SourceLayer,
     opts: &WriteOptions,
+    extra: &[(String, super::extra_xattrs::Xattrs)],
     stats: &mut WriteStats,
 ) -> Result<Value> {
     let overlay = store.join(OVERLAY_DIR);
@@ -100,6 +102,8 @@ pub(super) fn build_layer(
             "the layer rebuilt from the composefs repository has digest {digest}, not {}: the repository's copy is damaged",
             layer.diff_id
         );
+        // Issue 22: xattrs the tar does not carry (an ostree layer's).
+        super::extra_xattrs::apply(&diff, extra)?;
 
         // Link, lower.
         let link = {

@@ -264,6 +264,19 @@ pub fn write_image(
     store: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteStats> {
+    write_image_with(repo, manifest_digest, store, opts, &Default::default())
+}
+
+/// [`write_image`], the layers it writes given the xattrs `extra` names
+/// beyond their tar's ([`extra_xattrs`]: an ostree-encapsulated image's,
+/// issue 22).
+pub fn write_image_with(
+    repo: &Repo,
+    manifest_digest: &str,
+    store: &Path,
+    opts: &WriteOptions,
+    extra: &extra_xattrs::ExtraXattrs,
+) -> Result<WriteStats> {
     let mut src = load_source(repo, manifest_digest)?;
     if let Some((digest, bytes)) = &opts.manifest {
         src.manifest_digest = digest.clone();
@@ -305,7 +318,8 @@ pub fn write_image(
                 continue;
             }
             let parent = (i > 0).then(|| ids[i - 1].as_str());
-            let record = build_layer(repo, store, id, parent, layer, opts, &mut stats)
+            let extra = extra.get(&layer.diff_id).map_or(&[][..], Vec::as_slice);
+            let record = build_layer(repo, store, id, parent, layer, opts, extra, &mut stats)
                 .with_context(|| format!("writing layer {} ({})", id, layer.diff_id))?;
             match existing {
                 Some(idx) => layers[idx] = record,
@@ -555,6 +569,7 @@ pub fn reflink_unsupported(e: Errno) -> bool {
     )
 }
 
+pub mod extra_xattrs;
 pub mod hash_thread;
 mod layer;
 mod split_thread;
