@@ -90,7 +90,9 @@ pub(super) fn prepare_content(
     share_reused: bool,
 ) -> Result<Prepared> {
     let kept = kept_leaves(fs);
-    let mut work: Vec<(usize, &ObjectId, u64, String, Option<String>, bool)> = vec![];
+    /// (leaf, object, size, cache key, cached checksum, already shared).
+    type Work<'f> = (usize, &'f ObjectId, u64, String, Option<String>, bool);
+    let mut work: Vec<Work<'_>> = vec![];
     for (i, l) in fs.leaves.iter().enumerate() {
         if !kept.contains(&i) {
             continue;

@@ -34,9 +34,7 @@ pub fn escape_ref(s: &str) -> String {
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
         let last = chars.peek().is_none();
-        if c.is_ascii_alphanumeric() || c == '-' {
-            out.push(c);
-        } else if c == '/' && prev_alnum && !last {
+        if c.is_ascii_alphanumeric() || c == '-' || (c == '/' && prev_alnum && !last) {
             out.push(c);
         } else if c == '_' {
             out.push_str("__");
