@@ -16,10 +16,12 @@ fuzz_target!(|data: &[u8]| {
         let info = CommitInfo {
             manifest_digest: None,
             config: Some(v),
+            manifest: None,
             timestamp: 0,
             composefs_manifest: None,
         };
         let _ = info.architecture();
         let _ = info.created();
+        let _ = info.version();
     }
 });
