@@ -28,6 +28,12 @@ struct Cli {
     /// system, whose booted deployment is read from the kernel command line.
     #[arg(long, global = true)]
     sysroot: Option<PathBuf>,
+    /// The ESP the host boots from through systemd-boot (its loader
+    /// entries and kernels). Without it: the running system's /boot, /efi
+    /// or /boot/efi, or SYSROOT/boot/efi, whichever holds systemd-boot's
+    /// `loader/entries.srel`; else the entries are under SYSROOT/boot.
+    #[arg(long, global = true)]
+    esp: Option<PathBuf>,
     /// More logging on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -75,10 +81,34 @@ enum InstallCmd {
     /// Install an OCI image as a host (native composefs, or ostree with
     /// `--backend ostree`) into the mounted filesystem at ROOT.
     ToFilesystem(InstallArgs),
+    /// Install onto a whole disk (or a disk image file with
+    /// --via-loopback): GPT with BIOS boot, a 1 GiB ESP and the root;
+    /// systemd-boot from the image; a native composefs host.
+    ToDisk(ToDiskArgs),
 }
 
 #[derive(clap::Args)]
 struct InstallArgs {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// What the boot entry's `root=` names, e.g. `UUID=...` or
+    /// `/dev/vda2`; empty: no `root=`. Default: `UUID=<uuid>` of the
+    /// filesystem ROOT is on (as bootc's install to-filesystem).
+    #[arg(long)]
+    root_mount_spec: Option<String>,
+    /// The mounted ESP to boot from through systemd-boot: loader entries
+    /// and kernels go there, and systemd-boot from the image (composefs
+    /// backend). Default: ROOT/boot/efi when an ESP is mounted there
+    /// (bootc's convention); else entries go to ROOT/boot (GRUB layout).
+    #[arg(long)]
+    esp: Option<PathBuf>,
+    /// The mounted target filesystem.
+    root: PathBuf,
+}
+
+/// What every install takes: the image, the host's kind and storage.
+#[derive(clap::Args)]
+struct ImageArgs {
     /// The image to install (docker://, oci:DIR[:TAG], oci-archive:FILE,
     /// containers-storage:REF).
     #[arg(long)]
@@ -110,13 +140,79 @@ struct InstallArgs {
     /// The ostree stateroot (`--backend ostree`; default `default`).
     #[arg(long)]
     stateroot: Option<String>,
-    /// What the boot entry's `root=` names, e.g. `UUID=...` or
-    /// `/dev/vda2`; empty: no `root=`. Default: `UUID=<uuid>` of the
-    /// filesystem ROOT is on (as bootc's install to-filesystem).
+    /// The loader to install onto the ESP: systemd (systemd-boot, from the
+    /// image's usr/lib/systemd/boot/efi) or none.
+    #[arg(long, default_value = "systemd", value_parser = parse_bootloader)]
+    bootloader: unistore::command::install::Bootloader,
+}
+
+#[derive(clap::Args)]
+struct ToDiskArgs {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Overwrite the partitions or filesystem already on the disk
+    /// (without it such a disk is refused, untouched).
     #[arg(long)]
-    root_mount_spec: Option<String>,
-    /// The mounted target filesystem.
-    root: PathBuf,
+    wipe: bool,
+    /// The root filesystem: xfs, ext4 (with the verity feature) or btrfs.
+    /// Default: the image's `[install.filesystem.root] type`.
+    #[arg(long, value_parser = parse_root_fs)]
+    filesystem: Option<unistore::disk::to_disk::RootFs>,
+    /// The root partition's size (e.g. 20G, 512M); default: the rest of
+    /// the disk.
+    #[arg(long, value_parser = parse_size)]
+    root_size: Option<u64>,
+    /// DEVICE is a regular file (a disk image), built as a new file and
+    /// renamed over it at the end; implies --generic-image.
+    #[arg(long)]
+    via_loopback: bool,
+    /// Write no firmware boot variables (unistore never does: firmware
+    /// finds systemd-boot at the removable-media path EFI/BOOT/BOOTX64.EFI).
+    #[arg(long)]
+    generic_image: bool,
+    /// The disk: a block device, or a file with --via-loopback.
+    device: PathBuf,
+}
+
+fn parse_root_fs(s: &str) -> Result<unistore::disk::to_disk::RootFs> {
+    s.parse()
+}
+
+fn parse_bootloader(s: &str) -> Result<unistore::command::install::Bootloader> {
+    s.parse()
+}
+
+/// `ROOT/boot/efi` when a filesystem other than ROOT's is mounted there
+/// (bootc's place for the ESP at install time).
+fn esp_under(root: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let esp = root.join("boot/efi");
+    let (r, e) = (std::fs::metadata(root).ok()?, std::fs::metadata(&esp).ok()?);
+    (e.is_dir() && e.dev() != r.dev()).then_some(esp)
+}
+
+/// `20G`, `512M`, `1T`, `4096` (bytes), `10GiB`.
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => bail!("unknown size unit in {s:?} (K, M, G, T)"),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} is too large"))
 }
 
 fn parse_backend(s: &str) -> Result<unistore::backends::BackendKind> {
@@ -280,12 +376,16 @@ fn run(cli: Cli) -> Result<()> {
 fn run_on(cli: Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
     match cli.cmd {
         Cmd::Install(InstallCmd::ToFilesystem(a)) => rt.block_on(install(a)),
-        Cmd::Status(a) => status(&open_sysroot(cli.sysroot.as_deref())?, a),
+        Cmd::Install(InstallCmd::ToDisk(a)) => rt.block_on(install_to_disk(a)),
+        Cmd::Status(a) => status(
+            &open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?,
+            a,
+        ),
         Cmd::Internals(InternalsCmd::Mount {
             deployment,
             mountpoint,
         }) => {
-            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            let sysroot = open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?;
             let id = unistore::backends::detect(&sysroot)?.mount(
                 &sysroot,
                 deployment.as_deref(),
@@ -295,35 +395,65 @@ fn run_on(cli: Cli, rt: &tokio::runtime::Runtime) -> Result<()> {
             Ok(())
         }
         Cmd::Upgrade(a) => {
-            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            let sysroot = open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?;
             rt.block_on(lifecycle::upgrade(&sysroot, a, fetch_config()))
         }
         Cmd::Switch(a) => {
-            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            let sysroot = open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?;
             rt.block_on(lifecycle::switch(&sysroot, a, fetch_config()))
         }
         Cmd::Image(c) => {
-            let sysroot = open_sysroot(cli.sysroot.as_deref())?;
+            let sysroot = open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?;
             rt.block_on(image::run(&sysroot, c))
         }
-        Cmd::Rollback(a) => lifecycle::rollback(&open_sysroot(cli.sysroot.as_deref())?, a),
+        Cmd::Rollback(a) => lifecycle::rollback(
+            &open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?,
+            a,
+        ),
         Cmd::Internals(InternalsCmd::Man { dir }) => docs::man_pages(&dir),
         Cmd::Internals(InternalsCmd::Completions { shell }) => docs::completions(shell),
-        Cmd::Internals(InternalsCmd::FinalizeStaged(a)) => {
-            lifecycle::finalize(&open_sysroot(cli.sysroot.as_deref())?, a)
-        }
-        Cmd::Internals(InternalsCmd::Fsck(a)) => {
-            rt.block_on(fsck::run(&open_sysroot(cli.sysroot.as_deref())?, a))
-        }
-        Cmd::Internals(InternalsCmd::Gc(a)) => {
-            lifecycle::gc(&open_sysroot(cli.sysroot.as_deref())?, a)
-        }
+        Cmd::Internals(InternalsCmd::FinalizeStaged(a)) => lifecycle::finalize(
+            &open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?,
+            a,
+        ),
+        Cmd::Internals(InternalsCmd::Fsck(a)) => rt.block_on(fsck::run(
+            &open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?,
+            a,
+        )),
+        Cmd::Internals(InternalsCmd::Gc(a)) => lifecycle::gc(
+            &open_sysroot(cli.sysroot.as_deref(), cli.esp.as_deref())?,
+            a,
+        ),
     }
 }
 
 /// `--sysroot DIR` is an offline root; without it, /sysroot of the running
 /// system, booted as the kernel command line says.
-fn open_sysroot(path: Option<&Path>) -> Result<Sysroot> {
+fn open_sysroot(path: Option<&Path>, esp: Option<&Path>) -> Result<Sysroot> {
+    let s = open_root(path)?;
+    let candidates: Vec<PathBuf> = match (esp, path) {
+        (Some(e), _) => {
+            if !e.join("loader").is_dir() {
+                bail!(
+                    "--esp {}: no systemd-boot loader directory (loader/) there",
+                    e.display()
+                );
+            }
+            return s.with_esp(e);
+        }
+        (None, Some(p)) => vec![p.join("boot/efi")],
+        (None, None) => ["/boot", "/efi", "/boot/efi"].map(PathBuf::from).to_vec(),
+    };
+    match candidates
+        .into_iter()
+        .find(|c| c.join("loader/entries.srel").is_file())
+    {
+        Some(e) => s.with_esp(e),
+        None => Ok(s),
+    }
+}
+
+fn open_root(path: Option<&Path>) -> Result<Sysroot> {
     match path {
         Some(p) => Sysroot::open(p),
         None => {
@@ -397,56 +527,131 @@ pub(crate) fn fetch_config() -> unistore::source::fetch_config::FetchConfig {
     }
 }
 
-async fn install(a: InstallArgs) -> Result<()> {
-    let Some(src) = a.source_imgref else {
+/// The install options every install shares, from the command line.
+fn install_opts(a: &ImageArgs) -> Result<unistore::command::install::InstallOpts> {
+    let Some(src) = &a.source_imgref else {
         bail!("--source-imgref is required (unistore does not run from a container image)");
-    };
-    let source = ImageRef::parse(&src)?;
-    let target = a
-        .target_imgref
-        .as_deref()
-        .map(ImageRef::parse)
-        .transpose()?;
-    let opts = unistore::command::install::InstallOpts {
-        source,
-        target,
-        kargs: a.kargs,
-        fetch: fetch_config(),
-        unified: a.unified,
-        host_config_files: {
-            let mut v = host_install_configs();
-            v.extend(a.install_config);
-            v
-        },
-        stateroot: a.stateroot.clone(),
-        root_mount_spec: match a.root_mount_spec {
-            Some(spec) => Some(spec),
-            // A root that is not a directory gets the library's error.
-            None if a.root.is_dir() => Some(format!("UUID={}", filesystem_uuid(&a.root)?)),
-            None => None,
-        },
     };
     if a.stateroot.is_some() && a.backend != unistore::backends::BackendKind::Ostree {
         bail!("--stateroot applies to --backend ostree only");
     }
+    Ok(unistore::command::install::InstallOpts {
+        source: ImageRef::parse(src)?,
+        target: a
+            .target_imgref
+            .as_deref()
+            .map(ImageRef::parse)
+            .transpose()?,
+        kargs: a.kargs.clone(),
+        fetch: fetch_config(),
+        unified: a.unified,
+        host_config_files: {
+            let mut v = host_install_configs();
+            v.extend(a.install_config.iter().cloned());
+            v
+        },
+        stateroot: a.stateroot.clone(),
+        root_mount_spec: None,
+        esp: None,
+        bootloader: a.bootloader,
+    })
+}
+
+async fn install(a: InstallArgs) -> Result<()> {
+    let mut opts = install_opts(&a.image)?;
+    opts.root_mount_spec = match a.root_mount_spec {
+        Some(spec) => Some(spec),
+        // A root that is not a directory gets the library's error.
+        None if a.root.is_dir() => Some(format!("UUID={}", filesystem_uuid(&a.root)?)),
+        None => None,
+    };
+    opts.esp = a.esp.or_else(|| esp_under(&a.root));
     let progress = progress::reporter();
-    let r = unistore::backends::for_kind(a.backend)
+    let r = unistore::backends::for_kind(a.image.backend)
         .install(&a.root, &opts, progress.clone())
         .await
         .with_context(|| format!("installing to {}", a.root.display()))?;
     progress::finish(&progress);
-    if a.json {
+    if a.image.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!(
-            "Installed deployment {}\n  image   {}\n  digest  {}\n  kernel  {}\n  entry   {}",
-            r.deployment_id, opts.source, r.manifest_digest, r.kernel_version, r.entry_file
-        );
-        if let Some(u) = &r.unified {
-            println!("  storage {}", u.message);
-        }
-        println!("  files   {}", r.deployment_files.describe());
+        print_installed(&opts, &r);
     }
+    Ok(())
+}
+
+fn print_installed(
+    opts: &unistore::command::install::InstallOpts,
+    r: &unistore::command::install::InstallResult,
+) {
+    println!(
+        "Installed deployment {}\n  image   {}\n  digest  {}\n  kernel  {}\n  entry   {}",
+        r.deployment_id, opts.source, r.manifest_digest, r.kernel_version, r.entry_file
+    );
+    if let Some(u) = &r.unified {
+        println!("  storage {}", u.message);
+    }
+    println!("  files   {}", r.deployment_files.describe());
+}
+
+async fn install_to_disk(a: ToDiskArgs) -> Result<()> {
+    if a.image.backend != unistore::backends::BackendKind::Composefs {
+        bail!(
+            "install to-disk makes native composefs hosts only: libostree 2022.7 keeps its entries under /boot/loader, a symlink it swaps (loader -> loader.N) that an ESP (vfat) cannot hold, and installs no systemd-boot; use --backend composefs, or install to-filesystem with --backend ostree"
+        );
+    }
+    let opts = install_opts(&a.image)?;
+    // Devices in use, for the library's "is mounted" check.
+    let mounted_sources = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" - ")?
+                .1
+                .split_whitespace()
+                .nth(1)
+                .map(PathBuf::from)
+        })
+        .filter(|p| p.starts_with("/dev/"))
+        .filter_map(|p| std::fs::canonicalize(&p).ok().or(Some(p)))
+        .collect();
+    let o = unistore::disk::to_disk::ToDiskOpts {
+        device: a.device.clone(),
+        wipe: a.wipe,
+        filesystem: a.filesystem,
+        root_size: a.root_size,
+        via_loopback: a.via_loopback,
+        install: opts.clone(),
+        mounted_sources,
+        work_dir: std::env::var_os("TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp")),
+    };
+    let _ = a.generic_image;
+    let progress = progress::reporter();
+    let r = unistore::disk::to_disk::install_to_disk(o, progress.clone())
+        .await
+        .with_context(|| format!("installing to {}", a.device.display()))?;
+    progress::finish(&progress);
+    if a.image.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("Disk {}: GPT", r.device.display());
+    for p in &r.partitions {
+        println!(
+            "  {:<11} {}  {:>9.1} MiB at {} MiB",
+            p.name,
+            p.type_guid,
+            p.bytes as f64 / 1048576.0,
+            p.offset >> 20
+        );
+    }
+    println!(
+        "  root filesystem {:?} UUID {} (label root); ESP vfat UUID {} (label EFI-SYSTEM), systemd-boot",
+        r.filesystem, r.root_uuid, r.esp_uuid
+    );
+    print_installed(&opts, &r.install);
     Ok(())
 }
 

@@ -122,6 +122,10 @@ pub struct InstallConfig {
     pub kargs: Vec<String>,
     /// `[install.storage] unified`, if any file set it.
     pub unified: Option<UnifiedMode>,
+    /// The root filesystem `install to-disk` makes without `--filesystem`:
+    /// `[install.filesystem.root] type` (bootc), or the older
+    /// `root-fs-type`.
+    pub root_fs_type: Option<String>,
 }
 
 impl InstallConfig {
@@ -137,15 +141,19 @@ impl InstallConfig {
         {
             return Ok(());
         }
-        let _ = (
-            &t.root_fs_type,
-            &t.block,
-            &t.filesystem,
-            &t.stateroot,
-            &t.boot,
-            &t.ostree,
-            &t.bootupd,
-        );
+        let fs_type = t
+            .filesystem
+            .as_ref()
+            .and_then(|f| f.get("root"))
+            .and_then(|r| r.get("type"))
+            .or(t.root_fs_type.as_ref());
+        if let Some(v) = fs_type {
+            let Some(v) = v.as_str() else {
+                anyhow::bail!("install config {name}: the root filesystem type must be a string");
+            };
+            self.root_fs_type = Some(v.to_string());
+        }
+        let _ = (&t.block, &t.stateroot, &t.boot, &t.ostree, &t.bootupd);
         if let Some(k) = t.kargs {
             self.kargs.extend(k);
         }
@@ -312,6 +320,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.kargs, vec!["a=1", "b"]);
         assert_eq!(c.unified, Some(UnifiedMode::EnabledWithCopy));
+        assert_eq!(c.root_fs_type.as_deref(), Some("xfs"));
+        c.merge_text(
+            "d",
+            "[install.filesystem.root]\ntype = \"btrfs\"\n",
+            "amd64",
+        )
+        .unwrap();
+        assert_eq!(c.root_fs_type.as_deref(), Some("btrfs"));
+        assert!(
+            c.clone()
+                .merge_text("e", "[install.filesystem.root]\ntype = 3\n", "amd64")
+                .is_err()
+        );
     }
 
     #[test]

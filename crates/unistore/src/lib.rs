@@ -19,6 +19,7 @@ pub mod command;
 pub mod crashpoint;
 pub mod deployment;
 pub mod design;
+pub mod disk;
 pub mod fs;
 pub mod install_config;
 pub mod lock;

@@ -58,7 +58,18 @@ pub struct Sysroot {
     mode: BootedMode,
     run: PathBuf,
     ostree_root: Option<PathBuf>,
+    esp: Option<(Dir, PathBuf)>,
 }
+
+/// Where loader entries and kernels live on an ESP read by systemd-boot
+/// (bootc's composefs backend with `--bootloader systemd`): entries in
+/// `loader/entries/`, kernels in `EFI/Linux/bootc_composefs-<id>/`, paths
+/// in entries absolute from the ESP's root.
+pub const ESP_ENTRIES_DIR: &str = "loader/entries";
+/// The next boot's entries on an ESP.
+pub const ESP_STAGED_ENTRIES_DIR: &str = "loader/entries.staged";
+/// The directory of kernel directories on an ESP.
+pub const ESP_KERNELS_DIR: &str = "EFI/Linux";
 
 impl Sysroot {
     /// Opens `path` as an offline root (see [`BootedMode::Offline`]).
@@ -88,6 +99,7 @@ impl Sysroot {
             mode,
             run,
             ostree_root: None,
+            esp: None,
         })
     }
 
@@ -104,6 +116,63 @@ impl Sysroot {
     /// root.
     pub fn ostree_path(&self) -> &Path {
         self.ostree_root.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Boots through systemd-boot from the ESP at `esp` (mounted; at install
+    /// time a directory staged for the ESP): loader entries and kernels live
+    /// there ([`ESP_ENTRIES_DIR`], [`ESP_KERNELS_DIR`]), not under `boot/`.
+    /// The caller finds the ESP (a running host's `/boot`, an install
+    /// target's `boot/efi`).
+    pub fn with_esp(mut self, esp: impl AsRef<Path>) -> Result<Self> {
+        let esp = esp.as_ref();
+        let dir = Dir::open_ambient_dir(esp, cap_std::ambient_authority())
+            .with_context(|| format!("opening the ESP {}", esp.display()))?;
+        self.esp = Some((dir, esp.to_path_buf()));
+        Ok(self)
+    }
+
+    /// The ESP's path, when the host boots through systemd-boot from one.
+    pub fn esp_path(&self) -> Option<&Path> {
+        self.esp.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// The directory the boot loader's paths below are relative to: the
+    /// ESP, else this root (whose `boot/` holds them).
+    pub fn boot_root(&self) -> &Dir {
+        self.esp.as_ref().map_or(&self.dir, |(d, _)| d)
+    }
+
+    /// [`Self::boot_root`]'s path.
+    pub fn boot_root_path(&self) -> &Path {
+        self.esp.as_ref().map_or(&self.path, |(_, p)| p.as_path())
+    }
+
+    /// The current loader entries, relative to [`Self::boot_root`].
+    pub fn entries_dir(&self) -> &'static str {
+        if self.esp.is_some() {
+            ESP_ENTRIES_DIR
+        } else {
+            ENTRIES_DIR
+        }
+    }
+
+    /// The staged loader entries, relative to [`Self::boot_root`].
+    pub fn staged_entries_dir(&self) -> &'static str {
+        if self.esp.is_some() {
+            ESP_STAGED_ENTRIES_DIR
+        } else {
+            STAGED_ENTRIES_DIR
+        }
+    }
+
+    /// The directory holding kernel directories, relative to
+    /// [`Self::boot_root`].
+    pub fn kernels_dir(&self) -> &'static str {
+        if self.esp.is_some() {
+            ESP_KERNELS_DIR
+        } else {
+            BOOT_DIR
+        }
     }
 
     /// Uses `run` as the runtime directory (`/run` on the running system).
@@ -149,9 +218,12 @@ impl Sysroot {
         }
     }
 
-    /// The path prefix loader entries use to name files under `boot/`.
+    /// The path prefix loader entries use to name files in
+    /// [`Self::kernels_dir`].
     pub fn boot_path_prefix(&self) -> Result<&'static str> {
-        Ok(if self.boot_is_separate_mount()? {
+        Ok(if self.esp.is_some() {
+            "/EFI/Linux"
+        } else if self.boot_is_separate_mount()? {
             ""
         } else {
             "/boot"

@@ -122,6 +122,10 @@ enum Cmd {
         /// Kill the VM after this many seconds.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Boot through firmware (q35, OVMF, the disk's systemd-boot), not
+        /// from the entry's kernel: a disk made by `install to-disk`.
+        #[arg(long)]
+        uefi: bool,
     },
     /// Compare a real directory tree with the merged layers of an image.
     Compare {
@@ -184,22 +188,32 @@ fn boot(
     extra_disks: Vec<PathBuf>,
     append: Vec<String>,
     timeout: u64,
+    uefi: bool,
 ) -> Result<()> {
     use unistore_fixtures::env::vm;
     let work = tempfile::tempdir()?;
-    let spec = vm::primary_entry_of_image(&disk, work.path())?;
-    let mut opts = vm::VmOpts::new(log.as_deref().unwrap_or(std::path::Path::new("")));
+    let console = work.path().join("console");
+    let mut opts = vm::VmOpts::new(log.as_deref().unwrap_or(&console));
     opts.interactive = log.is_none();
     opts.extra_disks = extra_disks;
     opts.extra_append = append;
     opts.timeout = std::time::Duration::from_secs(timeout);
-    eprintln!(
-        "booting {} ({}): {}",
-        disk.display(),
-        spec.entry_file,
-        vm::append_line(&spec, &opts)
-    );
-    let r = vm::boot(&disk, &spec, &opts)?;
+    let r = if uefi {
+        eprintln!(
+            "booting {} through firmware (q35, OVMF, systemd-boot on its ESP)",
+            disk.display()
+        );
+        vm::boot_uefi(&disk, &opts)?
+    } else {
+        let spec = vm::primary_entry_of_image(&disk, work.path())?;
+        eprintln!(
+            "booting {} ({}): {}",
+            disk.display(),
+            spec.entry_file,
+            vm::append_line(&spec, &opts)
+        );
+        vm::boot(&disk, &spec, &opts)?
+    };
     eprintln!(
         "{} after {:.0} s{}",
         if r.exited {
@@ -233,7 +247,8 @@ fn main() -> Result<()> {
             extra_disks,
             append,
             timeout,
-        } => return boot(disk, log, extra_disks, append, timeout),
+            uefi,
+        } => return boot(disk, log, extra_disks, append, timeout, uefi),
         Cmd::ScaleImage {
             out,
             files,

@@ -253,6 +253,29 @@ pub fn append_line(spec: &BootSpec, opts: &VmOpts) -> String {
 /// crashes again: such a boot is run once more, its console kept beside
 /// the log as `<log>.crashed`.
 pub fn boot(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
+    boot_how(disk, Some(spec), opts)
+}
+
+/// OVMF's code (read-only) and the template of its variable store.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The variable store template (each boot gets its own copy).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Boots `disk` through firmware, as a real machine: QEMU q35 with OVMF
+/// (package ovmf), no `-kernel`: the firmware finds the ESP's
+/// `EFI/BOOT/BOOTX64.EFI` (no boot variables: a fresh copy of the variable
+/// store), systemd-boot picks the entry. `opts.extra_append` cannot apply
+/// (the entry's options are what the kernel gets) and must be empty.
+pub fn boot_uefi(disk: &Path, opts: &VmOpts) -> Result<VmRun> {
+    if !opts.extra_append.is_empty() {
+        bail!(
+            "a boot through firmware takes the entry's kernel arguments; extra ones cannot be appended"
+        );
+    }
+    boot_how(disk, None, opts)
+}
+
+fn boot_how(disk: &Path, spec: Option<&BootSpec>, opts: &VmOpts) -> Result<VmRun> {
     let first = boot_once(disk, spec, opts)?;
     if !first.crashed_before_init() {
         return Ok(first);
@@ -266,7 +289,7 @@ pub fn boot(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
     boot_once(disk, spec, opts)
 }
 
-fn boot_once(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
+fn boot_once(disk: &Path, spec: Option<&BootSpec>, opts: &VmOpts) -> Result<VmRun> {
     let mut cmd = Command::new("qemu-system-x86_64");
     // Without CMPXCHG16B: Debian 12's QEMU 7.2 TCG runs the 6.12 kernel's
     // SLUB fast path (cmpxchg16b with a %gs prefix) into a double fault at
@@ -281,12 +304,32 @@ fn boot_once(disk: &Path, spec: &BootSpec, opts: &VmOpts) -> Result<VmRun> {
         "none",
     ])
     .args(["-m", &opts.memory_mib.to_string()])
-    .args(["-smp", &opts.cpus.to_string()])
-    .arg("-kernel")
-    .arg(&spec.kernel)
-    .arg("-initrd")
-    .arg(&spec.initrd)
-    .args(["-append", &append_line(spec, opts)]);
+    .args(["-smp", &opts.cpus.to_string()]);
+    match spec {
+        Some(spec) => {
+            cmd.arg("-kernel")
+                .arg(&spec.kernel)
+                .arg("-initrd")
+                .arg(&spec.initrd)
+                .args(["-append", &append_line(spec, opts)]);
+        }
+        None => {
+            let vars = opts.log.with_extension("ovmf-vars.fd");
+            std::fs::copy(OVMF_VARS, &vars).with_context(|| {
+                format!("copying {OVMF_VARS} (is ovmf installed? scripts/setup)")
+            })?;
+            cmd.args(["-machine", "q35"])
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+        }
+    }
     for d in std::iter::once(disk).chain(opts.extra_disks.iter().map(PathBuf::as_path)) {
         cmd.arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", d.display()));

@@ -142,7 +142,7 @@ impl BlsEntry {
 /// directory is filled and fsynced beside it, then exchanged with the old
 /// one (or renamed into place), then the old one is removed.
 pub fn replace_entries_dir(sysroot: &Sysroot, rel_dir: &str, entries: &[BlsEntry]) -> Result<()> {
-    let dir = sysroot.dir();
+    let dir = sysroot.boot_root();
     let tmp = format!("{rel_dir}.tmp");
     util::remove_all(dir, &tmp)?;
     dir.create_dir_all(&tmp)?;
@@ -152,7 +152,7 @@ pub fn replace_entries_dir(sysroot: &Sysroot, rel_dir: &str, entries: &[BlsEntry
     }
     util::fsync_dir(dir, Some(Path::new(&tmp)))?;
     if dir.try_exists(rel_dir)? {
-        exchange(sysroot, &tmp, rel_dir)?;
+        exchange(dir, &tmp, rel_dir)?;
         util::remove_all(dir, &tmp)?;
     } else {
         dir.rename(&tmp, dir, rel_dir)?;
@@ -162,16 +162,12 @@ pub fn replace_entries_dir(sysroot: &Sysroot, rel_dir: &str, entries: &[BlsEntry
     Ok(())
 }
 
-/// Atomically exchanges two paths below the sysroot (renameat2 EXCHANGE).
-pub fn exchange(sysroot: &Sysroot, a: &str, b: &str) -> Result<()> {
-    rustix::fs::renameat_with(
-        sysroot.dir(),
-        a,
-        sysroot.dir(),
-        b,
-        rustix::fs::RenameFlags::EXCHANGE,
-    )
-    .with_context(|| format!("exchanging {a} and {b}"))?;
+/// Atomically exchanges two paths below `dir` (renameat2 EXCHANGE; vfat
+/// has it since Linux 6.0, so an ESP's entries swap as atomically as on
+/// XFS).
+pub fn exchange(dir: &Dir, a: &str, b: &str) -> Result<()> {
+    rustix::fs::renameat_with(dir, a, dir, b, rustix::fs::RenameFlags::EXCHANGE)
+        .with_context(|| format!("exchanging {a} and {b}"))?;
     Ok(())
 }
 
@@ -188,16 +184,16 @@ pub fn sort_key(os_id: &str, primary: bool) -> String {
 }
 
 /// Reads every entry of a loader entries directory (relative to the
-/// sysroot), primary first.
+/// sysroot's boot root), primary first.
 pub fn read_entries(sysroot: &Sysroot, rel_dir: &str) -> Result<Vec<BlsEntry>> {
     let mut out = vec![];
-    for name in util::list_names(sysroot.dir(), rel_dir)? {
+    for name in util::list_names(sysroot.boot_root(), rel_dir)? {
         if !name.ends_with(".conf") {
             continue;
         }
         let path = Path::new(rel_dir).join(&name);
         let text = sysroot
-            .dir()
+            .boot_root()
             .read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         out.push(BlsEntry::parse(&name, &text)?);

@@ -55,6 +55,10 @@ fn fix_entry(e: &BlsEntry) -> Option<BlsEntry> {
 /// Migrates the root. The caller holds the sysroot lock.
 pub fn migrate(sysroot: &Sysroot) -> Result<MigrateReport> {
     let mut report = MigrateReport::default();
+    if sysroot.esp_path().is_some() {
+        // Old names only ever existed under `boot/` (GRUB layout).
+        return Ok(report);
+    }
     let dir = sysroot.dir();
     for rel in [ENTRIES_DIR, STAGED_ENTRIES_DIR] {
         let entries = bls::read_entries(sysroot, rel)?;

@@ -3,6 +3,7 @@
 //! * [`bls`]: BLS Type 1 entries (`loader/entries/*.conf`, the staged
 //!   `entries.staged/` swapped in at finalize), their file names and sort
 //!   keys, and the kernel/initrd pairs they name (`boot/bootc_composefs-<id>/`);
+//! * [`systemd_boot`]: the loader on the ESP, from the image;
 //! * [`migrate`]: bringing boot directories written by older versions to
 //!   today's names, safely against interruption.
 //!
@@ -12,3 +13,4 @@
 
 pub mod bls;
 pub mod migrate;
+pub mod systemd_boot;

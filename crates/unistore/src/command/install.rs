@@ -12,7 +12,7 @@ use crate::fs::reflink;
 use crate::install_config::{InstallConfig, UnifiedMode};
 use crate::source::fetch_config;
 use crate::source::imgref::ImageRef;
-use crate::sysroot::{ENTRIES_DIR, STATE_DEPLOY_DIR, Sysroot};
+use crate::sysroot::{STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
 
 /// Options of an install.
@@ -39,6 +39,37 @@ pub struct InstallOpts {
     /// `root=`. The CLI finds the target's filesystem; the library only
     /// writes what it is given.
     pub root_mount_spec: Option<String>,
+    /// The mounted ESP (or, at `install to-disk`, the directory staged for
+    /// it): loader entries and kernels go there, for systemd-boot, instead
+    /// of under `boot/` (composefs backend only).
+    pub esp: Option<PathBuf>,
+    /// Which boot loader to install onto the ESP.
+    pub bootloader: Bootloader,
+}
+
+/// The boot loader an install puts on the ESP (bootc's `--bootloader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootloader {
+    /// systemd-boot, from the image (`usr/lib/systemd/boot/efi`).
+    #[default]
+    Systemd,
+    /// No loader: only entries and kernels (something else boots them).
+    None,
+}
+
+impl std::str::FromStr for Bootloader {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "systemd" => Ok(Self::Systemd),
+            "none" => Ok(Self::None),
+            "grub" => bail!(
+                "--bootloader grub: Debian 12's GRUB cannot read BLS entries (no blscfg); use systemd or none"
+            ),
+            _ => bail!("unknown boot loader {s:?} (systemd or none)"),
+        }
+    }
 }
 
 impl InstallOpts {
@@ -90,6 +121,7 @@ pub struct InstallResult {
 pub(crate) struct Created<'a> {
     sysroot: &'a Sysroot,
     paths: Vec<String>,
+    boot_paths: Vec<String>,
     pub(crate) armed: bool,
 }
 
@@ -98,6 +130,7 @@ impl<'a> Created<'a> {
         Self {
             sysroot,
             paths: vec![],
+            boot_paths: vec![],
             armed: true,
         }
     }
@@ -108,12 +141,25 @@ impl<'a> Created<'a> {
         }
         Ok(())
     }
+    /// Remember `rel` (relative to the boot root: the ESP, when there is
+    /// one) for removal if it does not exist yet.
+    pub(crate) fn track_boot(&mut self, rel: &str) -> Result<()> {
+        if !self.sysroot.boot_root().try_exists(rel)? {
+            self.boot_paths.push(rel.to_string());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Created<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
+        }
+        for p in self.boot_paths.iter().rev() {
+            if let Err(e) = util::remove_all(self.sysroot.boot_root(), p) {
+                tracing::warn!("cleaning up {p} on the ESP: {e:#}");
+            }
         }
         for p in self.paths.iter().rev() {
             if let Err(e) = util::remove_all(self.sysroot.dir(), p) {
@@ -128,11 +174,13 @@ impl Drop for Created<'_> {
 /// left (it writes the entry last): garbage, removed, so that running the
 /// install again completes (found by the crash walk).
 pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
-    let entries = util::list_names(sysroot.dir(), ENTRIES_DIR)?;
+    let entries = util::list_names(sysroot.boot_root(), sysroot.entries_dir())?;
     if let Some(e) = entries.iter().find(|n| n.ends_with(".conf")) {
         bail!(
-            "{} already holds a deployment (boot entry {ENTRIES_DIR}/{e})",
-            sysroot.path().display()
+            "{} already holds a deployment (boot entry {}/{}/{e})",
+            sysroot.path().display(),
+            sysroot.boot_root_path().display(),
+            sysroot.entries_dir()
         );
     }
     for id in deployment::list_state_dirs(sysroot)? {

@@ -13,7 +13,7 @@ use crate::fs::reflink::Tally;
 use crate::install_config;
 use crate::source::imgref::ImageRef;
 use crate::stores::composefs_repo::{self, Repo};
-use crate::sysroot::{BOOT_DIR, Sysroot};
+use crate::sysroot::Sysroot;
 
 /// An image of the repository with its merged tree, read once for every
 /// step of a deployment that needs it (its kernel arguments, its install
@@ -89,13 +89,14 @@ pub fn image_kargs(repo: &Repo, manifest_digest: &str) -> Result<Vec<String>> {
 }
 
 /// Creates the state directory (unless it exists) and the kernel directory.
-/// `track` is called with each path about to be created, so an install can
-/// remove them if a later step fails.
+/// `track` is called with each path about to be created (and whether it is
+/// relative to the boot root, the ESP, rather than the sysroot), so an
+/// install can remove them if a later step fails.
 pub fn deploy_image(
     sysroot: &Sysroot,
     repo: &Repo,
     req: &DeployRequest<'_>,
-    track: &mut dyn FnMut(&str) -> Result<()>,
+    track: &mut dyn FnMut(&str, bool) -> Result<()>,
 ) -> Result<Deployed> {
     let id = req.id;
     let (img, fs) = (&req.tree.img, &req.tree.fs);
@@ -129,7 +130,7 @@ pub fn deploy_image(
     let mut files = Tally::default();
     let state = deployment::state_dir(id);
     if !sysroot.dir().try_exists(&state)? {
-        track(&state)?;
+        track(&state, false)?;
         files = deployment::create(
             sysroot,
             &NewDeployment {
@@ -142,9 +143,9 @@ pub fn deploy_image(
         )?;
     }
 
-    let dir = sysroot.dir();
-    dir.create_dir_all(BOOT_DIR)?;
-    let boot = dir.open_dir(BOOT_DIR)?;
+    let kernels = sysroot.kernels_dir();
+    sysroot.boot_root().create_dir_all(kernels)?;
+    let boot = sysroot.boot_root().open_dir(kernels)?;
     let reused = req
         .reusable_kernels
         .iter()
@@ -154,7 +155,7 @@ pub fn deploy_image(
         Some(kd) => (kd, true),
         None => {
             let kd = bls::kernel_dir_name(id);
-            track(&format!("{BOOT_DIR}/{kd}"))?;
+            track(&format!("{kernels}/{kd}"), true)?;
             bls::write_kernel_dir(&boot, &kd, &kernel, repo, &mut files)?;
             (kd, false)
         }

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use crate::boot::bls::{self, BlsEntry};
 use crate::deployment::staged::{self, StagedMarker};
-use crate::sysroot::{BootedMode, ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
+use crate::sysroot::{BootedMode, Sysroot};
 
 /// What the loader directories say.
 #[derive(Debug, Clone)]
@@ -25,10 +25,10 @@ pub struct HostState {
 impl HostState {
     /// Reads the loader directories and the marker. Writes nothing.
     pub fn read(sysroot: &Sysroot) -> Result<Self> {
-        let entries = bls::read_entries(sysroot, ENTRIES_DIR)?;
+        let entries = bls::read_entries(sysroot, sysroot.entries_dir())?;
         let marker = staged::read(sysroot)?;
         let staged_entries = if marker.is_some() {
-            bls::read_entries(sysroot, STAGED_ENTRIES_DIR)?
+            bls::read_entries(sysroot, sysroot.staged_entries_dir())?
         } else {
             vec![]
         };

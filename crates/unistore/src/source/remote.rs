@@ -13,6 +13,8 @@ pub struct RemoteImage {
     pub manifest_digest: String,
     /// `org.opencontainers.image.version` of its config.
     pub version: Option<String>,
+    /// The sum of its layers' (compressed) sizes, as the manifest says.
+    pub layer_bytes: u64,
 }
 
 /// Fetches only the manifest of `imgref`, and its config when `version`
@@ -32,7 +34,7 @@ pub async fn inspect_remote(
         .open_image(&spec)
         .await
         .with_context(|| format!("opening {spec}"))?;
-    let (digest, _) = proxy
+    let (digest, raw) = proxy
         .fetch_manifest_raw_oci(&img)
         .await
         .with_context(|| format!("fetching the manifest of {spec}"))?;
@@ -52,5 +54,18 @@ pub async fn inspect_remote(
     Ok(RemoteImage {
         manifest_digest: digest,
         version,
+        layer_bytes: layer_bytes(&raw),
     })
+}
+
+/// The sum of `layers[].size` of a manifest (0 when it says none).
+fn layer_bytes(manifest: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(manifest)
+        .ok()
+        .and_then(|m| {
+            m.get("layers")?
+                .as_array()
+                .map(|ls| ls.iter().filter_map(|l| l.get("size")?.as_u64()).sum())
+        })
+        .unwrap_or(0)
 }

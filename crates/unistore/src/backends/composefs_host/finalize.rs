@@ -20,7 +20,7 @@ use crate::deployment::etc_merge;
 use crate::deployment::host_state::HostState;
 use crate::deployment::staged;
 use crate::stores::composefs_repo;
-use crate::sysroot::{ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
+use crate::sysroot::Sysroot;
 use crate::{crashpoint, lock, util};
 
 /// Runs finalize.
@@ -37,11 +37,12 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
             deployment_id: new_id,
         });
     }
-    let dir = sysroot.dir();
+    let boot = sysroot.boot_root();
+    let (entries_dir, staged_dir) = (sysroot.entries_dir(), sysroot.staged_entries_dir());
     let cleanup = || -> Result<()> {
         staged::remove(sysroot)?;
         crashpoint::hit("finalize:after-unmark");
-        util::remove_all(dir, STAGED_ENTRIES_DIR)?;
+        util::remove_all(boot, staged_dir)?;
         Ok(())
     };
     if host.entries.first().and_then(|e| e.deployment_id()) == Some(new_id.as_str()) {
@@ -54,7 +55,7 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
     }
     if host.staged_entry().is_none() {
         bail!(
-            "staged deployment {new_id} has no entry in {STAGED_ENTRIES_DIR}; the current boot stays; run an upgrade again"
+            "staged deployment {new_id} has no entry in {staged_dir}; the current boot stays; run an upgrade again"
         );
     }
 
@@ -67,9 +68,8 @@ pub fn finalize(sysroot: &Sysroot) -> Result<FinalizeOutcome> {
     crashpoint::hit("finalize:after-etc");
 
     // 2. The boot menu.
-    bls::exchange(sysroot, STAGED_ENTRIES_DIR, ENTRIES_DIR)
-        .context("swapping in the staged boot entries")?;
-    util::fsync_dir(dir, Some(std::path::Path::new("boot/loader")))?;
+    bls::exchange(boot, staged_dir, entries_dir).context("swapping in the staged boot entries")?;
+    util::fsync_dir(boot, std::path::Path::new(entries_dir).parent())?;
     crashpoint::hit("finalize:after-swap");
 
     // 3. Clean up.
@@ -116,7 +116,7 @@ fn merge_etc(sysroot: &Sysroot, booted_id: &str, new_id: &str) -> Result<usize> 
     }
     etc_merge::apply(&plan, &cur_path, &sysroot.join(&merge_rel))?;
     rustix::fs::sync();
-    bls::exchange(sysroot, &merge_rel, &new_rel)?;
+    bls::exchange(sysroot.dir(), &merge_rel, &new_rel)?;
     util::remove_all(sysroot.dir(), &merge_rel)?;
     Ok(plan.ops.len())
 }

@@ -16,7 +16,7 @@ use crate::command::gc::du;
 use crate::deployment;
 use crate::deployment::host_state::HostState;
 use crate::stores::composefs_repo;
-use crate::sysroot::{BOOT_DIR, BOOTC_TAG_PREFIX, KERNEL_DIR_PREFIX, STATE_DEPLOY_DIR, Sysroot};
+use crate::sysroot::{BOOTC_TAG_PREFIX, KERNEL_DIR_PREFIX, STATE_DEPLOY_DIR, Sysroot};
 use crate::util;
 
 /// Runs the GC as its own operation: takes the lock and migrates first.
@@ -43,15 +43,16 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     }
     let dir = sysroot.dir();
 
-    // 1. Kernel directories.
-    for name in util::list_names(dir, BOOT_DIR)? {
+    // 1. Kernel directories (under `boot/`, or `EFI/Linux/` on an ESP).
+    let (boot, kernels) = (sysroot.boot_root(), sysroot.kernels_dir());
+    for name in util::list_names(boot, kernels)? {
         let is_ours = name.starts_with(KERNEL_DIR_PREFIX)
             || name.starts_with(&format!(".tmp-{KERNEL_DIR_PREFIX}"));
         if is_ours && !live_kernels.contains(&name) {
-            let rel = format!("{BOOT_DIR}/{name}");
-            report.other_bytes += du(&sysroot.join(&rel));
+            let rel = format!("{kernels}/{name}");
+            report.other_bytes += du(&sysroot.boot_root_path().join(&rel));
             if !opts.dry_run {
-                util::remove_all(dir, &rel)?;
+                util::remove_all(boot, &rel)?;
             }
             report.kernel_dirs.push(name);
         }
@@ -71,9 +72,9 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
         report.state_dirs.push(name);
     }
     // A staged entries directory without its marker is an interrupted stage.
-    if host.marker.is_none() && dir.try_exists(crate::sysroot::STAGED_ENTRIES_DIR)? && !opts.dry_run
-    {
-        util::remove_all(dir, crate::sysroot::STAGED_ENTRIES_DIR)?;
+    let staged = sysroot.staged_entries_dir();
+    if host.marker.is_none() && boot.try_exists(staged)? && !opts.dry_run {
+        util::remove_all(boot, staged)?;
     }
 
     crate::crashpoint::hit("gc:after-state-dirs");

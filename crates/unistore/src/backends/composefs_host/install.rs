@@ -43,7 +43,7 @@ use crate::source::pull;
 use crate::source::pull::Pulled;
 use crate::stores::composefs_repo::{self, Repo};
 use crate::stores::containers_storage;
-use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, ENTRIES_DIR, GRUB2_DIR, Sysroot};
+use crate::sysroot::{BOOT_DIR, COMPOSEFS_DIR, GRUB2_DIR, Sysroot};
 use crate::unified;
 use crate::util;
 
@@ -53,7 +53,10 @@ pub async fn install_to_filesystem(
     opts: &InstallOpts,
     progress: Progress,
 ) -> Result<InstallResult> {
-    let sysroot = Sysroot::open(root)?;
+    let sysroot = match &opts.esp {
+        Some(esp) => Sysroot::open(root)?.with_esp(esp)?,
+        None => Sysroot::open(root)?,
+    };
     check_empty(&sysroot)?;
     crate::source::sigpolicy::check(&opts.fetch)?;
     let host_config = read_host_config(&opts.host_config_files)?;
@@ -80,6 +83,11 @@ pub async fn install_to_filesystem(
         "ostree",
     ] {
         created.track(p)?;
+    }
+    if sysroot.esp_path().is_some() {
+        for p in ["EFI", "loader"] {
+            created.track_boot(p)?;
+        }
     }
     let result = install_inner(&sysroot, opts, &host_config, early, progress, &mut created).await?;
     created.armed = false;
@@ -150,6 +158,14 @@ async fn install_inner(
     // The image's own install config is known only now.
     let tree = create::ImageTree::read(&repo, &manifest_digest)?;
     let image_config = effective_config(&repo, &tree, host_config)?;
+    // Refused before anything else is written: an image that cannot boot
+    // through the loader asked for.
+    let loader = match (sysroot.esp_path(), opts.bootloader) {
+        (Some(_), crate::command::install::Bootloader::Systemd) => {
+            Some(crate::boot::systemd_boot::image_loader(&tree.fs, &repo)?)
+        }
+        _ => None,
+    };
     let (mode, decided_by) = match early {
         Some((m, by)) => (m, by),
         None => (image_config.unified.unwrap_or_default(), "image-config"),
@@ -221,7 +237,13 @@ async fn install_inner(
             extra_kargs: &extra_kargs,
             reusable_kernels: &[],
         },
-        &mut |p| created.track(p),
+        &mut |p, on_boot| {
+            if on_boot {
+                created.track_boot(p)
+            } else {
+                created.track(p)
+            }
+        },
     )?;
     // The summary of the result says how the deployment's files were
     // written (`deployment_files`).
@@ -244,7 +266,11 @@ async fn install_inner(
     // The writers' lock file exists from the start, so that a failed later
     // operation leaves the root exactly as it was.
     drop(crate::lock::lock(sysroot)?);
-    if !dir.try_exists(GRUB2_DIR)? {
+    if let Some(loader) = &loader {
+        crate::boot::systemd_boot::install(sysroot.boot_root(), loader)
+            .context("installing systemd-boot onto the ESP")?;
+    }
+    if sysroot.esp_path().is_none() && !dir.try_exists(GRUB2_DIR)? {
         use std::os::unix::fs::PermissionsExt;
         dir.create_dir_all(GRUB2_DIR)?;
         dir.set_permissions(
@@ -252,13 +278,15 @@ async fn install_inner(
             cap_std_ext::cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(0o755)),
         )?;
     }
-    dir.create_dir_all(ENTRIES_DIR)?;
+    let (boot, entries_dir) = (sysroot.boot_root(), sysroot.entries_dir());
+    boot.create_dir_all(entries_dir)?;
     util::atomic_write(
-        dir,
-        format!("{ENTRIES_DIR}/{}", entry.file_name),
+        boot,
+        format!("{entries_dir}/{}", entry.file_name),
         entry.render().as_bytes(),
     )
     .context("writing the boot entry")?;
+    util::fsync_dir(boot, Some(Path::new(entries_dir)))?;
     Ok(InstallResult {
         deployment_id: id,
         manifest_digest: registry.map_or(manifest_digest, |r| r.digest),

@@ -12,7 +12,7 @@ use crate::boot::migrate;
 use crate::command::rollback::RollbackReport;
 use crate::deployment::host_state::HostState;
 use crate::deployment::staged;
-use crate::sysroot::{ENTRIES_DIR, STAGED_ENTRIES_DIR, Sysroot};
+use crate::sysroot::Sysroot;
 use crate::{crashpoint, lock, util};
 
 /// Runs the rollback.
@@ -30,12 +30,12 @@ pub fn rollback(sysroot: &Sysroot) -> Result<RollbackReport> {
     let discarded_staged = host.marker.as_ref().map(|m| m.depl_id.clone());
     if discarded_staged.is_some() {
         staged::remove(sysroot)?;
-        util::remove_all(sysroot.dir(), STAGED_ENTRIES_DIR)?;
+        util::remove_all(sysroot.boot_root(), sysroot.staged_entries_dir())?;
     }
     let mut entries = host.entries.clone();
     entries.swap(0, 1);
     crashpoint::hit("rollback:before-swap");
-    bls::replace_entries_dir(sysroot, ENTRIES_DIR, &entries)?;
+    bls::replace_entries_dir(sysroot, sysroot.entries_dir(), &entries)?;
     crashpoint::hit("rollback:after-swap");
     let id = |i: usize| entries[i].deployment_id().unwrap_or_default().to_string();
     let after = HostState::read(sysroot)?;

@@ -75,7 +75,12 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
         composefs: Some(ComposefsStatus {
             verity: id,
             boot_type,
-            bootloader: "grub",
+            // bootc's names: entries on an ESP are systemd-boot's.
+            bootloader: if sysroot.esp_path().is_some() {
+                "systemd"
+            } else {
+                "grub"
+            },
             boot_digest: origin.as_ref().and_then(|o| o.boot_digest.clone()),
             missing_verity_allowed: entry.missing_verity_allowed(),
         }),

@@ -25,7 +25,7 @@ use crate::deployment::staged::{self, StagedMarker};
 use crate::progress::{self, Progress};
 use crate::source::remote;
 use crate::stores::composefs_repo;
-use crate::sysroot::{STAGED_ENTRIES_DIR, Sysroot};
+use crate::sysroot::Sysroot;
 use crate::{crashpoint, lock};
 
 /// Runs `upgrade` (or `switch` when `opts.target` is set).
@@ -178,7 +178,7 @@ pub async fn upgrade(
             extra_kargs: &[],
             reusable_kernels: &reusable,
         },
-        &mut |_| Ok(()),
+        &mut |_, _| Ok(()),
     )?;
     crashpoint::hit("upgrade:after-deploy");
     progress::step(
@@ -191,7 +191,7 @@ pub async fn upgrade(
     // An older staged deployment is replaced: unmark it first, so no marker
     // ever names entries that are not there.
     staged::remove(sysroot)?;
-    bls::replace_entries_dir(sysroot, STAGED_ENTRIES_DIR, &entries)
+    bls::replace_entries_dir(sysroot, sysroot.staged_entries_dir(), &entries)
         .context("writing the staged boot entries")?;
     crashpoint::hit("upgrade:after-entries");
     staged::write(

@@ -50,6 +50,12 @@ fn check_stateroot(name: &str) -> Result<()> {
 
 /// Installs `opts.source` as an ostree host onto the filesystem at `root`.
 pub async fn install(root: &Path, opts: &InstallOpts, progress: Progress) -> Result<InstallResult> {
+    if let Some(esp) = &opts.esp {
+        anyhow::bail!(
+            "the ostree backend cannot boot from the ESP {}: libostree 2022.7 keeps its entries under /boot/loader, a symlink it swaps (loader -> loader.N), which an ESP (vfat) cannot hold, and it installs no systemd-boot; use --backend composefs",
+            esp.display()
+        );
+    }
     let sysroot = Sysroot::open(root)?;
     let stateroot = opts.stateroot.as_deref().unwrap_or(DEFAULT_STATEROOT);
     check_stateroot(stateroot)?;

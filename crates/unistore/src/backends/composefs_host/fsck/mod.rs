@@ -88,16 +88,16 @@ async fn check_repository(sysroot: &Sysroot, verify: bool) -> Result<RepoReport>
 
 fn check_entries(sysroot: &Sysroot, host: &HostState) -> Result<Vec<EntryReport>> {
     let prefix = sysroot.boot_path_prefix()?;
-    let boot = sysroot.join(crate::sysroot::BOOT_DIR);
+    let boot = sysroot.boot_root_path().join(sysroot.kernels_dir());
     let mut out = vec![];
     let all = host
         .entries
         .iter()
-        .map(|e| (crate::sysroot::ENTRIES_DIR, e))
+        .map(|e| (sysroot.entries_dir(), e))
         .chain(
             host.staged_entries
                 .iter()
-                .map(|e| (crate::sysroot::STAGED_ENTRIES_DIR, e)),
+                .map(|e| (sysroot.staged_entries_dir(), e)),
         );
     for (dir, e) in all {
         let mut issues = vec![];
@@ -141,7 +141,7 @@ fn check_entries(sysroot: &Sysroot, host: &HostState) -> Result<Vec<EntryReport>
         && host.entries.first().and_then(|e| e.deployment_id()) != Some(m.depl_id.as_str())
     {
         out.push(EntryReport {
-            file: crate::sysroot::STAGED_ENTRIES_DIR.to_string(),
+            file: sysroot.staged_entries_dir().to_string(),
             deployment: Some(m.depl_id.clone()),
             issues: vec![format!(
                 "the staged-deployment marker names {} but no staged entry does",

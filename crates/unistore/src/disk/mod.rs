@@ -1,0 +1,12 @@
+//! Whole disks: `install to-disk` and what it writes besides the host.
+//!
+//! * [`gpt`]: bootc's partition table (BIOS boot, a 1 GiB ESP, root), by
+//!   `sfdisk`;
+//! * [`esp`]: the FAT ESP, formatted and filled without mounting it
+//!   (`mkfs.fat --offset`, mtools);
+//! * [`to_disk`]: the command: checks, partitions, the root filesystem, the
+//!   host (through the composefs backend's install, with the ESP), the ESP.
+
+pub mod esp;
+pub mod gpt;
+pub mod to_disk;
