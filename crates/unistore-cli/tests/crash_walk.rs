@@ -43,6 +43,8 @@ const WALKED: &[Scenario] = &[
     Scenario::OstreeGc,
     Scenario::OstreeSetUnified,
     Scenario::OstreeMigrate,
+    Scenario::InstallEsp,
+    Scenario::ToDisk,
 ];
 
 #[test]
@@ -63,7 +65,14 @@ struct World {
     reg: Registry,
     imgs: Vec<(PathBuf, BuiltImage)>,
     fs: LoopFs,
+    /// The host boots through systemd-boot from an ESP directory,
+    /// `ROOT/boot/efi` (on the same filesystem, so the power cut and the
+    /// saved state cover it too).
+    esp: bool,
 }
+
+/// The host's systemd-boot, put in every image (for the ESP hosts).
+const HOST_LOADER: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 fn world(kind: FsKind) -> World {
     let work = tempfile::tempdir().unwrap();
@@ -73,6 +82,7 @@ fn world(kind: FsKind) -> World {
         let mut extra_files =
             unistore_fixtures::image::host_executable_files("/usr/bin/cat").unwrap();
         extra_files.push(("/usr/share/walk".into(), vec![b'x'; 64 * 1024]));
+        extra_files.push((HOST_LOADER.into(), std::fs::read(HOST_LOADER).unwrap()));
         let opts = TestImageOpts {
             version: format!("{v}.0"),
             variant: v,
@@ -93,6 +103,7 @@ fn world(kind: FsKind) -> World {
         fs: LoopFs::new(kind, if kind == FsKind::Xfs { 600 } else { 700 }).unwrap(),
         work,
         imgs,
+        esp: false,
     }
 }
 
@@ -115,8 +126,13 @@ impl World {
         let mut c = unistore();
         c.env("CONTAINERS_REGISTRIES_CONF", self.reg.registries_conf());
         c.args(["install", "to-filesystem", "--source-imgref", src])
-            .args(extra)
-            .arg(self.root());
+            .args(extra);
+        if self.esp {
+            let esp = self.root().join("boot/efi");
+            std::fs::create_dir_all(&esp).unwrap();
+            c.arg("--esp").arg(esp);
+        }
+        c.arg(self.root());
         c
     }
     fn ok(&self, args: &[&str]) {
@@ -208,7 +224,8 @@ fn prepare(w: &World, s: Scenario) -> (Vec<String>, bool) {
         x
     };
     match s {
-        Scenario::Install => (inst(&[]), true),
+        Scenario::Install | Scenario::InstallEsp => (inst(&[]), true),
+        Scenario::ToDisk => unreachable!("walked by walk_to_disk"),
         Scenario::InstallUnified => (inst(&["--unified", "enabled"]), true),
         Scenario::InstallUnifiedCopy => (inst(&["--unified", "enabled-with-copy"]), true),
         Scenario::OstreeInstall => (inst(&["--backend", "ostree", "--unified", "enabled"]), true),
@@ -313,12 +330,19 @@ enum Way {
 }
 
 fn walk(s: Scenario) {
+    walk_with(s, s == Scenario::InstallEsp)
+}
+
+/// Walks `s`; with `esp`, on a host that boots through systemd-boot from
+/// an ESP (entries, kernels, the staged entries there).
+fn walk_with(s: Scenario, esp: bool) {
     let kind = if s == Scenario::InstallUnifiedCopy {
         FsKind::Ext4
     } else {
         FsKind::Xfs
     };
     let mut w = world(kind);
+    w.esp = esp;
     let t0 = Instant::now();
     let (args, is_install) = prepare(&w, s);
     let snap = w.work.path().join("base.img");
@@ -429,4 +453,95 @@ walks! {
     walk_ostree_gc => OstreeGc,
     walk_ostree_set_unified => OstreeSetUnified,
     walk_ostree_migrate => OstreeMigrate,
+    walk_install_esp => InstallEsp,
+}
+
+// The lifecycle again on hosts whose entries and kernels are on an ESP.
+#[test]
+fn walk_esp_upgrade() {
+    walk_with(Scenario::Upgrade, true);
+}
+#[test]
+fn walk_esp_finalize() {
+    walk_with(Scenario::Finalize, true);
+}
+#[test]
+fn walk_esp_rollback() {
+    walk_with(Scenario::Rollback, true);
+}
+#[test]
+fn walk_esp_gc() {
+    walk_with(Scenario::Gc, true);
+}
+
+/// `install to-disk --via-loopback`, killed at each of its points: the
+/// target disk image is untouched (the new image is another file, renamed
+/// over it last), running it again completes and removes what the killed
+/// run left (its loop device, mount and file). No power cut: the disk image
+/// under construction is a file of this machine's filesystem, which a
+/// power cut leaves either without the new file or with a partial one the
+/// next run removes; the target is renamed over only when whole.
+#[test]
+fn walk_to_disk() {
+    let w = world(FsKind::Xfs);
+    let src = format!("oci:{}:latest", w.imgs[0].0.display());
+    let disk = w.work.path().join("disk.raw");
+    let size = 6u64 << 30;
+    let to_disk = || {
+        let mut c = unistore();
+        c.args([
+            "install",
+            "to-disk",
+            "--via-loopback",
+            "--filesystem",
+            "xfs",
+        ])
+        .args(["--source-imgref", &src])
+        .arg(&disk);
+        c
+    };
+    let mut lines = vec![];
+    for point in crashpoint::of(Scenario::ToDisk) {
+        let _ = std::fs::remove_file(&disk);
+        run_ok(
+            Command::new("truncate")
+                .arg(format!("--size={size}"))
+                .arg(&disk),
+        );
+        let out = to_disk().env(crashpoint::ENV, point).output().unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: not reached: {out:?}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&disk).unwrap();
+        assert_eq!(
+            (m.len(), m.blocks()),
+            (size, 0),
+            "{point}: the target was written"
+        );
+        let out = run_ok(to_disk().arg("--json"));
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(r["install"]["deployment_id"].is_string(), "{r}");
+        let left: Vec<_> = std::fs::read_dir(w.work.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("unistore-new"))
+            .collect();
+        assert!(left.is_empty(), "{point}: {left:?}");
+        let attached = run_ok(Command::new("losetup").arg("-a"));
+        assert!(
+            !attached.contains(&w.work.path().display().to_string()),
+            "{point}: {attached}"
+        );
+        let line = format!(
+            "CRASHWALK | {point} | Kill | target untouched | again: completes, leftovers removed"
+        );
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    if let Ok(dir) = std::env::var("CRASHWALK_RESULTS") {
+        std::fs::write(Path::new(&dir).join("ToDisk.txt"), lines.join("\n") + "\n").unwrap();
+    }
 }

@@ -59,6 +59,10 @@ pub enum Scenario {
     /// The first writing command (`internals gc`) on a unified ostree host
     /// an older version wrote (old ref names, no layer commits).
     OstreeMigrate,
+    /// `install to-filesystem` onto a root with an ESP (systemd-boot).
+    InstallEsp,
+    /// `install to-disk --via-loopback` onto a disk image file.
+    ToDisk,
 }
 
 /// A crash point: its name and the scenario that reaches it.
@@ -129,6 +133,11 @@ pub const ALL: &[CrashPoint] = &[
     p("ostree-set-unified:after-flag", OstreeSetUnified),
     p("ostree-migrate:after-new-ref", OstreeMigrate),
     p("ostree-migrate:after-layers", OstreeMigrate),
+    p("install:after-loader", InstallEsp),
+    p("to-disk:after-partition", ToDisk),
+    p("to-disk:after-mkfs", ToDisk),
+    p("to-disk:after-install", ToDisk),
+    p("to-disk:after-esp", ToDisk),
 ];
 
 /// The points a scenario reaches.

@@ -58,8 +58,19 @@ fn json(root: &Path, args: &[&str]) -> (bool, Value) {
     (out.status.success(), v)
 }
 
+/// `loader/` of the host: on its ESP (`boot/efi`, as the crash walk's ESP
+/// hosts keep it) when systemd-boot is there, else under `boot/`.
+pub fn loader_dir(root: &Path) -> std::path::PathBuf {
+    let esp = root.join("boot/efi/loader");
+    if esp.join("entries.srel").is_file() {
+        esp
+    } else {
+        root.join("boot/loader")
+    }
+}
+
 fn has_entries(root: &Path) -> bool {
-    std::fs::read_dir(root.join("boot/loader/entries"))
+    std::fs::read_dir(loader_dir(root).join("entries"))
         .map(|rd| {
             rd.flatten()
                 .any(|e| e.file_name().to_string_lossy().ends_with(".conf"))
@@ -101,7 +112,12 @@ pub fn check_host(
         assert!(st["status"]["type"].is_null(), "{st}");
         assert!(b["store"].is_null(), "{st}");
         assert_eq!(b["composefs"]["bootType"], "Bls", "{st}");
-        assert_eq!(b["composefs"]["bootloader"], "grub", "{st}");
+        let loader = if loader_dir(root).starts_with(root.join("boot/efi")) {
+            "systemd"
+        } else {
+            "grub"
+        };
+        assert_eq!(b["composefs"]["bootloader"], loader, "{st}");
     }
     assert_eq!(st["status"]["readOnly"], false, "{st}");
     assert!(b.get("cachedUpdate").is_some(), "{st}");
@@ -162,7 +178,7 @@ pub fn check_host(
                 marker.exists(),
                 "a staged deployment without its marker: {st}"
             );
-            assert!(root.join("boot/loader/entries.staged").is_dir());
+            assert!(loader_dir(root).join("entries.staged").is_dir());
         } else if marker.exists() {
             let m: Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
             let next = if st["status"]["rollbackQueued"] == true {

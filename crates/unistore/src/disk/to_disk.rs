@@ -367,6 +367,35 @@ fn mkfs(fs: RootFs, dev: &Path, uuid: &str) -> Result<()> {
     Ok(())
 }
 
+/// The new disk image built beside `device`, renamed over it at the end.
+fn new_file_name(device: &Path) -> Result<PathBuf> {
+    let name = device.file_name().context("the disk file has no name")?;
+    Ok(device.with_file_name(format!(".{}.unistore-new", name.to_string_lossy())))
+}
+
+/// Removes what an interrupted run (killed, so no cleanup ran) left of the
+/// new disk image `new`: its loop devices, unmounted first where mounted,
+/// then the file. The target was never touched.
+fn remove_leftover(new: &Path, mounted_sources: &[PathBuf]) -> Result<()> {
+    if !new.exists() {
+        return Ok(());
+    }
+    tracing::info!("removing {}, left by an interrupted install", new.display());
+    let attached = run(Command::new("losetup").arg("-j").arg(new), "losetup -j")?;
+    for dev in attached.lines().filter_map(|l| l.split(':').next()) {
+        let dev = PathBuf::from(dev);
+        if mounted_sources.contains(&dev) {
+            run(
+                Command::new("umount").arg(&dev),
+                "umount (a leftover mount)",
+            )?;
+        }
+        run(Command::new("losetup").arg("-d").arg(&dev), "losetup -d")?;
+    }
+    std::fs::remove_file(new).with_context(|| format!("removing {}", new.display()))?;
+    Ok(())
+}
+
 /// The ESP line of the deployment's `/etc/fstab`.
 fn add_esp_to_fstab(root: &Path, deployment_id: &str, esp_uuid: &str) -> Result<()> {
     let fstab = root
@@ -409,10 +438,8 @@ pub async fn install_to_disk(mut o: ToDiskOpts, progress: Progress) -> Result<To
         .keep();
     c.dirs.push(scratch.clone());
     let disk = if o.via_loopback {
-        let name = o.device.file_name().context("the disk file has no name")?;
-        let new = o
-            .device
-            .with_file_name(format!(".{}.unistore-new", name.to_string_lossy()));
+        let new = new_file_name(&o.device)?;
+        remove_leftover(&new, &o.mounted_sources)?;
         let f =
             std::fs::File::create(&new).with_context(|| format!("creating {}", new.display()))?;
         c.new_file = Some(new.clone());
@@ -431,6 +458,7 @@ pub async fn install_to_disk(mut o: ToDiskOpts, progress: Progress) -> Result<To
         ),
     );
     gpt::write(&disk, o.root_size)?;
+    crate::crashpoint::hit("to-disk:after-partition");
     let parts = gpt::read(&disk)?;
     let (esp_part, root_part) = gpt::esp_and_root(&parts)?;
     let root_no = parts.iter().position(|p| p == root_part).unwrap_or(2) + 1;
@@ -444,6 +472,7 @@ pub async fn install_to_disk(mut o: ToDiskOpts, progress: Progress) -> Result<To
         ),
     );
     mkfs(fs, &dev, &root_uuid)?;
+    crate::crashpoint::hit("to-disk:after-mkfs");
     let mnt = scratch.join("root");
     let staged_esp = scratch.join("esp");
     std::fs::create_dir_all(&mnt)?;
@@ -460,6 +489,7 @@ pub async fn install_to_disk(mut o: ToDiskOpts, progress: Progress) -> Result<To
         progress.clone(),
     )
     .await?;
+    crate::crashpoint::hit("to-disk:after-install");
     let vol_id = u32::from_le_bytes(random::<4>()?);
     let esp_uuid = esp::volume_uuid(vol_id);
     add_esp_to_fstab(&mnt, &install.deployment_id, &esp_uuid)?;

@@ -269,6 +269,7 @@ async fn install_inner(
     if let Some(loader) = &loader {
         crate::boot::systemd_boot::install(sysroot.boot_root(), loader)
             .context("installing systemd-boot onto the ESP")?;
+        crate::crashpoint::hit("install:after-loader");
     }
     if sysroot.esp_path().is_none() && !dir.try_exists(GRUB2_DIR)? {
         use std::os::unix::fs::PermissionsExt;
