@@ -511,6 +511,7 @@ pub async fn install_to_disk(mut o: ToDiskOpts, progress: Progress) -> Result<To
         .write(true)
         .open(&disk)?
         .sync_all()?;
+    crate::crashpoint::hit("to-disk:after-esp");
     if o.via_loopback {
         std::fs::rename(&disk, &o.device)
             .with_context(|| format!("renaming the new disk image over {}", o.device.display()))?;
