@@ -552,6 +552,7 @@ fn install_opts(a: &ImageArgs) -> Result<unistore::command::install::InstallOpts
         },
         stateroot: a.stateroot.clone(),
         root_mount_spec: None,
+        root_flags: None,
         esp: None,
         bootloader: a.bootloader,
     })
@@ -562,7 +563,11 @@ async fn install(a: InstallArgs) -> Result<()> {
     opts.root_mount_spec = match a.root_mount_spec {
         Some(spec) => Some(spec),
         // A root that is not a directory gets the library's error.
-        None if a.root.is_dir() => Some(format!("UUID={}", filesystem_uuid(&a.root)?)),
+        None if a.root.is_dir() => {
+            let fs = root_filesystem(&a.root)?;
+            opts.root_flags = fs.subvol.map(|s| format!("subvol={s}"));
+            Some(format!("UUID={}", fs.uuid))
+        }
         None => None,
     };
     opts.esp = a.esp.or_else(|| esp_under(&a.root));
@@ -655,10 +660,19 @@ async fn install_to_disk(a: ToDiskArgs) -> Result<()> {
     Ok(())
 }
 
-/// The UUID of the filesystem `path` is on: its device from
-/// /proc/self/mountinfo (by the `st_dev` of `path`), then `blkid` probing that
-/// device (no udev needed).
-fn filesystem_uuid(path: &Path) -> Result<String> {
+/// The filesystem a root is on, as the initramfs must mount it.
+struct RootFilesystem {
+    uuid: String,
+    /// The btrfs subvolume mounted there (`subvol=` in mountinfo), when not
+    /// the top level.
+    subvol: Option<String>,
+}
+
+/// The filesystem `path` is on: its mount in /proc/self/mountinfo (by the
+/// `st_dev` of `path`; on btrfs, whose subvolumes have devices of their
+/// own that mountinfo does not list, by the longest mount point holding
+/// `path`), then `blkid` probing that mount's device (no udev needed).
+fn root_filesystem(path: &Path) -> Result<RootFilesystem> {
     use std::os::unix::fs::MetadataExt;
     let hint = "pass --root-mount-spec (empty for no root=)";
     let dev = std::fs::metadata(path)
@@ -671,29 +685,63 @@ fn filesystem_uuid(path: &Path) -> Result<String> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let want = format!("{major}:{minor}");
+    let canon = std::fs::canonicalize(path)?;
     // <id> <parent> <maj:min> <root> <mountpoint> <options> [<optional>...] - <fstype> <source> <super options>
-    let (fstype, source) = mountinfo
+    struct Mount<'a> {
+        dev: &'a str,
+        mountpoint: String,
+        fstype: &'a str,
+        source: &'a str,
+        super_opts: &'a str,
+    }
+    let mounts: Vec<Mount> = mountinfo
         .lines()
-        .filter(|l| l.split_whitespace().nth(2) == Some(want.as_str()))
-        .find_map(|l| {
-            let (_, rest) = l.split_once(" - ")?;
+        .filter_map(|l| {
+            let (head, rest) = l.split_once(" - ")?;
+            let h: Vec<&str> = head.split_whitespace().collect();
             let mut f = rest.split_whitespace();
-            Some((f.next()?.to_string(), f.next()?.to_string()))
+            Some(Mount {
+                dev: h.get(2)?,
+                mountpoint: h.get(4)?.replace("\\040", " "),
+                fstype: f.next()?,
+                source: f.next()?,
+                super_opts: f.next().unwrap_or(""),
+            })
         })
-        .with_context(|| {
-            format!(
-                "the filesystem of {} (device {want}) is not in /proc/self/mountinfo; {hint}",
-                path.display()
-            )
-        })?;
+        .collect();
+    let by_dev = mounts.iter().rev().find(|m| m.dev == want);
+    let by_path = || {
+        mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| canon.starts_with(&m.mountpoint))
+            .max_by_key(|(i, m)| (m.mountpoint.len(), *i))
+            .map(|(_, m)| m)
+    };
+    let m = by_dev.or_else(by_path).with_context(|| {
+        format!(
+            "the filesystem of {} (device {want}) is not in /proc/self/mountinfo; {hint}",
+            path.display()
+        )
+    })?;
+    let (fstype, source) = (m.fstype, m.source);
     if !source.starts_with("/dev/") {
         bail!(
             "{} is on a {fstype} filesystem without a block device ({source}): no UUID for root=; {hint}",
             path.display()
         );
     }
+    let subvol = (fstype == "btrfs")
+        .then(|| {
+            m.super_opts
+                .split(',')
+                .find_map(|o| o.strip_prefix("subvol="))
+                .map(|s| s.trim_start_matches('/').to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .flatten();
     let out = std::process::Command::new("blkid")
-        .args(["-p", "-o", "value", "-s", "UUID", &source])
+        .args(["-p", "-o", "value", "-s", "UUID", source])
         .output()
         .context("running blkid")?;
     let uuid = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -704,7 +752,7 @@ fn filesystem_uuid(path: &Path) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(uuid)
+    Ok(RootFilesystem { uuid, subvol })
 }
 
 fn status(sysroot: &Sysroot, a: StatusArgs) -> Result<()> {

@@ -143,6 +143,14 @@ fn syncfs(mountpoint: &Path) {
 /// they count as used space and FIEMAP lists them as unshared extents.
 pub fn trim_prealloc(mountpoint: &Path) {
     syncfs(mountpoint);
+    let fstype = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(mountpoint)
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&fstype.stdout).trim() != "xfs" {
+        return;
+    }
     let st = Command::new("xfs_spaceman")
         .args(["-c", "prealloc -m 0"])
         .arg(mountpoint)

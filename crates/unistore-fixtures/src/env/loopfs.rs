@@ -12,6 +12,9 @@ pub enum FsKind {
     Xfs,
     /// ext4: no reflinks (the copy-fallback case).
     Ext4,
+    /// btrfs (reflinks; inline extents for small files); needs at least
+    /// about 120 MiB.
+    Btrfs,
 }
 
 /// A sparse image file under `/var/tmp`, formatted, attached to a free loop device and
@@ -23,9 +26,24 @@ pub struct LoopFs {
     mountpoint: PathBuf,
     device: Option<String>,
     mounted: bool,
+    /// `-o` of every mount (e.g. `subvol=root`).
+    mount_opts: Option<String>,
 }
 
 impl LoopFs {
+    /// A btrfs whose subvolume `subvol` (created at its top level) is what
+    /// is mounted, as Fedora lays out its root (`-o subvol=root`).
+    pub fn new_btrfs_subvol(size_mib: u64, subvol: &str) -> Result<LoopFs> {
+        let mut fs = Self::new(FsKind::Btrfs, size_mib)?;
+        run(Command::new("btrfs")
+            .args(["-q", "subvolume", "create"])
+            .arg(fs.mountpoint.join(subvol)))?;
+        fs.detach()?;
+        fs.mount_opts = Some(format!("subvol={subvol}"));
+        fs.attach()?;
+        Ok(fs)
+    }
+
     /// Create and mount a `size_mib` MiB filesystem of `kind`. Needs root.
     pub fn new(kind: FsKind, size_mib: u64) -> Result<LoopFs> {
         let workdir = tempfile::Builder::new()
@@ -44,12 +62,14 @@ impl LoopFs {
             mountpoint,
             device: None,
             mounted: false,
+            mount_opts: None,
         };
         match kind {
             FsKind::Xfs => run(Command::new("mkfs.xfs")
                 .args(["-q", "-f", "-m", "reflink=1"])
                 .arg(&image))?,
             FsKind::Ext4 => run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image))?,
+            FsKind::Btrfs => run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image))?,
         };
         fs.attach()?;
         Ok(fs)
@@ -104,7 +124,11 @@ impl LoopFs {
         let dev = dev.trim().to_string();
         anyhow::ensure!(dev.starts_with("/dev/"), "losetup printed {dev:?}");
         self.device = Some(dev.clone());
-        run(Command::new("mount").arg(&dev).arg(&self.mountpoint))?;
+        let mut mount = Command::new("mount");
+        if let Some(o) = &self.mount_opts {
+            mount.args(["-o", o]);
+        }
+        run(mount.arg(&dev).arg(&self.mountpoint))?;
         self.mounted = true;
         Ok(())
     }
@@ -136,11 +160,17 @@ impl LoopFs {
         let t = match self.kind {
             FsKind::Xfs => "xfs",
             FsKind::Ext4 => "ext4",
+            FsKind::Btrfs => "btrfs",
+        };
+        let opts: Vec<&str> = match &self.mount_opts {
+            Some(o) => vec!["-o", o],
+            None => vec![],
         };
         // A loop device just attached may not read its image yet.
         let mut tries = 0;
         while let Err(e) = run(Command::new("mount")
             .args(["-t", t])
+            .args(&opts)
             .arg(self.device())
             .arg(&self.mountpoint))
         {

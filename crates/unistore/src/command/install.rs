@@ -39,6 +39,10 @@ pub struct InstallOpts {
     /// `root=`. The CLI finds the target's filesystem; the library only
     /// writes what it is given.
     pub root_mount_spec: Option<String>,
+    /// Mount options the initramfs needs for the root (`rootflags=`), e.g.
+    /// `subvol=root` for a root on a btrfs subvolume (bootc adds it); the
+    /// CLI finds them with the filesystem.
+    pub root_flags: Option<String>,
     /// The mounted ESP (or, at `install to-disk`, the directory staged for
     /// it): loader entries and kernels go there, for systemd-boot, instead
     /// of under `boot/` (composefs backend only).
@@ -74,13 +78,20 @@ impl std::str::FromStr for Bootloader {
 
 impl InstallOpts {
     /// The `root=` kernel argument, if any (the initramfs mounts the
-    /// physical root from it); it comes before the host's and the command
-    /// line's extra arguments.
-    pub fn root_karg(&self) -> Option<String> {
-        self.root_mount_spec
+    /// physical root from it), then `rootflags=`; they come before the
+    /// host's and the command line's extra arguments.
+    pub fn root_karg(&self) -> Vec<String> {
+        let root = self
+            .root_mount_spec
             .as_deref()
             .filter(|s| !s.is_empty())
-            .map(|s| format!("root={s}"))
+            .map(|s| format!("root={s}"));
+        let flags = self
+            .root_flags
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("rootflags={s}"));
+        root.into_iter().chain(flags).collect()
     }
 }
 

@@ -482,6 +482,7 @@ pub async fn install_to_disk(mut o: ToDiskOpts, progress: Progress) -> Result<To
 
     // 4. The host.
     o.install.root_mount_spec = Some(format!("UUID={root_uuid}"));
+    o.install.root_flags = None;
     o.install.esp = Some(staged_esp.clone());
     let install = crate::backends::composefs_host::install::install_to_filesystem(
         &mnt,

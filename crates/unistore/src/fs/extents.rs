@@ -189,6 +189,12 @@ pub fn files_share_extents(a: &File, b: &File) -> std::io::Result<bool> {
     shared_extents(a, b)
 }
 
+/// Whether the filesystem keeps `f`'s data inline in its metadata (btrfs
+/// does for small files): such data has no extent a reflink could share.
+pub fn is_inline(f: &File) -> bool {
+    file_extents(f).is_ok_and(|e| e.iter().any(|e| e.flags & FIEMAP_EXTENT_DATA_INLINE != 0))
+}
+
 /// Physical byte ranges covered by `extents`, sorted and coalesced.
 fn physical_ranges(extents: &[Extent]) -> Vec<(u64, u64)> {
     let mut r: Vec<(u64, u64)> = extents

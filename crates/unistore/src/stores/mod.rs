@@ -13,6 +13,7 @@
 //! Unified storage ([`crate::unified`]) shares each file's extents between
 //! them; the host backends ([`crate::backends`]) decide which a host boots.
 
+pub mod composefs_gc_view;
 pub mod composefs_repo;
 pub mod containers_storage;
 pub mod ostree_repo;

@@ -24,6 +24,9 @@ pub struct LayerFindings {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LayerSharing {
     pub shared: u64,
+    /// Files the filesystem keeps inline in their metadata (btrfs, under
+    /// about 2 KiB): no extent to share, nothing to repair.
+    pub inline: u64,
     pub unshared: u64,
     pub unshared_bytes: u64,
     pub unchecked: u64,

@@ -25,6 +25,10 @@ use crate::unified;
 pub struct SharingCheck {
     /// Store files that share their object's extents.
     pub shared: u64,
+    /// Store files (or their objects) the filesystem keeps inline in its
+    /// metadata (btrfs, small files): they have no extent to share, so they
+    /// are neither shared nor a copy to repair.
+    pub inline: u64,
     /// Store files that hold their own copy.
     pub unshared: u64,
     /// Their bytes.
@@ -61,6 +65,7 @@ pub fn check_sharing(
             layer_sharing(repo, objects, &diff, diff_id, verity)
         })?;
         c.shared += l.shared;
+        c.inline += l.inline;
         c.unshared += l.unshared;
         c.unshared_bytes += l.unshared_bytes;
         c.unchecked += l.unchecked;
@@ -94,9 +99,13 @@ fn layer_sharing(
                     cfmt::open_noatime_at(&objects, Path::new(&file.object.to_object_pathname()));
                 Some((f, o.ok()?))
             });
-        match opened.map(|(f, o)| extents::files_share_extents(&f, &o)) {
-            Some(Ok(true)) => l.shared += 1,
-            Some(Ok(false)) => {
+        match opened.map(|(f, o)| {
+            extents::files_share_extents(&f, &o)
+                .map(|shared| (shared, extents::is_inline(&f) || extents::is_inline(&o)))
+        }) {
+            Some(Ok((true, _))) => l.shared += 1,
+            Some(Ok((false, true))) => l.inline += 1,
+            Some(Ok((false, false))) => {
                 l.unshared += 1;
                 l.unshared_bytes += file.size;
             }

@@ -117,7 +117,11 @@ pub fn gc(sysroot: &Sysroot, opts: GcOpts) -> Result<GcReport> {
     crate::crashpoint::hit("gc:before-repo-gc");
 
     // 5. Repository GC.
-    let r = if opts.dry_run {
+    let r = if opts.dry_run && !report.tags_removed.is_empty() {
+        // What the real run collects once those tags are gone.
+        drop(repo);
+        crate::stores::composefs_gc_view::gc_dry_run_without(sysroot, &report.tags_removed)?
+    } else if opts.dry_run {
         repo.gc_dry_run(&[])?
     } else {
         repo.gc(&[])?

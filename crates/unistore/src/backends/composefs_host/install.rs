@@ -218,7 +218,7 @@ async fn install_inner(
             message,
         });
     }
-    let mut extra_kargs: Vec<String> = opts.root_karg().into_iter().collect();
+    let mut extra_kargs: Vec<String> = opts.root_karg();
     extra_kargs.extend(host_config.kargs.iter().cloned());
     extra_kargs.extend(opts.kargs.iter().cloned());
 
@@ -249,13 +249,16 @@ async fn install_inner(
     // written (`deployment_files`).
     let entry = deployed.entry;
     drop(repo);
-    if superseded {
-        // Issue 22: composefs-oci's own images of an ostree-encapsulated
-        // image (an upgrade's GC collects them; an install has none).
-        composefs_repo::open(sysroot)?
-            .gc(&[])
-            .context("collecting the encapsulated image's superseded EROFS images")?;
-    }
+    // What the pull superseded: composefs-oci writes the config and
+    // manifest splitstreams, then writes them again with the boot image's
+    // reference (the first versions are garbage), and an
+    // ostree-encapsulated image's own EROFS images (issue 22). An upgrade's
+    // GC collects them; an install collects them here, so that a fresh host
+    // has nothing to collect (`gc --assert-no-op`). The image is tagged.
+    let _ = superseded;
+    composefs_repo::open(sysroot)?
+        .gc(&[])
+        .context("collecting what the pull superseded")?;
     crate::crashpoint::hit("install:after-deploy");
     if let Some(u) = &unified_summary {
         unified::write_flag(sysroot, u.mode)?;
