@@ -144,6 +144,10 @@ struct ImageArgs {
     /// image's usr/lib/systemd/boot/efi) or none.
     #[arg(long, default_value = "systemd", value_parser = parse_bootloader)]
     bootloader: unistore::command::install::Bootloader,
+    /// Install without fs-verity on ext4 or btrfs, where bootc requires it
+    /// (entries then say composefs=?<id>: the host is not sealed).
+    #[arg(long)]
+    allow_missing_verity: bool,
 }
 
 #[derive(clap::Args)]
@@ -555,7 +559,20 @@ fn install_opts(a: &ImageArgs) -> Result<unistore::command::install::InstallOpts
         root_flags: None,
         esp: None,
         bootloader: a.bootloader,
+        allow_missing_verity: a.allow_missing_verity,
+        kernel_verity: Some(kernel_has_verity()),
     })
+}
+
+/// Whether the running kernel has fs-verity: ext4 or btrfs say so in their
+/// sysfs features (both are built with it when CONFIG_FS_VERITY is set).
+fn kernel_has_verity() -> bool {
+    [
+        "/sys/fs/ext4/features/verity",
+        "/sys/fs/btrfs/features/verity",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
 }
 
 async fn install(a: InstallArgs) -> Result<()> {

@@ -49,6 +49,12 @@ pub struct InstallOpts {
     pub esp: Option<PathBuf>,
     /// Which boot loader to install onto the ESP.
     pub bootloader: Bootloader,
+    /// Install without fs-verity where bootc requires it (ext4, btrfs):
+    /// bootc's `--allow-missing-verity`.
+    pub allow_missing_verity: bool,
+    /// Whether the running kernel has fs-verity at all (the CLI reads
+    /// `/sys/fs/<fs>/features/verity`); `None`: unknown.
+    pub kernel_verity: Option<bool>,
 }
 
 /// The boot loader an install puts on the ESP (bootc's `--bootloader`).
@@ -199,6 +205,49 @@ pub(crate) fn check_empty(sysroot: &Sysroot) -> Result<()> {
         util::remove_all(sysroot.dir(), format!("{STATE_DEPLOY_DIR}/{id}"))?;
     }
     Ok(())
+}
+
+/// The filesystems on which bootc requires fs-verity (magic numbers of
+/// `statfs`): ext4 and btrfs. XFS has no released fs-verity: optional.
+fn verity_required_on(sysroot: &Sysroot) -> Option<&'static str> {
+    let st = rustix::fs::fstatfs(sysroot.dir()).ok()?;
+    match st.f_type as u64 {
+        0xEF53 => Some("ext4"),
+        0x9123_683E => Some("btrfs"),
+        _ => None,
+    }
+}
+
+/// bootc's fs-verity rule for a composefs host, before anything is
+/// written: on ext4 and btrfs the repository must get fs-verity (a sealed
+/// host, entries `composefs=<id>`), unless `--allow-missing-verity`. Where
+/// the running kernel has no fs-verity at all the rule cannot be met by any
+/// filesystem: one warning line says so and the install goes on without it
+/// (entries `composefs=?<id>`, as with the flag). Where the kernel has it
+/// but this filesystem cannot (ext4 made without `-O verity`), it is an
+/// error naming the fix.
+pub(crate) fn check_verity(sysroot: &Sysroot, opts: &InstallOpts) -> Result<()> {
+    let Some(fs) = verity_required_on(sysroot) else {
+        return Ok(());
+    };
+    if crate::stores::composefs_repo::probe_fsverity(sysroot) || opts.allow_missing_verity {
+        return Ok(());
+    }
+    if opts.kernel_verity == Some(false) {
+        tracing::warn!(
+            "fs-verity is required on {fs} (bootc's rule) but this kernel has no fs-verity: installing without it (entries say composefs=?<id>); pass --allow-missing-verity to say so, or install from a kernel with fs-verity for a sealed host"
+        );
+        return Ok(());
+    }
+    let fix = if fs == "ext4" {
+        "make it with `mkfs.ext4 -O verity` or enable it with `tune2fs -O verity`"
+    } else {
+        "btrfs has it from Linux 5.15"
+    };
+    bail!(
+        "fs-verity is required on {fs} (bootc's rule) but {} cannot enable it ({fix}); pass --allow-missing-verity to install without it",
+        sysroot.path().display()
+    )
 }
 
 /// The architecture name install configs use for this machine.

@@ -106,11 +106,16 @@ pub struct ImageStatus {
 pub struct ComposefsStatus {
     pub verity: String,
     pub boot_type: BootType,
-    /// `grub`, `grub-cc`, `systemd` or `none`; unistore writes GRUB's
-    /// layout (entries under `boot/loader/entries`).
+    /// `grub`, `grub-cc`, `systemd` or `none`: `grub` for GRUB's layout
+    /// (entries under `boot/loader/entries`), `systemd` for entries on an
+    /// ESP.
     pub bootloader: &'static str,
     pub boot_digest: Option<String>,
     pub missing_verity_allowed: bool,
+    /// unistore's: the deployment is sealed: its entry requires fs-verity
+    /// (`composefs=<id>`) and the repository has it (`meta.json` secure),
+    /// so composefs-setup-root mounts it with overlayfs `verity=require`.
+    pub verity_enforced: bool,
 }
 
 /// A deployment's boot type: bootc prints `Bls` or `Uki` (its `BootType`

@@ -37,7 +37,16 @@ pub fn volume_uuid(volume_id: u32) -> String {
 /// and the whole of it for a partition device).
 pub fn format(target: &Path, offset: u64, bytes: u64, volume_id: u32) -> Result<()> {
     let mut cmd = Command::new("mkfs.fat");
-    cmd.args(["-F", "32", "-n", LABEL, "-i", &format!("{volume_id:08X}")]);
+    // -I: a whole disk with partitions is what an offset into it formats.
+    cmd.args([
+        "-I",
+        "-F",
+        "32",
+        "-n",
+        LABEL,
+        "-i",
+        &format!("{volume_id:08X}"),
+    ]);
     if offset > 0 {
         cmd.arg(format!("--offset={}", offset / 512));
     }

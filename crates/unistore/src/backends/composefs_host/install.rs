@@ -58,6 +58,7 @@ pub async fn install_to_filesystem(
         None => Sysroot::open(root)?,
     };
     check_empty(&sysroot)?;
+    crate::command::install::check_verity(&sysroot, opts)?;
     crate::source::sigpolicy::check(&opts.fetch)?;
     let host_config = read_host_config(&opts.host_config_files)?;
     // Known before fetching: the flag, then the host's config. Checked

@@ -83,6 +83,8 @@ pub fn describe_entry(sysroot: &Sysroot, repo: Option<&Repo>, entry: &BlsEntry) 
             },
             boot_digest: origin.as_ref().and_then(|o| o.boot_digest.clone()),
             missing_verity_allowed: entry.missing_verity_allowed(),
+            verity_enforced: !entry.missing_verity_allowed()
+                && repo.is_some_and(|r| !r.is_insecure()),
         }),
         entry_file: entry.file_name.clone(),
         errors,
