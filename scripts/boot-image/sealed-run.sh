@@ -1,7 +1,6 @@
 # The test disk's run.sh of `scripts/boot --sealed` (unistore.test=sealed).
 # On the live system: install to-disk onto the blank /dev/vdc with the
-# filesystem in ./fs, the sealed host's entries also saying
-# unistore.test=sealed. On the sealed host (booted verity-enforced): read
+# filesystem in ./fs. On the sealed host (booted verity-enforced): read
 # a /usr file and say how it went, the kernel's fs-verity lines, and fsck.
 set -e
 here=/run/unistore-test
@@ -15,6 +14,9 @@ if [ "$(unistore status --json | jq -r .status.booted.composefs.verityEnforced)"
     exit 0
 fi
 fs=$(cat "$here/fs")
+# With scripts/boot --log: the sealed host runs this script too, then
+# powers off (./kargs says --karg unistore.test=sealed).
+kargs=$(cat "$here/kargs" 2>/dev/null || true)
 echo "installing onto /dev/vdc ($(lsblk -dno SIZE /dev/vdc)) with $fs"
-unistore install to-disk --wipe --filesystem "$fs" --karg unistore.test=sealed \
+unistore install to-disk --wipe --filesystem "$fs" $kargs \
     --source-imgref oci:$here/oci:latest --target-imgref oci:$here/oci:latest /dev/vdc

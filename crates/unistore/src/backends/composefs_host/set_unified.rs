@@ -194,6 +194,13 @@ pub async fn set_unified(
             );
         }
     }
+    drop(repo);
+    // What the imports superseded (splitstreams composefs-oci wrote again):
+    // a host just made unified has nothing left to collect. Every live
+    // image is tagged.
+    composefs_repo::open(sysroot)?
+        .gc(&[])
+        .context("collecting what the import superseded")?;
     crashpoint::hit("set-unified:before-flag");
     unified::write_flag(sysroot, opts.mode)?;
     crashpoint::hit("set-unified:after-flag");
