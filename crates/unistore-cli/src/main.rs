@@ -310,6 +310,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .without_time()
+        // Colour codes only on a terminal, not in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // A panic (ours or a library's) must not reach the user as a backtrace:
     // it is caught here, after the unwinding has run every cleanup guard
@@ -613,7 +615,12 @@ fn print_installed(
     if let Some(u) = &r.unified {
         println!("  storage {}", u.message);
     }
-    println!("  files   {}", r.deployment_files.describe());
+    // Not the image's files (the storage line above): the deployment's own
+    // copies of /etc, the first /var and the kernel and initrd.
+    println!(
+        "  deployment's own files (/etc, /var, kernel): {}",
+        r.deployment_files.describe()
+    );
 }
 
 async fn install_to_disk(a: ToDiskArgs) -> Result<()> {

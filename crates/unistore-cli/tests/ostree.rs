@@ -720,3 +720,54 @@ fn ostree_commit_of_an_image_without_created_is_dated_by_its_newest_file() {
     }
     assert_eq!(commits[0], commits[1]);
 }
+
+/// An ostree install that fails after libostree deployed (an image with no
+/// os-release: libostree cannot write the boot entries) removes what it
+/// created, the deployment libostree marked immutable included, so the
+/// root is empty again and a second install fails the same way, not on
+/// leftovers.
+#[test]
+fn failed_ostree_install_leaves_nothing_and_can_be_retried() {
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    let kdir = rootfs.join("usr/lib/modules/6.1.0-test");
+    std::fs::create_dir_all(&kdir).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(kdir.join("vmlinuz"), "kernel").unwrap();
+    std::fs::write(kdir.join("initramfs.img"), "initrd").unwrap();
+    let oci = work.path().join("oci");
+    unistore_fixtures::image::build_from_rootfs(&rootfs, &oci, "v1", "1.0").unwrap();
+    let fs = LoopFs::new(FsKind::Xfs, 600).unwrap();
+    let src = format!("oci:{}:v1", oci.display());
+    let install = || {
+        let mut c = unistore();
+        c.env("NO_COLOR", "1")
+            .args([
+                "install",
+                "to-filesystem",
+                "--backend",
+                "ostree",
+                "--root-mount-spec",
+                "",
+            ])
+            .args(["--source-imgref", &src])
+            .arg(fs.path());
+        c
+    };
+    let first = run_fails(&mut install(), "os-release");
+    let left: Vec<_> = std::fs::read_dir(fs.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let second = run_fails(&mut install(), "os-release");
+    assert_eq!(first, second);
+    let out = run(&mut install());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a file: {stderr:?}"
+    );
+    assert!(!stderr.contains("Operation not permitted"), "{stderr}");
+}

@@ -180,7 +180,18 @@ impl Drop for Created<'_> {
         }
         for p in self.paths.iter().rev() {
             if let Err(e) = util::remove_all(self.sysroot.dir(), p) {
-                tracing::warn!("cleaning up {p}: {e:#}");
+                // libostree marks each deployment directory immutable
+                // (FS_IMMUTABLE_FL): what this install created, it may
+                // unmark to remove (else a failed ostree install left
+                // `ostree/deploy/...` without `ostree/repo`, and no retry
+                // could work).
+                let _ = std::process::Command::new("chattr")
+                    .args(["-R", "-f", "-i"])
+                    .arg(self.sysroot.join(p))
+                    .status();
+                if let Err(e2) = util::remove_all(self.sysroot.dir(), p) {
+                    tracing::warn!("cleaning up {p}: {e:#}; again after chattr -i: {e2:#}");
+                }
             }
         }
     }
