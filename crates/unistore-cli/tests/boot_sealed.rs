@@ -235,7 +235,9 @@ fn sealed_ext4_host_boots_enforced_and_refuses_tampering() {
 
     // The EROFS image, one byte of its superblock flipped: the initramfs
     // refuses the root.
-    let at = disk_offset(&disk, &format!("/composefs/images/{id}"), 1024 + 8);
+    // `images/<id>` links to the object named by the image's digest.
+    let image = format!("/composefs/objects/{}/{}", &id[..2], &id[2..]);
+    let at = disk_offset(&disk, &image, 1024 + 8);
     flip(&disk, at);
     let r = boot(&disk, &tdisk, &logs, "boot3-image");
     if !r.lines_with("UNISTORE-BOOT-OK").is_empty() {
