@@ -261,7 +261,11 @@ fn sealed_ext4_host_boots_enforced_and_refuses_tampering() {
         .chars()
         .map(|c| if c == '0' { '1' } else { '0' })
         .collect();
-    put_esp_entry(&disk, &name, &entry.replace(&id, &other), work.path());
+    // Only `composefs=` changes: the kernel and initrd paths (named after
+    // the id too) stay valid, or systemd-boot would drop the entry.
+    let forged = entry.replace(&format!("composefs={id}"), &format!("composefs={other}"));
+    assert_ne!(forged, entry);
+    put_esp_entry(&disk, &name, &forged, work.path());
     let r = boot(&disk, &tdisk, &logs, "boot4-entry");
     let fails = r.lines_with("UNISTORE-INITRAMFS-FAIL");
     let Some(line) = fails.first() else {
