@@ -13,19 +13,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use super::run;
+
 /// The ESP's filesystem label (bootc's).
 pub const LABEL: &str = "EFI-SYSTEM";
-
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 /// The UUID the kernel and fstab use for a FAT volume id: `ABCD-1234`.
 pub fn volume_uuid(volume_id: u32) -> String {
@@ -51,7 +42,7 @@ pub fn format(target: &Path, offset: u64, bytes: u64, volume_id: u32) -> Result<
         cmd.arg(format!("--offset={}", offset / 512));
     }
     cmd.arg(target).arg((bytes / 1024).to_string());
-    run(&mut cmd, "mkfs.fat (package dosfstools)")
+    run(&mut cmd, "mkfs.fat (package dosfstools)").map(drop)
 }
 
 /// Copies the content of `staged` (a directory laid out as the ESP) into the
@@ -74,6 +65,7 @@ pub fn copy_in(target: &Path, offset: u64, staged: &Path) -> Result<()> {
             .arg("::/"),
         "mcopy (package mtools)",
     )
+    .map(drop)
 }
 
 /// Lists a directory of the FAT filesystem at `offset` of `target` (as

@@ -10,3 +10,17 @@
 pub mod esp;
 pub mod gpt;
 pub mod to_disk;
+
+use anyhow::{Context, Result, bail};
+
+/// Runs a tool; its trimmed stdout, or an error with `what` and its stderr.
+fn run(cmd: &mut std::process::Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

@@ -25,7 +25,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{esp, gpt};
+use super::{esp, gpt, run};
 use crate::command::install::{InstallOpts, InstallResult};
 use crate::progress::{self, Progress};
 
@@ -120,17 +120,6 @@ pub struct PartitionSummary {
     pub offset: u64,
     /// Size in bytes.
     pub bytes: u64,
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn gib(b: u64) -> String {
