@@ -118,6 +118,7 @@ pub async fn run(sysroot: &Sysroot, cmd: ImageCmd) -> Result<()> {
 fn print_list(w: &mut impl Write, l: &ImageList) -> Result<()> {
     match l.unified {
         Some(m) => writeln!(w, "Storage: unified ({m})")?,
+        None if l.ostree_composefs_bound => writeln!(w, "Storage: ostree-composefs-bound")?,
         None => writeln!(w, "Storage: composefs only (not unified)")?,
     }
     let ostree = l.images.iter().any(|i| i.in_ostree.is_some());

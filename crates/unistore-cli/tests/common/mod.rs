@@ -11,6 +11,7 @@ pub mod boot;
 pub mod checker;
 pub mod ostree;
 pub mod stores;
+pub mod trees;
 
 use sha2::{Digest, Sha256};
 use unistore_fixtures::image::{EntryKind, ExpectedEntry};

@@ -36,6 +36,10 @@ pub struct HostImage {
 pub struct ImageList {
     /// The unified flag of the host.
     pub unified: Option<UnifiedMode>,
+    /// ostree hosts: the repository is bound to composefs
+    /// (`set-unified composefs`), as `status` says.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ostree_composefs_bound: bool,
     /// The images, live ones first.
     pub images: Vec<HostImage>,
     /// Live deployments whose image could not be told.

@@ -53,13 +53,14 @@ const CHUNK: usize = 1 << 20;
 /// [`CHUNK`], about 5 MiB a layer.
 const IN_FLIGHT: usize = 4;
 
-/// Fetches the layers of registry image `spec` that the repository lacks.
+/// Fetches the layers of registry image `spec` that the repository lacks;
+/// returns the manifest's digest.
 pub async fn prefetch(
     repo: &Arc<Repo>,
     spec: &str,
     config: Option<ImageProxyConfig>,
     progress: Progress,
-) -> Result<()> {
+) -> Result<String> {
     let proxy = ImageProxy::new_with_config(config.unwrap_or_default())
         .await
         .context("starting skopeo")?;
@@ -114,8 +115,8 @@ async fn fetch_missing(
     proxy: &ImageProxy,
     img: &OpenedImage,
     progress: &Progress,
-) -> Result<()> {
-    let (_, manifest) = proxy
+) -> Result<String> {
+    let (digest, manifest) = proxy
         .fetch_manifest(img)
         .await
         .context("fetching the manifest")?;
@@ -145,7 +146,8 @@ async fn fetch_missing(
                 .await
                 .with_context(|| format!("fetching layer {}", layer.digest()))
         })
-        .await
+        .await?;
+    Ok(digest)
 }
 
 async fn fetch_layer(

@@ -21,8 +21,10 @@
 
 pub mod docker_schema2;
 pub mod fetch_config;
+pub mod image_link;
 pub mod imgref;
 pub mod layer_fetch;
+pub mod layer_merge;
 pub mod oci_layout;
 pub mod ostree_encap;
 pub mod pull;

@@ -28,10 +28,14 @@ pub fn split_ref(name: &str) -> (PathBuf, Option<String>) {
 }
 
 /// Verifies the image an `oci:` reference names; `have(diff_id)` says
-/// which layers need no check (already imported).
-pub async fn verify(imgref: &ImageRef, have: impl Fn(&str) -> bool + Send + 'static) -> Result<()> {
+/// which layers need no check (already imported). Returns the manifest's
+/// digest (`None` for a multi-platform index or another transport).
+pub async fn verify(
+    imgref: &ImageRef,
+    have: impl Fn(&str) -> bool + Send + 'static,
+) -> Result<Option<String>> {
     if imgref.transport != Transport::Oci {
-        return Ok(());
+        return Ok(None);
     }
     let (dir, tag) = split_ref(&imgref.name);
     tokio::task::spawn_blocking(move || verify_dir(&dir, tag.as_deref(), have)).await?
@@ -79,8 +83,13 @@ fn check_blob(dir: &Path, desc: &Value) -> Result<PathBuf> {
 }
 
 /// Verifies the manifest selected by `tag` (or the only one) in `dir`, less
-/// the layers `have` names by diff-id.
-pub fn verify_dir(dir: &Path, tag: Option<&str>, have: impl Fn(&str) -> bool) -> Result<()> {
+/// the layers `have` names by diff-id; returns the manifest's digest
+/// (`None` for a multi-platform index).
+pub fn verify_dir(
+    dir: &Path,
+    tag: Option<&str>,
+    have: impl Fn(&str) -> bool,
+) -> Result<Option<String>> {
     let index_path = dir.join("index.json");
     let index: Value = serde_json::from_slice(
         &std::fs::read(&index_path)
@@ -105,7 +114,7 @@ pub fn verify_dir(dir: &Path, tag: Option<&str>, have: impl Fn(&str) -> bool) ->
     if chosen["mediaType"].as_str() == Some("application/vnd.oci.image.index.v1+json") {
         // Multi-platform index: composefs-oci resolves the platform.
         check_blob(dir, chosen)?;
-        return Ok(());
+        return Ok(None);
     }
     let mpath = check_blob(dir, chosen)?;
     let manifest: Value = serde_json::from_slice(&std::fs::read(mpath)?)?;
@@ -124,5 +133,5 @@ pub fn verify_dir(dir: &Path, tag: Option<&str>, have: impl Fn(&str) -> bool) ->
             check_blob(dir, layer)?;
         }
     }
-    Ok(())
+    Ok(chosen["digest"].as_str().map(str::to_string))
 }

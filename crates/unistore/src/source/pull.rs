@@ -247,9 +247,10 @@ async fn pull_as_is(
     progress: Progress,
     bootable: bool,
 ) -> Result<composefs_oci::PullResult<ObjectId>> {
+    let mut manifest_digest = None;
     if imgref.transport == crate::source::imgref::Transport::Oci {
         let r = repo.clone();
-        crate::source::oci_layout::verify(imgref, move |diff_id| {
+        manifest_digest = crate::source::oci_layout::verify(imgref, move |diff_id| {
             crate::stores::composefs_repo::layer_stream_id(diff_id)
                 .ok()
                 .and_then(|id| r.has_stream(&id).ok().flatten())
@@ -287,20 +288,61 @@ async fn pull_as_is(
         if registry {
             // The layers on threads of their own ([`crate::source::layer_fetch`]); the
             // pull then only stores the config and manifest.
-            crate::source::layer_fetch::prefetch(
-                repo,
-                &spec,
-                fetch.proxy_config(),
-                watched.clone(),
-            )
-            .await
-            .with_context(|| format!("pulling {spec}"))?;
+            manifest_digest = Some(
+                crate::source::layer_fetch::prefetch(
+                    repo,
+                    &spec,
+                    fetch.proxy_config(),
+                    watched.clone(),
+                )
+                .await
+                .with_context(|| format!("pulling {spec}"))?,
+            );
         }
-        composefs_oci::pull(repo, &spec, None, opts)
-            .await
+        let r = composefs_oci::pull(repo, &spec, None, opts).await;
+        merge_under_own_rules(repo, r, manifest_digest.as_deref())
             .with_context(|| format!("pulling {spec}"))
     };
     with_stall_guard(&spec, &watched, timeout, pull).await
+}
+
+/// composefs-oci's pull result, or, where composefs-oci could not merge the
+/// layers (a parent directory no layer declares, an entry it cannot place),
+/// the images of [`crate::source::layer_merge`]'s merge: its rules make the
+/// missing parents and refuse the rest with one line naming the layer and
+/// the entry. `manifest_digest` is the image composefs-oci was pulling,
+/// when the caller knows it.
+pub fn merge_under_own_rules(
+    repo: &Arc<Repo>,
+    result: Result<composefs_oci::PullResult<ObjectId>>,
+    manifest_digest: Option<&str>,
+) -> Result<composefs_oci::PullResult<ObjectId>> {
+    let err = match result {
+        Ok(r) => return Ok(r),
+        Err(e) => e,
+    };
+    // composefs-oci's merge failed after it stored the manifest, config
+    // and layers (its `process_entry` says "Processing tar entry").
+    let merge_failed = err.chain().any(|c| c.to_string() == "Processing tar entry");
+    let Some(digest) = manifest_digest.filter(|_| merge_failed) else {
+        return Err(err);
+    };
+    let d: OciDigest = digest.parse().with_context(|| format!("bad manifest digest {digest}"))?;
+    if composefs_oci::oci_image::has_manifest(repo, &d)?.is_none() {
+        return Err(err);
+    }
+    tracing::debug!("composefs-oci could not merge {digest} ({err:#}): merging under unistore's rules");
+    let img = composefs_oci::oci_image::OciImage::open(repo, &d, None)?;
+    let merged = crate::source::layer_merge::merged(repo, &img)?;
+    crate::source::image_link::link_tree(repo, &img, merged.fs)?;
+    let img = composefs_oci::oci_image::OciImage::open(repo, &d, None)?;
+    Ok(composefs_oci::PullResult {
+        manifest_digest: d,
+        manifest_verity: img.manifest_verity().clone(),
+        config_digest: img.config_digest().clone(),
+        config_verity: img.config_verity().clone(),
+        stats: Default::default(),
+    })
 }
 
 /// Boot image, `localhost/bootc-<digest>` tag and sync after a composefs-oci
@@ -314,10 +356,25 @@ pub fn finish_pull(
     let digest: OciDigest = result.manifest_digest.clone();
     // Issue 22: an ostree-encapsulated image's EROFS images are made from
     // its embedded commit (xattrs applied, no object store), not its tar.
-    let superseded = boot_image
-        && crate::source::ostree_encap::images::link_images(repo, &digest)
+    use crate::source::ostree_encap::images::{Linked, link_images};
+    let mut superseded = false;
+    if boot_image {
+        match link_images(repo, &digest)
             .context("making the EROFS images of the ostree-encapsulated image")?
-            == crate::source::ostree_encap::images::Linked::Relinked;
+        {
+            Linked::Relinked => superseded = true,
+            Linked::AlreadyLinked => {}
+            // Issue 25: one merge for every store, composefs-oci's unless
+            // a rule of ours changes the tree.
+            Linked::NotEncapsulated => {
+                let img = composefs_oci::oci_image::OciImage::open(repo, &digest, None)?;
+                let merged = crate::source::layer_merge::merged(repo, &img)?;
+                superseded = merged.deviates
+                    && crate::source::image_link::link_tree(repo, &img, merged.fs)
+                        .context("making the EROFS images of the merged tree")?;
+            }
+        }
+    }
     // The verity composefs-oci returns can be stale: re-resolve through the
     // manifest digest, which is what the tag points at.
     let boot_id = if boot_image {

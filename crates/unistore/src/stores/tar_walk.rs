@@ -26,6 +26,22 @@ use composefs::fsverity::FsVerityHashValue;
 use crate::stores::composefs_repo::layer_stream_id;
 use crate::stores::composefs_repo::{ObjectId, Repo};
 
+/// Issue 25: why a whiteout's name is refused, if it is: the name after `.wh.`
+/// names no file (empty, `.` or `..`).
+pub fn odd_whiteout(file_name: &[u8]) -> Option<&'static str> {
+    match file_name.strip_prefix(b".wh.")? {
+        b"" => Some("a whiteout with an empty name"),
+        b"." => Some("a whiteout of \".\" (the directory itself)"),
+        b".." => Some("a whiteout of \"..\" (the parent directory)"),
+        _ => None,
+    }
+}
+
+/// The message for an entry refused for `why`.
+pub fn refusal(layer: &str, entry: &str, why: &str) -> String {
+    format!("layer {layer}: entry {entry:?}: {why}; the image is refused")
+}
+
 /// The kind of a tar entry, as it matters for unpacking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -436,6 +452,17 @@ pub fn as_os_str(bytes: &[u8]) -> &OsStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn odd_whiteouts_are_named() {
+        assert!(odd_whiteout(b".wh.").is_some());
+        assert!(odd_whiteout(b".wh..").is_some());
+        assert!(odd_whiteout(b".wh...").is_some());
+        assert!(odd_whiteout(b".wh..wh..opq").is_none());
+        assert!(odd_whiteout(b".wh.a").is_none());
+        assert!(odd_whiteout(b".wh....").is_none());
+        assert!(odd_whiteout(b"a.wh.").is_none());
+    }
 
     #[test]
     fn normalizes_paths() {

@@ -75,6 +75,7 @@ pub fn list_images(sysroot: &Sysroot) -> Result<ImageList> {
         images.push(h);
     }
     Ok(ImageList {
+        ostree_composefs_bound: false,
         unified: unified::unified_mode(sysroot)?,
         images,
         errors,

@@ -230,14 +230,11 @@ pub fn check(
 }
 
 fn pending_note(r: &ImageReport, booted: Option<&str>) -> String {
-    format!(
-        "pending: a classic commit{}; the next upgrade synthesizes it from composefs",
-        if booted.is_some_and(|b| r.deployments.iter().any(|d| d == b)) {
-            " is booted"
-        } else {
-            ""
-        }
-    )
+    if booted.is_some_and(|b| r.deployments.iter().any(|d| d == b)) {
+        "pending: the booted deployment's classic commit; the next upgrade synthesizes its image from composefs".into()
+    } else {
+        "pending: a classic commit of a deployment that is not booted (a rollback): it stays classic, its files not shared with composefs, until GC removes it".into()
+    }
 }
 
 /// Every cache entry whose ostree object exists names an object with the

@@ -298,6 +298,7 @@ pub fn image_list(sysroot: &Sysroot) -> Result<crate::command::image_list::Image
     }
     Ok(ImageList {
         unified: crate::unified::unified_mode(sysroot)?,
+        ostree_composefs_bound: ostree_repo::is_bound(&repo),
         images,
         errors,
     })

@@ -120,17 +120,12 @@ pub fn detect(img: &OciImage<ObjectId>) -> Result<Option<Encapsulated>> {
 
 /// The merged tree of an image of `repo`: for an encapsulated image the
 /// embedded commit's tree with the layers above applied ([`tree::build`]),
-/// otherwise composefs-oci's merge of the layers.
+/// otherwise the merge of its layers under unistore's rules
+/// ([`crate::source::layer_merge`], the boot image's).
 pub fn merged_tree(repo: &Repo, img: &OciImage<ObjectId>) -> Result<FileSystem<ObjectId>> {
     match detect(img)? {
         Some(enc) => tree::build(repo, &enc, &objects::ObjectSet::read(repo, &enc)?),
-        None => composefs_oci::image::create_filesystem(
-            repo,
-            img.config_digest(),
-            Some(img.config_verity()),
-            &Default::default(),
-        )
-        .context("reading the image's merged tree"),
+        None => Ok(crate::source::layer_merge::merged(repo, img)?.fs),
     }
 }
 

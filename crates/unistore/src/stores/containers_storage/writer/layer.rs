@@ -89,6 +89,7 @@ pub(super) fn build_layer(
             stats,
             cache: None,
             buf: vec![0u8; 1 << 20],
+            layer: layer.diff_id.clone(),
         };
         // Start reading the layer's objects while the walk works on the
         // first ones: on a cold cache the reads, not the hashing, dominate.
@@ -223,11 +224,19 @@ struct DiffWriter<'a> {
     /// The last parent directory opened.
     cache: Option<(Vec<u8>, OwnedFd)>,
     buf: Vec<u8>,
+    /// The layer's diff-id, for messages.
+    layer: String,
 }
 
-/// Sets the entry's xattrs with `set` (by fd or by path).
+/// Sets the entry's xattrs with `set` (by fd or by path). A PAX xattr
+/// record with an empty value sets nothing: POSIX pax (and Go's tar, podman's
+/// reader) take an empty value as "no such record" (issue 25: an empty
+/// `trusted.overlay.metacopy` on a store file makes overlayfs refuse it).
 fn set_xattrs(e: &Entry, set: impl Fn(&OsStr, &[u8]) -> rustix::io::Result<()>) -> Result<()> {
     for (k, v) in &e.xattrs {
+        if v.is_empty() {
+            continue;
+        }
         set(os(k), v).with_context(|| {
             format!(
                 "setting xattr {} on {}",
@@ -464,8 +473,17 @@ impl DiffWriter<'_> {
         if e.kind == Kind::GlobalHeader {
             return Ok(Content::None);
         }
-        let rel = e.rel_path()?;
+        let rel = e
+            .rel_path()
+            .map_err(|why| anyhow::anyhow!(tar_walk::refusal(&self.layer, &String::from_utf8_lossy(&e.name), &why.to_string())))?;
         let (prel, name) = split_parent(&rel);
+        if let Some(why) = tar_walk::odd_whiteout(name) {
+            bail!(tar_walk::refusal(
+                &self.layer,
+                &e.display(),
+                &format!("{why} names no file")
+            ));
+        }
         if rel.is_empty() {
             // The layer root itself.
             if e.kind == Kind::Directory {

@@ -1,0 +1,211 @@
+//! The merged tree of an image's layers, with one set of rules for every
+//! store (issue 25): the boot image, the ostree commit and the
+//! containers-storage writer ([`crate::stores::containers_storage`]) apply
+//! the same ones, and they are podman's where composefs-oci's differ.
+//!
+//! composefs-oci's `create_filesystem` merges the layers for its EROFS
+//! images. [`merged`] does the same merge entry by entry, with these
+//! differences:
+//!
+//! * **A parent directory no layer declares** (tar writers emit `var/tmp`
+//!   without `var`) is made, root-owned, mode 0755, as podman and tar
+//!   extractors make it; composefs-oci fails the pull.
+//! * **A hard link's own header** (mode, owner, times, xattrs) is the file's
+//!   metadata from then on, for every name of the file, as podman applies
+//!   it (`chmod`/`chown` on the link); composefs-oci keeps the first
+//!   entry's. A link to a symlink keeps the symlink's metadata.
+//! * **A whiteout that names no file** (`.wh.`, `.wh..`, `.wh...`) refuses
+//!   the image with one line naming the layer and the entry; composefs-oci
+//!   ignores it and the store writer could not write it. A path that leaves
+//!   the root (`..`) is refused the same way.
+//!
+//! Everything else (whiteouts, opaque markers, a directory over a
+//! directory, the root's metadata from `/usr`, the xattr filter) is
+//! composefs-oci's, so an image none of these rules touch gets exactly
+//! composefs-oci's tree and EROFS images ([`Merged::deviates`] is false).
+//! An opaque marker on a layer's root clears the tree below it here, as in
+//! composefs-oci; overlayfs (podman) ignores it: a documented difference
+//! (docs/differential.md).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use anyhow::{Context, Result, anyhow, bail};
+use composefs::generic_tree::{Inode, LeafContent, Stat};
+use composefs::tree::{Directory, FileSystem};
+use composefs_oci::oci_image::OciImage;
+use composefs_oci::tar::{TarEntry, TarItem};
+
+use crate::stores::composefs_repo::{ObjectId, Repo};
+use crate::stores::tar_walk::{odd_whiteout, refusal};
+
+/// A merged tree and whether one of this module's rules made it differ from
+/// composefs-oci's merge of the same layers.
+pub struct Merged {
+    pub fs: FileSystem<ObjectId>,
+    pub deviates: bool,
+}
+
+/// The merged tree of `img`'s layers (see the module's rules).
+pub fn merged(repo: &Repo, img: &OciImage<ObjectId>) -> Result<Merged> {
+    let oc = composefs_oci::open_config(repo, img.config_digest(), Some(img.config_verity()))?;
+    let diff_ids = oc.config.rootfs().diff_ids();
+    let mut m = Merged {
+        fs: FileSystem::new(Stat::uninitialized()),
+        deviates: false,
+    };
+    for (i, diff_id) in diff_ids.iter().enumerate() {
+        let layer = format!("{} of {} ({diff_id})", i + 1, diff_ids.len());
+        let verity = oc
+            .layer_refs
+            .get(diff_id.as_str())
+            .ok_or_else(|| anyhow!("layer {layer} is not in the composefs repository"))?;
+        let mut stream = repo
+            .open_stream("", Some(verity), Some(composefs_oci::LAYER_CONTENT_TYPE))
+            .with_context(|| format!("opening layer {layer}"))?;
+        while let Some(entry) = composefs_oci::tar::get_entry::<ObjectId>(&mut stream)
+            .with_context(|| format!("reading layer {layer}"))?
+        {
+            let name = entry.path.to_string_lossy().into_owned();
+            apply(&mut m, entry).map_err(|why| anyhow!(refusal(&layer, &name, &why)))?;
+        }
+    }
+    m.fs.transform_for_oci(&Default::default())
+        .context("finishing the merged tree")?;
+    Ok(m)
+}
+
+/// The names of `path` below the root; `..` is refused.
+fn names(path: &Path) -> std::result::Result<Vec<&OsStr>, String> {
+    let mut out = vec![];
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err("the path leaves the image's root (\"..\")".into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A directory made for a parent no layer declares: root, 0755.
+fn implicit_dir_stat() -> Stat {
+    Stat {
+        st_mode: 0o040755,
+        ..Stat::uninitialized()
+    }
+}
+
+/// The directory at `parents`, made (and counted as a deviation) where
+/// missing.
+fn parent_dir<'d>(
+    dir: &'d mut Directory<ObjectId>,
+    parents: &[&OsStr],
+    deviates: &mut bool,
+) -> std::result::Result<&'d mut Directory<ObjectId>, String> {
+    let Some((first, rest)) = parents.split_first() else {
+        return Ok(dir);
+    };
+    match dir.lookup(first) {
+        None => {
+            dir.insert(
+                first,
+                Inode::Directory(Box::new(Directory::new(implicit_dir_stat()))),
+            );
+            *deviates = true;
+        }
+        Some(Inode::Directory(_)) => {}
+        Some(Inode::Leaf(..)) => {
+            return Err(format!(
+                "its parent {:?} is not a directory",
+                first.to_string_lossy()
+            ));
+        }
+    }
+    let sub = dir
+        .get_directory_mut(first)
+        .map_err(|e| format!("{e}"))?;
+    parent_dir(sub, rest, deviates)
+}
+
+/// Whether two stats differ in what a hard link's header sets.
+fn differs(a: &Stat, b: &Stat) -> bool {
+    a.st_mode != b.st_mode
+        || a.st_uid != b.st_uid
+        || a.st_gid != b.st_gid
+        || a.st_mtim_sec != b.st_mtim_sec
+        || a.st_mtim_nsec != b.st_mtim_nsec
+        || a.xattrs != b.xattrs
+}
+
+fn apply(m: &mut Merged, entry: TarEntry<ObjectId>) -> std::result::Result<(), String> {
+    let path = names(&entry.path)?;
+    let Some((file, parents)) = path.split_last() else {
+        if !matches!(entry.item, TarItem::Directory) {
+            return Err("the image's root must be a directory".into());
+        }
+        m.fs.set_root_stat(entry.stat);
+        return Ok(());
+    };
+    if let Some(why) = odd_whiteout(file.as_bytes()) {
+        return Err(format!("{why} names no file"));
+    }
+    let inode = match entry.item {
+        TarItem::Directory => Inode::Directory(Box::new(Directory::new(entry.stat))),
+        TarItem::Leaf(content) => Inode::leaf(m.fs.push_leaf(entry.stat, content)),
+        TarItem::Hardlink(target) => {
+            let tnames = names(Path::new(&target))
+                .map_err(|e| format!("its hard link target {target:?}: {e}"))?;
+            let missing = || {
+                format!(
+                    "a hard link to {:?}, which no layer before it has as a file",
+                    target.to_string_lossy()
+                )
+            };
+            let Some((tfile, tparents)) = tnames.split_last() else {
+                return Err(missing());
+            };
+            let mut d = &m.fs.root;
+            for p in tparents {
+                d = match d.lookup(p) {
+                    Some(Inode::Directory(sub)) => sub,
+                    _ => return Err(missing()),
+                };
+            }
+            let id = match d.lookup(tfile) {
+                Some(Inode::Leaf(id, _)) => *id,
+                _ => return Err(missing()),
+            };
+            // podman's rule: the link's header is the file's metadata now
+            // (a symlink keeps its own).
+            let leaf = &mut m.fs.leaves[id.0];
+            if !matches!(leaf.content, LeafContent::Symlink(_)) && differs(&leaf.stat, &entry.stat)
+            {
+                leaf.stat = entry.stat;
+                m.deviates = true;
+            }
+            Inode::leaf(id)
+        }
+    };
+    let dir = parent_dir(&mut m.fs.root, parents, &mut m.deviates)?;
+    match file.as_bytes().strip_prefix(b".wh.") {
+        Some(b".wh..opq") => dir.clear(),
+        Some(w) => dir.remove(OsStr::from_bytes(w)),
+        None => dir.merge(file, inode),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_leaving_the_root_are_refused() {
+        assert!(names(Path::new("/../../escape")).is_err());
+        assert_eq!(names(Path::new("/./a/b")).unwrap(), ["a", "b"]);
+    }
+}
