@@ -16,4 +16,4 @@
 pub mod env;
 pub mod image;
 pub mod rng;
-mod xattrs;
+pub mod xattrs;

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 pub mod boot;
 pub mod checker;
 pub mod ostree;
+pub mod random_tree;
 pub mod stores;
 pub mod trees;
 

@@ -10,47 +10,48 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 /// One tar entry for a crafted layer.
-pub struct E<'a> {
-    pub path: &'a str,
+#[derive(Debug, Clone)]
+pub struct E {
+    pub path: String,
     pub kind: tar::EntryType,
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
-    pub data: &'a [u8],
-    pub link: Option<&'a str>,
+    pub data: Vec<u8>,
+    pub link: Option<String>,
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
-impl<'a> E<'a> {
-    pub fn file(path: &'a str, mode: u32, data: &'a [u8]) -> Self {
+impl E {
+    pub fn file(path: &str, mode: u32, data: &[u8]) -> Self {
         Self {
-            path,
+            path: path.to_string(),
             kind: tar::EntryType::Regular,
             mode,
             uid: 0,
             gid: 0,
-            data,
+            data: data.to_vec(),
             link: None,
             xattrs: vec![],
         }
     }
-    pub fn dir(path: &'a str, mode: u32) -> Self {
+    pub fn dir(path: &str, mode: u32) -> Self {
         Self {
             kind: tar::EntryType::Directory,
             ..Self::file(path, mode, b"")
         }
     }
-    pub fn symlink(path: &'a str, target: &'a str) -> Self {
+    pub fn symlink(path: &str, target: &str) -> Self {
         Self {
             kind: tar::EntryType::Symlink,
-            link: Some(target),
+            link: Some(target.to_string()),
             ..Self::file(path, 0o777, b"")
         }
     }
-    pub fn hardlink(path: &'a str, target: &'a str, mode: u32) -> Self {
+    pub fn hardlink(path: &str, target: &str, mode: u32) -> Self {
         Self {
             kind: tar::EntryType::Link,
-            link: Some(target),
+            link: Some(target.to_string()),
             ..Self::file(path, mode, b"")
         }
     }
@@ -68,7 +69,7 @@ impl<'a> E<'a> {
 /// A layer tar of `entries`, in order, PAX xattr records as given (an empty
 /// value stays an empty record). Names are written raw into the header, so
 /// odd and hostile names reach the tar as they are.
-pub fn layer_tar(entries: &[E<'_>]) -> Vec<u8> {
+pub fn layer_tar(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         if !e.xattrs.is_empty() {
@@ -97,14 +98,14 @@ pub fn layer_tar(entries: &[E<'_>]) -> Vec<u8> {
             name.fill(0);
             name[..e.path.len()].copy_from_slice(e.path.as_bytes());
         }
-        if let Some(l) = e.link {
+        if let Some(l) = &e.link {
             let ln = &mut h.as_old_mut().linkname;
             ln.fill(0);
             ln[..l.len()].copy_from_slice(l.as_bytes());
         }
         h.set_cksum();
         let data: &[u8] = if e.kind == tar::EntryType::Regular {
-            e.data
+            &e.data
         } else {
             b""
         };
@@ -243,7 +244,7 @@ impl Mounted {
                 .arg(&dir),
         );
         let mut u = Command::new("umount");
-        u.arg(&dir);
+        u.arg("-R").arg(&dir);
         Self {
             path: dir,
             undo: vec![u],

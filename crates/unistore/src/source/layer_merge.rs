@@ -31,7 +31,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use composefs::generic_tree::{Inode, LeafContent, Stat};
 use composefs::tree::{Directory, FileSystem};
 use composefs_oci::oci_image::OciImage;

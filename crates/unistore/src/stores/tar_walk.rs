@@ -30,9 +30,9 @@ use crate::stores::composefs_repo::{ObjectId, Repo};
 /// names no file (empty, `.` or `..`).
 pub fn odd_whiteout(file_name: &[u8]) -> Option<&'static str> {
     match file_name.strip_prefix(b".wh.")? {
-        b"" => Some("a whiteout with an empty name"),
-        b"." => Some("a whiteout of \".\" (the directory itself)"),
-        b".." => Some("a whiteout of \"..\" (the parent directory)"),
+        b"" => Some("a whiteout of an empty name"),
+        b"." => Some("a whiteout of \".\" (its own directory)"),
+        b".." => Some("a whiteout of \"..\" (its parent directory)"),
         _ => None,
     }
 }
