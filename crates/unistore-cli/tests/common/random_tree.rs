@@ -156,7 +156,7 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
             l.model.nodes.insert("gen".into(), (Kind::Dir, 0o755, (0, 0)));
         }
         let mut files_here: Vec<String> = vec![];
-        for _ in 0..(8 + rng.below(20)) {
+        for _ in 0..(15 + rng.below(40)) {
             let dirs = l.model.dirs();
             let parent = rng.pick(&dirs).clone();
             let p = format!("{parent}/{}", rng.pick(NAMES));
