@@ -209,7 +209,10 @@ fn bound_upgrades_and_full_unification_share_every_file_on_xfs() {
     // Issue 25: the rollback's classic commit is not "synthesized by the
     // next upgrade" (only a booted one's image is).
     let rb = notes(deployment_report(&f, &st, "rollback"));
-    assert!(rb.contains("pending: a classic commit of a deployment that is not booted"), "{f}");
+    assert!(
+        rb.contains("pending: a classic commit of a deployment that is not booted"),
+        "{f}"
+    );
     assert!(!rb.contains("next upgrade"), "{f}");
     // Once synthesized, an upgrade without a new image does nothing.
     let up = json(cmd(root, Some(&reg)).args(["upgrade", "--json"]));

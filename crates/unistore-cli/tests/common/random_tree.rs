@@ -38,8 +38,24 @@ impl Rng {
 }
 
 const NAMES: &[&str] = &[
-    "a", "b", "c", "d", "e", "f", "bin", "lib", " sp ace", "ünïcode", "-dash", "..dots", ".hidden",
-    "x.wh", "wh..x", "tab\tname", "new\nline", "back\\slash",
+    "a",
+    "b",
+    "c",
+    "d",
+    "e",
+    "f",
+    "bin",
+    "lib",
+    " sp ace",
+    "ünïcode",
+    "-dash",
+    "..dots",
+    ".hidden",
+    "x.wh",
+    "wh..x",
+    "tab\tname",
+    "new\nline",
+    "back\\slash",
     "a-rather-long-name-that-goes-on-and-on-for-quite-a-while-0123456789",
 ];
 const FILE_MODES: &[u32] = &[0o644, 0o755, 0o600, 0o444, 0o4755, 0o2755, 0o700, 0o640];
@@ -99,7 +115,9 @@ impl Layer<'_> {
                 Some((Kind::Dir, m, o)) => (*m, *o),
                 _ => (0o755, (0, 0)),
             };
-            self.model.nodes.insert(acc.clone(), (Kind::Dir, mode, owner));
+            self.model
+                .nodes
+                .insert(acc.clone(), (Kind::Dir, mode, owner));
             self.written.insert(acc.clone());
             self.out
                 .push(E::dir(&format!("{acc}/"), mode).owner(owner.0, owner.1));
@@ -119,7 +137,10 @@ fn content(rng: &mut Rng, seed: u64) -> Vec<u8> {
     match rng.below(6) {
         0 => vec![],
         1 => vec![0u8; 200 * 1024],
-        2 => unistore_fixtures::rng::pseudo_random_bytes(&format!("gen{seed}-{}", rng.next()), 70_000),
+        2 => unistore_fixtures::rng::pseudo_random_bytes(
+            &format!("gen{seed}-{}", rng.next()),
+            70_000,
+        ),
         _ => format!("content {}\n", rng.next()).into_bytes(),
     }
 }
@@ -153,7 +174,9 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
             written: BTreeSet::new(),
         };
         if !l.model.nodes.contains_key("gen") {
-            l.model.nodes.insert("gen".into(), (Kind::Dir, 0o755, (0, 0)));
+            l.model
+                .nodes
+                .insert("gen".into(), (Kind::Dir, 0o755, (0, 0)));
         }
         let mut files_here: Vec<String> = vec![];
         for _ in 0..(15 + rng.below(40)) {
@@ -176,7 +199,9 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     if !matches!(l.model.nodes.get(&p), Some((Kind::Dir, ..))) {
                         l.model.remove_tree(&p);
                     }
-                    l.model.nodes.insert(p.clone(), (Kind::Dir, mode, (uid, gid)));
+                    l.model
+                        .nodes
+                        .insert(p.clone(), (Kind::Dir, mode, (uid, gid)));
                     l.written.insert(p.clone());
                     let e = xattrs(&mut rng, E::dir(&format!("{p}/"), mode).owner(uid, gid));
                     l.out.push(e);
@@ -190,7 +215,9 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     let mode = *rng.pick(FILE_MODES);
                     l.parents(&p);
                     l.model.remove_tree(&p);
-                    l.model.nodes.insert(p.clone(), (Kind::File, mode, (uid, gid)));
+                    l.model
+                        .nodes
+                        .insert(p.clone(), (Kind::File, mode, (uid, gid)));
                     l.written.insert(p.clone());
                     let data = content(&mut rng, seed);
                     let e = xattrs(&mut rng, E::file(&p, mode, &data).owner(uid, gid));
@@ -203,9 +230,13 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     }
                     l.parents(&p);
                     l.model.remove_tree(&p);
-                    l.model.nodes.insert(p.clone(), (Kind::Other, 0o777, (uid, gid)));
+                    l.model
+                        .nodes
+                        .insert(p.clone(), (Kind::Other, 0o777, (uid, gid)));
                     l.written.insert(p.clone());
-                    let target = rng.pick(&["a", "../b", "/usr/bin/cat", "no/such"]).to_string();
+                    let target = rng
+                        .pick(&["a", "../b", "/usr/bin/cat", "no/such"])
+                        .to_string();
                     l.out.push(E::symlink(&p, &target).owner(uid, gid));
                 }
                 // A hard link to a file of this layer, its header with its
@@ -221,7 +252,9 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     let mode = *rng.pick(FILE_MODES);
                     l.parents(&p);
                     l.model.remove_tree(&p);
-                    l.model.nodes.insert(p.clone(), (Kind::File, mode, (uid, gid)));
+                    l.model
+                        .nodes
+                        .insert(p.clone(), (Kind::File, mode, (uid, gid)));
                     l.written.insert(p.clone());
                     l.out.push(E::hardlink(&p, &target, mode).owner(uid, gid));
                 }
@@ -270,8 +303,10 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     let prefix = format!("{d}/");
                     l.model.nodes.retain(|k, _| !k.starts_with(&prefix));
                     l.written.insert(d.clone());
-                    l.out.push(E::dir(&format!("{d}/"), mode).owner(owner.0, owner.1));
-                    l.out.push(E::file(&format!("{d}/.wh..wh..opq"), 0o644, b""));
+                    l.out
+                        .push(E::dir(&format!("{d}/"), mode).owner(owner.0, owner.1));
+                    l.out
+                        .push(E::file(&format!("{d}/.wh..wh..opq"), 0o644, b""));
                 }
             }
         }

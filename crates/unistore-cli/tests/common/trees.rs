@@ -169,7 +169,8 @@ pub fn tree(root: &Path, sub: &str, keep: &dyn Fn(&str) -> bool) -> BTreeMap<Str
             "other"
         };
         let (size, sha256) = if ft.is_file() {
-            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+            let bytes =
+                std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
             (md.len(), hex::encode(Sha256::digest(&bytes)))
         } else {
             (0, String::new())
@@ -217,7 +218,12 @@ pub fn tree(root: &Path, sub: &str, keep: &dyn Fn(&str) -> bool) -> BTreeMap<Str
 }
 
 /// The differences between two trees, one line each (empty: the same).
-pub fn diff(a_name: &str, a: &BTreeMap<String, Node>, b_name: &str, b: &BTreeMap<String, Node>) -> Vec<String> {
+pub fn diff(
+    a_name: &str,
+    a: &BTreeMap<String, Node>,
+    b_name: &str,
+    b: &BTreeMap<String, Node>,
+) -> Vec<String> {
     let mut out = vec![];
     for (p, na) in a {
         match b.get(p) {
@@ -260,7 +266,11 @@ impl Mounted {
     }
     /// `podman image mount` of `image` in the store `podman` runs on.
     pub fn podman(podman: &super::stores::Podman, image: &str) -> Self {
-        let out = podman.cmd().args(["image", "mount", image]).output().unwrap();
+        let out = podman
+            .cmd()
+            .args(["image", "mount", image])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "podman image mount {image}: {}",

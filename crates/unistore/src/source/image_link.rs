@@ -17,7 +17,6 @@
 //! `rewrite_manifest` does, which it does not export. Boot images of other
 //! xattr modes are dropped (they were merges of the layers).
 
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

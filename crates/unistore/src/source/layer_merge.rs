@@ -125,9 +125,7 @@ fn parent_dir<'d>(
             ));
         }
     }
-    let sub = dir
-        .get_directory_mut(first)
-        .map_err(|e| format!("{e}"))?;
+    let sub = dir.get_directory_mut(first).map_err(|e| format!("{e}"))?;
     parent_dir(sub, rest, deviates)
 }
 

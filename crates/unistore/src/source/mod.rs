@@ -13,6 +13,9 @@
 //!   threads of their own;
 //! * [`docker_schema2`]: Docker schema 2 manifests and their OCI conversion;
 //! * [`oci_layout`]: `oci:` layout directories verified before a pull;
+//! * [`layer_merge`]: the merged tree of an image's layers under one set of
+//!   rules for every store (issue 25), and [`image_link`]: EROFS images of a
+//!   tree unistore built, linked in place of composefs-oci's;
 //! * [`ostree_encap`]: ostree-encapsulated images (the `ostree.commit`
 //!   label): the embedded commit's tree, xattrs and objects.
 //!

@@ -327,11 +327,15 @@ pub fn merge_under_own_rules(
     let Some(digest) = manifest_digest.filter(|_| merge_failed) else {
         return Err(err);
     };
-    let d: OciDigest = digest.parse().with_context(|| format!("bad manifest digest {digest}"))?;
+    let d: OciDigest = digest
+        .parse()
+        .with_context(|| format!("bad manifest digest {digest}"))?;
     if composefs_oci::oci_image::has_manifest(repo, &d)?.is_none() {
         return Err(err);
     }
-    tracing::debug!("composefs-oci could not merge {digest} ({err:#}): merging under unistore's rules");
+    tracing::debug!(
+        "composefs-oci could not merge {digest} ({err:#}): merging under unistore's rules"
+    );
     let img = composefs_oci::oci_image::OciImage::open(repo, &d, None)?;
     let merged = crate::source::layer_merge::merged(repo, &img)?;
     crate::source::image_link::link_tree(repo, &img, merged.fs)?;

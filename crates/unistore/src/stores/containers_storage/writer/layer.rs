@@ -473,9 +473,13 @@ impl DiffWriter<'_> {
         if e.kind == Kind::GlobalHeader {
             return Ok(Content::None);
         }
-        let rel = e
-            .rel_path()
-            .map_err(|why| anyhow::anyhow!(tar_walk::refusal(&self.layer, &String::from_utf8_lossy(&e.name), &why.to_string())))?;
+        let rel = e.rel_path().map_err(|why| {
+            anyhow::anyhow!(tar_walk::refusal(
+                &self.layer,
+                &String::from_utf8_lossy(&e.name),
+                &why.to_string()
+            ))
+        })?;
         let (prel, name) = split_parent(&rel);
         if let Some(why) = tar_walk::odd_whiteout(name) {
             bail!(tar_walk::refusal(
