@@ -770,4 +770,27 @@ fn failed_ostree_install_leaves_nothing_and_can_be_retried() {
         "colour codes in a file: {stderr:?}"
     );
     assert!(!stderr.contains("Operation not permitted"), "{stderr}");
+    // Then a good image installs on the same root.
+    std::fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
+    std::fs::write(
+        rootfs.join("usr/lib/os-release"),
+        "ID=testos\nVERSION_ID=1.0\n",
+    )
+    .unwrap();
+    let oci2 = work.path().join("oci2");
+    unistore_fixtures::image::build_from_rootfs(&rootfs, &oci2, "v2", "2.0").unwrap();
+    let good = format!("oci:{}:v2", oci2.display());
+    let mut c = unistore();
+    c.args([
+        "install",
+        "to-filesystem",
+        "--backend",
+        "ostree",
+        "--root-mount-spec",
+        "",
+    ])
+    .args(["--source-imgref", &good])
+    .arg(fs.path());
+    run_ok(&mut c);
+    ostree_fsck(fs.path());
 }

@@ -183,7 +183,7 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
             let dirs = l.model.dirs();
             let parent = rng.pick(&dirs).clone();
             let p = format!("{parent}/{}", rng.pick(NAMES));
-            if p.len() >= 90 {
+            if p.len() >= 200 {
                 continue;
             }
             let (uid, gid) = *rng.pick(OWNERS);
@@ -274,7 +274,7 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     };
                     let (dir, name) = target.rsplit_once('/').unwrap();
                     let wh = format!("{dir}/.wh.{name}");
-                    if !l.free(&target) || !l.free(&wh) || wh.len() >= 100 {
+                    if !l.free(&target) || !l.free(&wh) {
                         continue;
                     }
                     l.parents(&wh);

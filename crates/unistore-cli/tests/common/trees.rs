@@ -72,13 +72,21 @@ impl E {
 pub fn layer_tar(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
-        if !e.xattrs.is_empty() {
-            let recs: Vec<(String, &[u8])> = e
-                .xattrs
-                .iter()
-                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
-                .collect();
-            b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v)))
+        // PAX records: the xattrs, and the path and link target when they
+        // do not fit the header.
+        let mut recs: Vec<(String, Vec<u8>)> = e
+            .xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.clone()))
+            .collect();
+        if e.path.len() >= 100 {
+            recs.push(("path".into(), e.path.as_bytes().to_vec()));
+        }
+        if let Some(l) = e.link.as_ref().filter(|l| l.len() >= 100) {
+            recs.push(("linkpath".into(), l.as_bytes().to_vec()));
+        }
+        if !recs.is_empty() {
+            b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
                 .unwrap();
         }
         let mut h = tar::Header::new_ustar();
@@ -94,14 +102,15 @@ pub fn layer_tar(entries: &[E]) -> Vec<u8> {
         });
         {
             let name = &mut h.as_old_mut().name;
-            assert!(e.path.len() < name.len(), "{}: name too long", e.path);
+            let n = e.path.len().min(name.len() - 1);
             name.fill(0);
-            name[..e.path.len()].copy_from_slice(e.path.as_bytes());
+            name[..n].copy_from_slice(&e.path.as_bytes()[..n]);
         }
         if let Some(l) = &e.link {
             let ln = &mut h.as_old_mut().linkname;
+            let n = l.len().min(ln.len() - 1);
             ln.fill(0);
-            ln[..l.len()].copy_from_slice(l.as_bytes());
+            ln[..n].copy_from_slice(&l.as_bytes()[..n]);
         }
         h.set_cksum();
         let data: &[u8] = if e.kind == tar::EntryType::Regular {

@@ -51,10 +51,7 @@ pub struct Merged {
 pub fn merged(repo: &Repo, img: &OciImage<ObjectId>) -> Result<Merged> {
     let oc = composefs_oci::open_config(repo, img.config_digest(), Some(img.config_verity()))?;
     let diff_ids = oc.config.rootfs().diff_ids();
-    let mut m = Merged {
-        fs: FileSystem::new(Stat::uninitialized()),
-        deviates: false,
-    };
+    let mut m = Merger::new();
     for (i, diff_id) in diff_ids.iter().enumerate() {
         let layer = format!("{} of {} ({diff_id})", i + 1, diff_ids.len());
         let verity = oc
@@ -67,13 +64,45 @@ pub fn merged(repo: &Repo, img: &OciImage<ObjectId>) -> Result<Merged> {
         while let Some(entry) = composefs_oci::tar::get_entry::<ObjectId>(&mut stream)
             .with_context(|| format!("reading layer {layer}"))?
         {
-            let name = entry.path.to_string_lossy().into_owned();
-            apply(&mut m, entry).map_err(|why| anyhow!(refusal(&layer, &name, &why)))?;
+            m.apply(&layer, entry)?;
         }
     }
-    m.fs.transform_for_oci(&Default::default())
-        .context("finishing the merged tree")?;
-    Ok(m)
+    m.finish()
+}
+
+/// The merge, one entry at a time (what [`merged`] feeds it from the
+/// repository; the fuzz target `layer_merge` feeds it generated layers).
+pub struct Merger(Merged);
+
+impl Default for Merger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Merger {
+    pub fn new() -> Self {
+        Self(Merged {
+            fs: FileSystem::new(Stat::uninitialized()),
+            deviates: false,
+        })
+    }
+
+    /// Applies the next entry of layer `layer` (named in messages).
+    pub fn apply(&mut self, layer: &str, entry: TarEntry<ObjectId>) -> Result<()> {
+        let name = entry.path.to_string_lossy().into_owned();
+        apply(&mut self.0, entry).map_err(|why| anyhow!(refusal(layer, &name, &why)))
+    }
+
+    /// The merged tree, with composefs-oci's finishing rules (the root's
+    /// metadata from `/usr`, `/run` emptied, the xattr filter).
+    pub fn finish(mut self) -> Result<Merged> {
+        self.0
+            .fs
+            .transform_for_oci(&Default::default())
+            .context("finishing the merged tree")?;
+        Ok(self.0)
+    }
 }
 
 /// The names of `path` below the root; `..` is refused.
@@ -94,7 +123,7 @@ fn names(path: &Path) -> std::result::Result<Vec<&OsStr>, String> {
 /// A directory made for a parent no layer declares: root, 0755.
 fn implicit_dir_stat() -> Stat {
     Stat {
-        st_mode: 0o040755,
+        st_mode: 0o755,
         ..Stat::uninitialized()
     }
 }
