@@ -196,6 +196,24 @@ fn crafted_layers_agree_across_host_store_and_podman() {
         .collect();
     assert!(!x.contains_key("trusted.overlay.metacopy"), "{x:?}");
     assert_eq!(x["trusted.overlay.redirect"], b"/elsewhere");
+    // fsck sees a store file whose mode is not the rule's (the first
+    // entry's, as the booted host had it before issue 25).
+    let hello = meta.with_file_name("hello");
+    let fsck = || {
+        let mut c = unistore();
+        c.arg("--sysroot")
+            .arg(&root)
+            .args(["internals", "fsck", "images", "--verify-content"]);
+        c
+    };
+    std::fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(&mut fsck());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "fsck missed the mode: {text}");
+    assert!(text.contains("/gen/hello: mode 0755"), "{text}");
+    std::fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    run_ok(&mut fsck());
     drop(store);
 
     // Plain: the same host tree.

@@ -372,7 +372,13 @@ pub fn finish_pull(
             // a rule of ours changes the tree.
             Linked::NotEncapsulated => {
                 let img = composefs_oci::oci_image::OciImage::open(repo, &digest, None)?;
+                let t = std::time::Instant::now();
                 let merged = crate::source::layer_merge::merged(repo, &img)?;
+                tracing::debug!(
+                    "merged the layers under unistore's rules in {:?} (deviates: {})",
+                    t.elapsed(),
+                    merged.deviates
+                );
                 superseded = merged.deviates
                     && crate::source::image_link::link_tree(repo, &img, merged.fs)
                         .context("making the EROFS images of the merged tree")?;

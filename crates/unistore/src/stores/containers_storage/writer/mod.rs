@@ -195,6 +195,14 @@ pub fn verify_layer(store: &Path, id: &str, diff_id: &str) -> Result<()> {
         digest == diff_id,
         "layer {id} exports with digest {digest}, not {diff_id}"
     );
+    // Issue 25: owners and modes too (an export does not read them).
+    let wrong = metadata::mismatches(&diff, &entries)?;
+    ensure!(
+        wrong.is_empty(),
+        "layer {id}: {} file(s) with another owner or mode than the layer gives them: {}",
+        wrong.len(),
+        wrong.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+    );
     Ok(())
 }
 
@@ -572,6 +580,7 @@ pub fn reflink_unsupported(e: Errno) -> bool {
 pub mod extra_xattrs;
 pub mod hash_thread;
 mod layer;
+mod metadata;
 mod split_thread;
 #[cfg(test)]
 mod tests;
