@@ -35,6 +35,7 @@ fn compare_everywhere(
     root: &Path,
     store: &Podman,
     src: &str,
+    registries_conf: Option<&Path>,
     subs: &[&str],
 ) -> BTreeMap<String, Node> {
     let host = Mounted::host(root);
@@ -48,7 +49,11 @@ fn compare_everywhere(
         store: scratch_dir.path().join("storage"),
         dirs: None,
     };
-    let out = scratch.cmd().args(["pull", "-q", src]).output().unwrap();
+    let mut pull = scratch.cmd();
+    if let Some(c) = registries_conf {
+        pull.env("CONTAINERS_REGISTRIES_CONF", c);
+    }
+    let out = pull.args(["pull", "-q", src]).output().unwrap();
     assert!(
         out.status.success(),
         "{case}: podman pull {src}: {}",
@@ -156,7 +161,14 @@ fn crafted_layers_agree_across_host_store_and_podman() {
         "--verify-content",
     ]));
     let store = Podman::new(&root);
-    let host = compare_everywhere("unified", &root, &store, &src, &["/gen", "/gen2", "/gen3"]);
+    let host = compare_everywhere(
+        "unified",
+        &root,
+        &store,
+        &src,
+        None,
+        &["/gen", "/gen2", "/gen3"],
+    );
     // The rules, spelled out.
     assert_eq!(host["/gen/hello"].mode, 0o644, "the link's header wins");
     assert_eq!(host["/gen/hello"].links, ["/gen/hello2"]);
@@ -248,6 +260,36 @@ fn below(t: &BTreeMap<String, Node>, sub: &str) -> BTreeMap<String, Node> {
         .filter(|(k, _)| *k == sub || k.starts_with(&prefix))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// The same crafted layer from a registry onto ext4, unified with copies:
+/// the store is written first (podman's pull), composefs from it.
+#[test]
+fn crafted_layers_agree_on_ext4_store_first() {
+    let work = workdir("ext4");
+    let oci = work.path().join("oci");
+    image(&oci, "1.0", 1, 0, None);
+    add_raw_layer(&oci, "latest", "crafted", &crafted(), "crafted").unwrap();
+    let reg = unistore_fixtures::env::Registry::start().unwrap();
+    let src = reg.push_oci(&oci, "crafted", "crafted").unwrap();
+    let fs = LoopFs::new(FsKind::Ext4, 1200).unwrap();
+    let root = fs_root(&fs, "ext4");
+    run_ok(
+        install(&src, &root, &["--unified", "enabled-with-copy"])
+            .env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf()),
+    );
+    let store = Podman::new(&root);
+    let conf = reg.registries_conf();
+    let host = compare_everywhere(
+        "ext4",
+        &root,
+        &store,
+        &src,
+        Some(conf),
+        &["/gen", "/gen2", "/gen3"],
+    );
+    assert_eq!(host["/gen/hello"].mode, 0o644, "the link's header wins");
+    assert_eq!((host["/gen2/a"].uid, host["/gen2/a"].mode), (0, 0o755));
 }
 
 /// The deployment directory of an ostree host (its only one).
@@ -352,7 +394,7 @@ fn differential_random_images() {
         run_ok(&mut install(&src, &root, &["--unified", "enabled"]));
         gc_is_no_op(&root);
         let store = Podman::new(&root);
-        let host = compare_everywhere(&case, &root, &store, &src, &["/gen"]);
+        let host = compare_everywhere(&case, &root, &store, &src, None, &["/gen"]);
         drop(store);
         let ost = fs_root(&fs, &format!("g{seed}-ostree"));
         run_ok(&mut common::ostree::install_cmd(&ost, &src, None, &[]));

@@ -328,8 +328,10 @@ pub(super) async fn fetch_store_first(
             ..Default::default()
         },
     )
-    .await
-    .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
+    .await;
+    // Issue 25: layers composefs-oci cannot merge get unistore's merge.
+    let result = pull::merge_under_own_rules(repo, result, store_digest.as_deref())
+        .with_context(|| format!("importing {imgref} from containers-storage into composefs"))?;
     let mut pulled = pull::finish_pull(repo, result, !fetch.no_boot_image)?;
     // composefs-oci counted the layers imported above as already present.
     let n = done.len() as u64;
