@@ -429,3 +429,49 @@ fn differential_random_images() {
         }
     }
 }
+
+/// A hard link whose target only a lower layer has: podman refuses the
+/// layer, so every mode refuses the image with the same line (before issue
+/// 25 a plain install took it, unified and ostree ones failed each their
+/// own way).
+#[test]
+fn hard_link_to_a_lower_layer_is_refused_everywhere() {
+    let fs = LoopFs::new(FsKind::Xfs, 1200).unwrap();
+    let work = workdir("xlink");
+    let oci = work.path().join("oci");
+    image(&oci, "1.0", 1, 0, None);
+    let l1 = layer_tar(&[E::dir("gen/", 0o755), E::file("gen/a", 0o755, b"aaa\n")]);
+    add_raw_layer(&oci, "latest", "x1", &l1, "x1").unwrap();
+    let l2 = layer_tar(&[E::dir("gen/", 0o755), E::hardlink("gen/b", "gen/a", 0o644)]);
+    add_raw_layer(&oci, "x1", "x2", &l2, "x2").unwrap();
+    let src = format!("oci:{}:x2", oci.display());
+    // podman's own pull refuses it.
+    let scratch_dir = tempfile::tempdir().unwrap();
+    let scratch = Podman {
+        dir: tempfile::tempdir().unwrap(),
+        store: scratch_dir.path().join("storage"),
+        dirs: None,
+    };
+    let out = scratch.cmd().args(["pull", "-q", &src]).output().unwrap();
+    assert!(!out.status.success(), "podman took a link to a lower layer");
+    let mut lines = vec![];
+    for (mode, extra) in [
+        ("plain", vec![]),
+        ("unified", vec!["--unified", "enabled"]),
+        ("ostree", vec!["--backend", "ostree"]),
+    ] {
+        let root = fs_root(&fs, mode);
+        let before = snapshot(&root);
+        let e = run_fails(
+            &mut install(&src, &root, &extra),
+            "which this layer does not have before it",
+        );
+        assert!(
+            e.contains("layer 6 of 6 (sha256:") && e.contains("\"/gen/b\""),
+            "{mode}: {e}"
+        );
+        assert_snapshots_equal(&before, &snapshot(&root), mode);
+        lines.push(e.split_once(": layer ").unwrap().1.to_string());
+    }
+    assert!(lines.iter().all(|l| *l == lines[0]), "{lines:?}");
+}

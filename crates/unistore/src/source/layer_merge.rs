@@ -72,7 +72,13 @@ pub fn merged(repo: &Repo, img: &OciImage<ObjectId>) -> Result<Merged> {
 
 /// The merge, one entry at a time (what [`merged`] feeds it from the
 /// repository; the fuzz target `layer_merge` feeds it generated layers).
-pub struct Merger(Merged);
+pub struct Merger {
+    merged: Merged,
+    /// The layer being applied, and the files it has put in the tree so far
+    /// (what its hard links may name).
+    layer: String,
+    files: std::collections::HashSet<std::path::PathBuf>,
+}
 
 impl Default for Merger {
     fn default() -> Self {
@@ -82,26 +88,58 @@ impl Default for Merger {
 
 impl Merger {
     pub fn new() -> Self {
-        Self(Merged {
-            fs: FileSystem::new(Stat::uninitialized()),
-            deviates: false,
-        })
+        Self {
+            merged: Merged {
+                fs: FileSystem::new(Stat::uninitialized()),
+                deviates: false,
+            },
+            layer: String::new(),
+            files: Default::default(),
+        }
     }
 
     /// Applies the next entry of layer `layer` (named in messages).
     pub fn apply(&mut self, layer: &str, entry: TarEntry<ObjectId>) -> Result<()> {
+        if layer != self.layer {
+            self.layer = layer.to_string();
+            self.files.clear();
+        }
         let name = entry.path.to_string_lossy().into_owned();
-        apply(&mut self.0, entry).map_err(|why| anyhow!(refusal(layer, &name, &why)))
+        let refuse = |why: String| anyhow!(refusal(layer, &name, &why));
+        let key: std::path::PathBuf = names(&entry.path).map_err(refuse)?.iter().collect();
+        // A hard link names a file of its own layer: podman cannot make
+        // one to a lower layer's file (it refuses the layer), so no store
+        // can.
+        if let TarItem::Hardlink(target) = &entry.item {
+            let t: std::path::PathBuf = names(Path::new(target))
+                .map_err(|e| refuse(format!("its hard link target {target:?}: {e}")))?
+                .iter()
+                .collect();
+            if !self.files.contains(&t) {
+                return Err(refuse(format!(
+                    "a hard link to {:?}, which this layer does not have before it (a link cannot name a lower layer's file)",
+                    target.to_string_lossy()
+                )));
+            }
+        }
+        let is_file = matches!(entry.item, TarItem::Leaf(_) | TarItem::Hardlink(_));
+        apply(&mut self.merged, entry).map_err(refuse)?;
+        if is_file {
+            self.files.insert(key);
+        } else {
+            self.files.remove(&key);
+        }
+        Ok(())
     }
 
     /// The merged tree, with composefs-oci's finishing rules (the root's
     /// metadata from `/usr`, `/run` emptied, the xattr filter).
     pub fn finish(mut self) -> Result<Merged> {
-        self.0
+        self.merged
             .fs
             .transform_for_oci(&Default::default())
             .context("finishing the merged tree")?;
-        Ok(self.0)
+        Ok(self.merged)
     }
 }
 

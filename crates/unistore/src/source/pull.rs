@@ -362,27 +362,38 @@ pub fn finish_pull(
     // its embedded commit (xattrs applied, no object store), not its tar.
     use crate::source::ostree_encap::images::{Linked, link_images};
     let mut superseded = false;
-    if boot_image {
-        match link_images(repo, &digest)
+    let linked = if boot_image {
+        link_images(repo, &digest)
             .context("making the EROFS images of the ostree-encapsulated image")?
-        {
-            Linked::Relinked => superseded = true,
-            Linked::AlreadyLinked => {}
-            // Issue 25: one merge for every store, composefs-oci's unless
-            // a rule of ours changes the tree.
-            Linked::NotEncapsulated => {
-                let img = composefs_oci::oci_image::OciImage::open(repo, &digest, None)?;
-                let t = std::time::Instant::now();
-                let merged = crate::source::layer_merge::merged(repo, &img)?;
-                tracing::debug!(
-                    "merged the layers under unistore's rules in {:?} (deviates: {})",
-                    t.elapsed(),
-                    merged.deviates
-                );
-                superseded = merged.deviates
-                    && crate::source::image_link::link_tree(repo, &img, merged.fs)
-                        .context("making the EROFS images of the merged tree")?;
-            }
+    } else if crate::source::ostree_encap::detect(&composefs_oci::oci_image::OciImage::open(
+        repo, &digest, None,
+    )?)?
+    .is_some()
+    {
+        Linked::AlreadyLinked
+    } else {
+        Linked::NotEncapsulated
+    };
+    match linked {
+        Linked::Relinked => superseded = true,
+        Linked::AlreadyLinked => {}
+        // Issue 25: one merge for every store, composefs-oci's unless a
+        // rule of ours changes the tree; an image the rules refuse is
+        // refused here, before any store is written from it (also when no
+        // boot image is made: an ostree host's pull).
+        Linked::NotEncapsulated => {
+            let img = composefs_oci::oci_image::OciImage::open(repo, &digest, None)?;
+            let t = std::time::Instant::now();
+            let merged = crate::source::layer_merge::merged(repo, &img)?;
+            tracing::debug!(
+                "merged the layers under unistore's rules in {:?} (deviates: {})",
+                t.elapsed(),
+                merged.deviates
+            );
+            superseded = boot_image
+                && merged.deviates
+                && crate::source::image_link::link_tree(repo, &img, merged.fs)
+                    .context("making the EROFS images of the merged tree")?;
         }
     }
     // The verity composefs-oci returns can be stale: re-resolve through the
