@@ -244,6 +244,8 @@ fn crafted_layers_agree_across_host_store_and_podman() {
     // An ostree host: its deployment has the same tree.
     let ost = fs_root(&fs, "ostree");
     run_ok(&mut common::ostree::install_cmd(&ost, &src, None, &[]));
+    gc_is_no_op(&ost);
+    common::ostree::ostree_fsck(&ost);
     let deploy = find_deployment(&ost);
     for sub in ["/gen", "/gen2", "/gen3"] {
         let t = tree(&deploy, sub, &host_xattr);
