@@ -564,3 +564,40 @@ fn gnu_tar_capabilities_agree_and_sparse_files_are_refused_alike() {
     }
     assert!(lines.iter().all(|l| *l == lines[0]), "{lines:?}");
 }
+
+/// A directory whose header carries `trusted.overlay.opaque=y`: podman's
+/// store hides the lower layer's files below it, so the host does too.
+#[test]
+fn opaque_xattr_hides_lower_files_everywhere() {
+    let fs = LoopFs::new(FsKind::Xfs, 1200).unwrap();
+    let work = workdir("opqx");
+    let oci = work.path().join("oci");
+    image(&oci, "1.0", 1, 0, None);
+    let l1 = layer_tar(&[
+        E::dir("gen/", 0o755),
+        E::dir("gen/d/", 0o755),
+        E::file("gen/d/x", 0o644, b"x\n"),
+    ]);
+    add_raw_layer(&oci, "latest", "o1", &l1, "o1").unwrap();
+    let l2 = layer_tar(&[
+        E::dir("gen/", 0o755),
+        E::dir("gen/d/", 0o755).xattr("trusted.overlay.opaque", b"y"),
+        E::file("gen/d/y", 0o644, b"y\n"),
+    ]);
+    add_raw_layer(&oci, "o1", "o2", &l2, "o2").unwrap();
+    let src = format!("oci:{}:o2", oci.display());
+    let root = fs_root(&fs, "u");
+    run_ok(&mut install(&src, &root, &["--unified", "enabled"]));
+    gc_is_no_op(&root);
+    let store = Podman::new(&root);
+    let host = compare_everywhere("opaque xattr", &root, &store, &src, None, &["/gen"]);
+    assert!(!host.contains_key("/gen/d/x") && host.contains_key("/gen/d/y"));
+    drop(store);
+    let ost = fs_root(&fs, "ostree");
+    run_ok(&mut common::ostree::install_cmd(&ost, &src, None, &[]));
+    let t = tree(&find_deployment(&ost), "/gen", &host_xattr);
+    assert!(
+        !t.contains_key("/gen/d/x") && t.contains_key("/gen/d/y"),
+        "{t:?}"
+    );
+}

@@ -5,8 +5,8 @@
 //! writes with their current metadata, as image builders do (a layer that
 //! omits a parent a lower layer declares is a documented difference:
 //! docs/differential.md). Each path appears at most once per layer; an
-//! opaque marker comes right after its directory and before anything the
-//! layer puts in it; hard links name a file of their own layer.
+//! opaque marker (or `trusted.overlay.opaque=y` on a directory entry) comes
+//! before anything the layer puts in the directory; hard links name a file of their own layer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -203,7 +203,13 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                         .nodes
                         .insert(p.clone(), (Kind::Dir, mode, (uid, gid)));
                     l.written.insert(p.clone());
-                    let e = xattrs(&mut rng, E::dir(&format!("{p}/"), mode).owner(uid, gid));
+                    let mut e = xattrs(&mut rng, E::dir(&format!("{p}/"), mode).owner(uid, gid));
+                    // Opaque by xattr: hides what lower layers have below.
+                    if rng.chance(10) {
+                        e = e.xattr("trusted.overlay.opaque", b"y");
+                        let prefix = format!("{p}/");
+                        l.model.nodes.retain(|k, _| !k.starts_with(&prefix));
+                    }
                     l.out.push(e);
                 }
                 // A file (over whatever is there: a directory becomes a

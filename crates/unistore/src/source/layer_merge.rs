@@ -14,6 +14,10 @@
 //!   metadata from then on, for every name of the file, as podman applies
 //!   it (`chmod`/`chown` on the link); composefs-oci keeps the first
 //!   entry's. A link to a symlink keeps the symlink's metadata.
+//! * **A directory whose header carries `trusted.overlay.opaque=y`** hides
+//!   what lower layers have below it: podman writes the xattr in its store
+//!   and overlayfs honours it; composefs-oci drops the xattr and showed the
+//!   lower files.
 //! * **A whiteout that names no file** (`.wh.`, `.wh..`, `.wh...`) refuses
 //!   the image with one line naming the layer and the entry; composefs-oci
 //!   ignores it and the store writer could not write it. A path that leaves
@@ -255,11 +259,25 @@ fn apply(m: &mut Merged, entry: TarEntry<ObjectId>) -> std::result::Result<(), S
             Inode::leaf(id)
         }
     };
+    // A directory whose header carries `trusted.overlay.opaque=y` is opaque
+    // in the store (podman writes the xattr and overlayfs honours it): it
+    // hides what lower layers have below it, like `.wh..wh..opq`.
+    let opaque_xattr = matches!(&inode, Inode::Directory(d)
+        if d.stat.xattrs.get(OsStr::new("trusted.overlay.opaque")).map(|v| &v[..]) == Some(b"y"));
     let dir = parent_dir(&mut m.fs.root, parents, &mut m.deviates)?;
     match file.as_bytes().strip_prefix(b".wh.") {
         Some(b".wh..opq") => dir.clear(),
         Some(w) => dir.remove(OsStr::from_bytes(w)),
-        None => dir.merge(file, inode),
+        None => {
+            dir.merge(file, inode);
+            if opaque_xattr
+                && let Ok(d) = dir.get_directory_mut(file)
+                && d.entries().next().is_some()
+            {
+                d.clear();
+                m.deviates = true;
+            }
+        }
     }
     Ok(())
 }
