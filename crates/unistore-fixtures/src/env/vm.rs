@@ -442,14 +442,14 @@ mod bls_tests {
             ..Default::default()
         };
         // libostree: no sort-key, the primary has the highest N.
-        let mut v = vec![
+        let mut v = [
             e("ostree-1-default.conf", "", "1"),
             e("ostree-2-default.conf", "", "2"),
         ];
         v.sort_by(bls_order);
         assert_eq!(v[0].file, "ostree-2-default.conf");
         // composefs (bootc): sort-keys, smallest first, before key-less ones.
-        let mut v = vec![
+        let mut v = [
             e("z.conf", "", "9"),
             e("bootc_os-2-1.conf", "bootc-os-1", "2"),
             e("bootc_os-1-1.conf", "bootc-os-0", "1"),
