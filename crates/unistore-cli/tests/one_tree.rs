@@ -43,17 +43,7 @@ fn compare_everywhere(
     let id = ids[0]["Id"].as_str().unwrap().to_string();
     let in_store = Mounted::podman(store, &id);
     // podman's own pull of the same image into a scratch store.
-    let scratch_dir = tempfile::tempdir().unwrap();
-    let scratch = Podman {
-        dir: tempfile::tempdir().unwrap(),
-        store: scratch_dir.path().join("storage"),
-        dirs: None,
-    };
-    let mut pull = scratch.cmd();
-    if let Some(c) = registries_conf {
-        pull.env("CONTAINERS_REGISTRIES_CONF", c);
-    }
-    let out = pull.args(["pull", "-q", src]).output().unwrap();
+    let (_scratch_dir, scratch, out) = podman_pull(src, registries_conf);
     assert!(
         out.status.success(),
         "{case}: podman pull {src}: {}",
@@ -79,6 +69,54 @@ fn compare_everywhere(
         problems.join("\n")
     );
     host_tree
+}
+
+/// The three kinds of install every refusal is checked in.
+const MODES: [(&str, &[&str]); 3] = [
+    ("plain", &[]),
+    ("unified", &["--unified", "enabled"]),
+    ("ostree", &["--backend", "ostree"]),
+];
+
+/// Installs `src` on a fresh root (`<tag>-<mode>`) in every mode; each must
+/// fail with one error line containing `needle`, the root as it was.
+/// Returns each mode with its line.
+fn refused_in_every_mode(
+    fs: &LoopFs,
+    src: &str,
+    tag: &str,
+    needle: &str,
+) -> Vec<(&'static str, String)> {
+    MODES
+        .iter()
+        .map(|(mode, extra)| {
+            let root = fs_root(fs, &format!("{tag}-{mode}"));
+            let before = snapshot(&root);
+            let e = run_fails(&mut install(src, &root, extra), needle);
+            assert_snapshots_equal(&before, &snapshot(&root), &format!("{mode} {tag}"));
+            (*mode, e)
+        })
+        .collect()
+}
+
+/// podman's own pull of `src` into a scratch store (kept while the
+/// returned directory lives).
+fn podman_pull(
+    src: &str,
+    registries_conf: Option<&Path>,
+) -> (tempfile::TempDir, Podman, std::process::Output) {
+    let scratch_dir = tempfile::tempdir().unwrap();
+    let scratch = Podman {
+        dir: tempfile::tempdir().unwrap(),
+        store: scratch_dir.path().join("storage"),
+        dirs: None,
+    };
+    let mut pull = scratch.cmd();
+    if let Some(c) = registries_conf {
+        pull.env("CONTAINERS_REGISTRIES_CONF", c);
+    }
+    let out = pull.args(["pull", "-q", src]).output().unwrap();
+    (scratch_dir, scratch, out)
 }
 
 /// A work directory whose path podman takes as an image name (lower case).
@@ -328,19 +366,11 @@ fn odd_whiteouts_are_refused_the_same_way_everywhere() {
         let raw = layer_tar(&[E::dir("gen/", 0o755), E::file(name, 0o644, b"")]);
         add_raw_layer(&oci, "latest", &tag, &raw, "odd").unwrap();
         let src = format!("oci:{}:{tag}", oci.display());
-        for (mode, extra) in [
-            ("plain", vec![]),
-            ("unified", vec!["--unified", "enabled"]),
-            ("ostree", vec!["--backend", "ostree"]),
-        ] {
-            let root = fs_root(&fs, &format!("{tag}-{mode}"));
-            let before = snapshot(&root);
-            let e = run_fails(&mut install(&src, &root, &extra), why);
+        for (mode, e) in refused_in_every_mode(&fs, &src, &tag, why) {
             let entry = name.trim_start_matches("../..");
             assert!(e.contains(entry), "{mode} {name}: {e}");
             assert!(e.contains("layer 5 of 5 (sha256:"), "{mode} {name}: {e}");
             assert!(!e.contains("LeafId"), "{mode} {name}: {e}");
-            assert_snapshots_equal(&before, &snapshot(&root), &format!("{mode} {name}"));
             eprintln!("ONE-TREE | {mode} | {name} | {e}");
         }
     }
@@ -448,31 +478,19 @@ fn hard_link_to_a_lower_layer_is_refused_everywhere() {
     add_raw_layer(&oci, "x1", "x2", &l2, "x2").unwrap();
     let src = format!("oci:{}:x2", oci.display());
     // podman's own pull refuses it.
-    let scratch_dir = tempfile::tempdir().unwrap();
-    let scratch = Podman {
-        dir: tempfile::tempdir().unwrap(),
-        store: scratch_dir.path().join("storage"),
-        dirs: None,
-    };
-    let out = scratch.cmd().args(["pull", "-q", &src]).output().unwrap();
+    let (_scratch_dir, _scratch, out) = podman_pull(&src, None);
     assert!(!out.status.success(), "podman took a link to a lower layer");
     let mut lines = vec![];
-    for (mode, extra) in [
-        ("plain", vec![]),
-        ("unified", vec!["--unified", "enabled"]),
-        ("ostree", vec!["--backend", "ostree"]),
-    ] {
-        let root = fs_root(&fs, mode);
-        let before = snapshot(&root);
-        let e = run_fails(
-            &mut install(&src, &root, &extra),
-            "which this layer does not have before it",
-        );
+    for (mode, e) in refused_in_every_mode(
+        &fs,
+        &src,
+        "xlink",
+        "which this layer does not have before it",
+    ) {
         assert!(
             e.contains("layer 6 of 6 (sha256:") && e.contains("\"/gen/b\""),
             "{mode}: {e}"
         );
-        assert_snapshots_equal(&before, &snapshot(&root), mode);
         lines.push(e.split_once(": layer ").unwrap().1.to_string());
     }
     assert!(lines.iter().all(|l| *l == lines[0]), "{lines:?}");
@@ -544,18 +562,8 @@ fn gnu_tar_capabilities_agree_and_sparse_files_are_refused_alike() {
     add_raw_layer(&oci, "latest", "sparse", &raw, "sparse").unwrap();
     let src = format!("oci:{}:sparse", oci.display());
     let mut lines = vec![];
-    for (mode, extra) in [
-        ("plain", vec![]),
-        ("unified", vec!["--unified", "enabled"]),
-        ("ostree", vec!["--backend", "ostree"]),
-    ] {
-        let root = fs_root(&fs, &format!("sparse-{mode}"));
-        let before = snapshot(&root);
-        let e = run_fails(
-            &mut install(&src, &root, &extra),
-            "sparse tar entries are not supported",
-        );
-        assert_snapshots_equal(&before, &snapshot(&root), mode);
+    for (_, e) in refused_in_every_mode(&fs, &src, "sparse", "sparse tar entries are not supported")
+    {
         lines.push(
             e.split_once(": pulling ")
                 .map(|(_, r)| r.to_string())

@@ -739,7 +739,7 @@ fn failed_ostree_install_leaves_nothing_and_can_be_retried() {
     unistore_fixtures::image::build_from_rootfs(&rootfs, &oci, "v1", "1.0").unwrap();
     let fs = LoopFs::new(FsKind::Xfs, 600).unwrap();
     let src = format!("oci:{}:v1", oci.display());
-    let install = || {
+    let install_from = |src: &str| {
         let mut c = unistore();
         c.env("NO_COLOR", "1")
             .args([
@@ -750,10 +750,11 @@ fn failed_ostree_install_leaves_nothing_and_can_be_retried() {
                 "--root-mount-spec",
                 "",
             ])
-            .args(["--source-imgref", &src])
+            .args(["--source-imgref", src])
             .arg(fs.path());
         c
     };
+    let install = || install_from(&src);
     let first = run_fails(&mut install(), "os-release");
     let left: Vec<_> = std::fs::read_dir(fs.path())
         .unwrap()
@@ -779,18 +780,6 @@ fn failed_ostree_install_leaves_nothing_and_can_be_retried() {
     .unwrap();
     let oci2 = work.path().join("oci2");
     unistore_fixtures::image::build_from_rootfs(&rootfs, &oci2, "v2", "2.0").unwrap();
-    let good = format!("oci:{}:v2", oci2.display());
-    let mut c = unistore();
-    c.args([
-        "install",
-        "to-filesystem",
-        "--backend",
-        "ostree",
-        "--root-mount-spec",
-        "",
-    ])
-    .args(["--source-imgref", &good])
-    .arg(fs.path());
-    run_ok(&mut c);
+    run_ok(&mut install_from(&format!("oci:{}:v2", oci2.display())));
     ostree_fsck(fs.path());
 }

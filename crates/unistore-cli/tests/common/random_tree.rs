@@ -123,6 +123,14 @@ impl Layer<'_> {
                 .push(E::dir(&format!("{acc}/"), mode).owner(owner.0, owner.1));
         }
     }
+    /// Puts `p` in the model as `kind` over whatever was there (its
+    /// parents declared first); the caller writes its entry.
+    fn place(&mut self, p: &str, kind: Kind, mode: u32, owner: (u64, u64)) {
+        self.parents(p);
+        self.model.remove_tree(p);
+        self.model.nodes.insert(p.to_string(), (kind, mode, owner));
+        self.written.insert(p.to_string());
+    }
     fn free(&self, p: &str) -> bool {
         // Nothing written at p or below it, nor a parent of it replaced.
         let prefix = format!("{p}/");
@@ -219,12 +227,7 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                         continue;
                     }
                     let mode = *rng.pick(FILE_MODES);
-                    l.parents(&p);
-                    l.model.remove_tree(&p);
-                    l.model
-                        .nodes
-                        .insert(p.clone(), (Kind::File, mode, (uid, gid)));
-                    l.written.insert(p.clone());
+                    l.place(&p, Kind::File, mode, (uid, gid));
                     let data = content(&mut rng, seed);
                     let e = xattrs(&mut rng, E::file(&p, mode, &data).owner(uid, gid));
                     l.out.push(e);
@@ -234,12 +237,7 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                     if !l.free(&p) {
                         continue;
                     }
-                    l.parents(&p);
-                    l.model.remove_tree(&p);
-                    l.model
-                        .nodes
-                        .insert(p.clone(), (Kind::Other, 0o777, (uid, gid)));
-                    l.written.insert(p.clone());
+                    l.place(&p, Kind::Other, 0o777, (uid, gid));
                     let target = rng
                         .pick(&["a", "../b", "/usr/bin/cat", "no/such"])
                         .to_string();
@@ -256,12 +254,7 @@ pub fn layers(seed: u64, n: usize) -> Vec<Vec<E>> {
                         continue;
                     }
                     let mode = *rng.pick(FILE_MODES);
-                    l.parents(&p);
-                    l.model.remove_tree(&p);
-                    l.model
-                        .nodes
-                        .insert(p.clone(), (Kind::File, mode, (uid, gid)));
-                    l.written.insert(p.clone());
+                    l.place(&p, Kind::File, mode, (uid, gid));
                     l.out.push(E::hardlink(&p, &target, mode).owner(uid, gid));
                 }
                 // A whiteout of something a lower layer has (or not).
