@@ -35,7 +35,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{Context, Result};
 use containers_image_proxy::oci_spec::image::{Descriptor, MediaType};
-use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
+use containers_image_proxy::{ImageProxy, OpenedImage};
 use futures_util::stream::{self, TryStreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -58,17 +58,17 @@ const IN_FLIGHT: usize = 4;
 pub async fn prefetch(
     repo: &Arc<Repo>,
     spec: &str,
-    config: Option<ImageProxyConfig>,
+    fetch: &crate::source::fetch_config::FetchConfig,
     progress: Progress,
 ) -> Result<String> {
-    let proxy = ImageProxy::new_with_config(config.unwrap_or_default())
+    let proxy = ImageProxy::new_with_config(fetch.proxy_config().unwrap_or_default())
         .await
         .context("starting skopeo")?;
     let img = proxy
         .open_image(spec)
         .await
         .with_context(|| format!("opening {spec}"))?;
-    let r = fetch_missing(repo, &proxy, &img, &progress).await;
+    let r = fetch_missing(repo, &proxy, &img, spec, fetch, &progress).await;
     let _ = proxy.close_image(&img).await;
     let _ = proxy.finalize().await;
     r
@@ -114,6 +114,8 @@ async fn fetch_missing(
     repo: &Arc<Repo>,
     proxy: &ImageProxy,
     img: &OpenedImage,
+    spec: &str,
+    fetch: &crate::source::fetch_config::FetchConfig,
     progress: &Progress,
 ) -> Result<String> {
     let (digest, manifest) = proxy
@@ -125,6 +127,7 @@ async fn fetch_missing(
         .await
         .context("fetching the config")?;
     let diff_ids = config.rootfs().diff_ids().to_vec();
+    partial_layers(repo, manifest.layers(), &diff_ids, spec, fetch, progress).await?;
     let missing = missing_layers(repo, manifest.layers(), &diff_ids)?;
     if !missing.is_empty() {
         let bytes: u64 = missing.iter().map(|(l, _)| l.size()).sum();
@@ -148,6 +151,70 @@ async fn fetch_missing(
         })
         .await?;
     Ok(digest)
+}
+
+/// Issue 26: the zstd:chunked layers the repository lacks, pulled partially
+/// ([`crate::source::chunked`]) where the host has some of their files;
+/// those it declines are left to composefs-oci's pull, whole.
+async fn partial_layers(
+    repo: &Arc<Repo>,
+    layers: &[Descriptor],
+    diff_ids: &[String],
+    spec: &str,
+    fetch: &crate::source::fetch_config::FetchConfig,
+    progress: &Progress,
+) -> Result<()> {
+    use crate::source::chunked;
+    if layers.len() != diff_ids.len() {
+        return Ok(());
+    }
+    let image = spec.strip_prefix("docker://").unwrap_or(spec);
+    let n = layers.len();
+    for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
+        if !chunked::is_chunked(layer.annotations().as_ref()) || !diff_id.starts_with("sha256:") {
+            continue;
+        }
+        let stream = crate::stores::composefs_repo::layer_stream_id(diff_id)?;
+        if repo.has_stream(&stream)?.is_some() {
+            continue;
+        }
+        let digest = layer.digest().to_string();
+        let what = format!("layer {} of {n} ({digest})", i + 1);
+        let l = chunked::Layer {
+            digest: &digest,
+            size: layer.size(),
+            annotations: layer.annotations().as_ref(),
+            diff_id,
+        };
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        match chunked::pull_layer(repo, image, fetch, &l, progress)
+            .await
+            .with_context(|| format!("{what}: zstd:chunked partial pull"))?
+        {
+            chunked::Outcome::Imported(f) => crate::progress::step(
+                progress,
+                format!(
+                    "Layer {} of {n}: zstd:chunked, fetched {:.2} MiB of {:.2} MiB ({} of {} files, table of contents {:.2} MiB{}); the rest from this host",
+                    i + 1,
+                    mib(f.bytes),
+                    mib(f.layer_size),
+                    f.files_fetched,
+                    f.files,
+                    mib(f.toc_bytes),
+                    if f.headers_refetched {
+                        ", tar headers fetched after all"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            chunked::Outcome::Declined(why) => crate::progress::step(
+                progress,
+                format!("Layer {} of {n}: zstd:chunked, fetched whole: {why}", i + 1),
+            ),
+        }
+    }
+    Ok(())
 }
 
 async fn fetch_layer(
@@ -343,14 +410,14 @@ fn fill(src: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Chunks from a channel as a byte stream: blocking ([`Read`], the
 /// compressed chunks from [`pump`] on the inflating thread) or async
 /// ([`AsyncRead`], the tar stream into the import).
-struct ChunkReader {
+pub(crate) struct ChunkReader {
     rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     cur: Vec<u8>,
     pos: usize,
 }
 
 impl ChunkReader {
-    fn new(rx: mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
+    pub(crate) fn new(rx: mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
         Self {
             rx,
             cur: vec![],

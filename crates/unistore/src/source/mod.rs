@@ -22,6 +22,7 @@
 //! The stores ([`crate::stores`]) only store: this room calls them, never
 //! the other way round.
 
+pub mod chunked;
 pub mod docker_schema2;
 pub mod fetch_config;
 pub mod image_link;

@@ -289,14 +289,9 @@ async fn pull_as_is(
             // The layers on threads of their own ([`crate::source::layer_fetch`]); the
             // pull then only stores the config and manifest.
             manifest_digest = Some(
-                crate::source::layer_fetch::prefetch(
-                    repo,
-                    &spec,
-                    fetch.proxy_config(),
-                    watched.clone(),
-                )
-                .await
-                .with_context(|| format!("pulling {spec}"))?,
+                crate::source::layer_fetch::prefetch(repo, &spec, fetch, watched.clone())
+                    .await
+                    .with_context(|| format!("pulling {spec}"))?,
             );
         }
         let r = composefs_oci::pull(repo, &spec, None, opts).await;

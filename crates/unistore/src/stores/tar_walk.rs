@@ -212,8 +212,9 @@ enum State {
     Trailer,
 }
 
-/// A push parser over the chunks of a layer splitstream.
-struct Walker<'v> {
+/// A push parser over the chunks of a layer splitstream (or any tar
+/// stream whose contents may be objects of the repository).
+pub struct Walker<'v> {
     visitor: &'v mut dyn LayerVisitor,
     parser: Parser,
     buf: Vec<u8>,
@@ -250,7 +251,7 @@ fn pax_mtime_nsec(pax: Option<&[u8]>) -> u32 {
 }
 
 impl<'v> Walker<'v> {
-    fn new(visitor: &'v mut dyn LayerVisitor) -> Self {
+    pub fn new(visitor: &'v mut dyn LayerVisitor) -> Self {
         Self {
             visitor,
             parser: Parser::with_defaults(),
@@ -260,7 +261,8 @@ impl<'v> Walker<'v> {
         }
     }
 
-    fn inline(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Tar bytes (headers, padding, inline contents).
+    pub fn inline(&mut self, bytes: &[u8]) -> Result<()> {
         if self.pos > 0 {
             self.buf.drain(..self.pos);
             self.pos = 0;
@@ -269,7 +271,8 @@ impl<'v> Walker<'v> {
         self.process()
     }
 
-    fn external(&mut self, id: &ObjectId) -> Result<()> {
+    /// The whole content of the file whose header came last.
+    pub fn external(&mut self, id: &ObjectId) -> Result<()> {
         ensure!(
             self.pos == self.buf.len(),
             "an object reference in the middle of inline tar data"
@@ -427,7 +430,8 @@ impl<'v> Walker<'v> {
         }
     }
 
-    fn finish(mut self) -> Result<()> {
+    /// The end of the stream: fails unless the tar ended cleanly.
+    pub fn finish(mut self) -> Result<()> {
         self.process()?;
         match &self.state {
             State::Trailer => Ok(()),
