@@ -530,6 +530,9 @@ pub(crate) fn fetch_config() -> unistore::source::fetch_config::FetchConfig {
             .and_then(|v| v.parse().ok())
             .filter(|s| *s > 0)
             .map(std::time::Duration::from_secs),
+        ostree_objects: None,
+        // `UNISTORE_WHOLE_LAYERS=1`: no zstd:chunked partial pulls.
+        whole_layers: std::env::var_os("UNISTORE_WHOLE_LAYERS").is_some_and(|v| v == "1"),
     }
 }
 

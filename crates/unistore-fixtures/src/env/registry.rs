@@ -287,6 +287,68 @@ impl Registry {
         Ok(dest)
     }
 
+    /// Push `oci:<oci_dir>:<tag>` as `<repo_name>:<tag>` with its layers
+    /// recompressed as zstd:chunked (a table of contents and one zstd frame
+    /// per file, as podman pushes them); returns the `docker://` reference.
+    pub fn push_oci_zstd_chunked(
+        &self,
+        oci_dir: &Path,
+        tag: &str,
+        repo_name: &str,
+    ) -> Result<String> {
+        let dest = format!("docker://{}/{repo_name}:{tag}", self.addr);
+        let mut c = Command::new("skopeo");
+        c.env("CONTAINERS_REGISTRIES_CONF", self.registries_conf())
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--dest-compress",
+            ])
+            .args(["--dest-compress-format", "zstd:chunked"]);
+        if let Some(creds) = &self.creds {
+            c.args(["--dest-creds", creds]);
+        }
+        run(c.arg(format!("oci:{}:{tag}", oci_dir.display())).arg(&dest))?;
+        Ok(dest)
+    }
+
+    /// A mark in the registry's log: [`Self::blob_bytes_since`] counts from
+    /// there.
+    pub fn log_mark(&self) -> usize {
+        self.log().len()
+    }
+
+    /// The blob GETs the registry answered since `mark` (its access log):
+    /// (requests, bytes sent), per blob digest.
+    pub fn blob_bytes_since(&self, mark: usize) -> std::collections::BTreeMap<String, (u64, u64)> {
+        let log = self.log();
+        let mut out = std::collections::BTreeMap::new();
+        for line in log.get(mark..).unwrap_or_default().lines() {
+            // 127.0.0.1 - - [date] "GET /v2/NAME/blobs/sha256:HEX HTTP/1.1" 206 1234 "" "agent"
+            let Some((_, rest)) = line.split_once("\"GET /v2/") else {
+                continue;
+            };
+            let Some((path, tail)) = rest.split_once(" HTTP/") else {
+                continue;
+            };
+            let Some((_, digest)) = path.split_once("/blobs/") else {
+                continue;
+            };
+            let mut f = tail.split_whitespace().skip(1);
+            let (Some(status), Some(bytes)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if !status.starts_with('2') {
+                continue;
+            }
+            let e = out.entry(digest.to_string()).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += bytes.parse::<u64>().unwrap_or(0);
+        }
+        out
+    }
+
     /// The manifest `repo_name:reference` as the registry serves it, and
     /// its digest (`sha256:` of the bytes).
     pub fn raw_manifest(&self, repo_name: &str, reference: &str) -> Result<(String, Vec<u8>)> {

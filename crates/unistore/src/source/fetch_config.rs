@@ -29,6 +29,14 @@ pub struct FetchConfig {
     /// that stops sending in the middle of a blob); `None`:
     /// [`DEFAULT_STALL_TIMEOUT`].
     pub stall_timeout: Option<std::time::Duration>,
+    /// An ostree repository's `objects` directory whose file contents a
+    /// zstd:chunked partial pull may take besides the composefs
+    /// repository's (an ostree host's own repository: a bound host's first
+    /// upgrade finds its files there only).
+    pub ostree_objects: Option<std::sync::Arc<cap_std_ext::cap_std::fs::Dir>>,
+    /// Fetch zstd:chunked layers whole, never partially (the CLI:
+    /// `UNISTORE_WHOLE_LAYERS=1`; benchmarks and comparisons).
+    pub whole_layers: bool,
 }
 
 impl FetchConfig {

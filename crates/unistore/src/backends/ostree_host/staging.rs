@@ -81,6 +81,13 @@ pub async fn pull(
     // An ostree host boots from its deployments: no boot EROFS image.
     let fetch = &FetchConfig {
         no_boot_image: true,
+        // Issue 26: a partial pull takes the files the ostree repository
+        // has (a bound host's first upgrade has them nowhere else).
+        ostree_objects: sysroot
+            .dir()
+            .open_dir("ostree/repo/objects")
+            .ok()
+            .map(std::sync::Arc::new),
         ..fetch.clone()
     };
     let (repo, pulled) = match source {

@@ -26,6 +26,23 @@ pub enum Content {
     Object(ObjectId),
     /// Bytes kept inline in a layer's splitstream (small files).
     Inline(Vec<u8>),
+    /// A file object of an ostree repository (under its `objects`).
+    Ostree(std::sync::Arc<cap_std_ext::cap_std::fs::Dir>, String),
+}
+
+impl Content {
+    /// A reader of the content.
+    pub fn open(&self, repo: &Repo) -> Result<Box<dyn Read>> {
+        Ok(match self {
+            Content::Object(id) => Box::new(std::fs::File::from(repo.open_object(id)?)),
+            Content::Inline(b) => Box::new(std::io::Cursor::new(b.clone())),
+            Content::Ostree(dir, rel) => Box::new(
+                dir.open(rel)
+                    .with_context(|| format!("opening ostree object {rel}"))?
+                    .into_std(),
+            ),
+        })
+    }
 }
 
 struct File {
@@ -67,7 +84,10 @@ pub fn owner_names(raw: &[u8]) -> (&[u8], &[u8]) {
 
 impl Local {
     /// Indexes every layer of every image tagged in `repo`.
-    pub fn scan(repo: &Repo) -> Result<Self> {
+    pub fn scan(
+        repo: &Repo,
+        ostree_objects: Option<&std::sync::Arc<cap_std_ext::cap_std::fs::Dir>>,
+    ) -> Result<Self> {
         let mut local = Self::default();
         let mut seen = std::collections::HashSet::new();
         for (_, digest) in composefs_oci::oci_image::list_refs(repo)? {
@@ -89,12 +109,105 @@ impl Local {
                 }
             }
         }
+        local.scan_objects(repo)?;
+        if let Some(d) = ostree_objects {
+            local.scan_ostree(d)?;
+        }
         Ok(local)
+    }
+
+    /// Adds every object of the repository no layer names, by size only:
+    /// an ostree host bound to composefs keeps its files there without
+    /// layers (no names, no headers to take).
+    fn scan_objects(&mut self, repo: &Repo) -> Result<()> {
+        use composefs::fsverity::FsVerityHashValue;
+        use rustix::fs::{AtFlags, Dir, Mode, OFlags, openat, statat};
+        let known: std::collections::HashSet<ObjectId> = self
+            .files
+            .iter()
+            .filter_map(|f| match &f.content {
+                Content::Object(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let objects = repo.objects_dir()?;
+        for n in 0..=255u8 {
+            let sub = format!("{n:02x}");
+            let Ok(fd) = openat(
+                objects,
+                &sub,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            for e in Dir::read_from(&fd)? {
+                let e = e?;
+                let name = e.file_name().to_bytes();
+                let Ok(id) = ObjectId::from_object_dir_and_basename(n, name) else {
+                    continue;
+                };
+                if known.contains(&id) {
+                    continue;
+                }
+                let Ok(st) = statat(&fd, e.file_name(), AtFlags::SYMLINK_NOFOLLOW) else {
+                    continue;
+                };
+                if st.st_mode & 0o170000 != 0o100000 || st.st_size <= 0 {
+                    continue;
+                }
+                let i = self.files.len();
+                self.files.push(File {
+                    content: Content::Object(id),
+                    size: st.st_size as u64,
+                });
+                self.by_size.entry(st.st_size as u64).or_default().push(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the file objects of an ostree repository, by size only.
+    fn scan_ostree(
+        &mut self,
+        objects: &std::sync::Arc<cap_std_ext::cap_std::fs::Dir>,
+    ) -> Result<()> {
+        for sub in objects.entries()? {
+            let sub = sub?;
+            let name = sub.file_name();
+            let Some(prefix) = name.to_str().filter(|n| n.len() == 2) else {
+                continue;
+            };
+            let Ok(d) = sub.open_dir() else { continue };
+            for e in d.entries()? {
+                let e = e?;
+                let f = e.file_name();
+                let Some(f) = f.to_str().filter(|f| f.ends_with(".file")) else {
+                    continue;
+                };
+                let Ok(md) = e.metadata() else { continue };
+                if !md.is_file() || md.len() == 0 {
+                    continue;
+                }
+                let i = self.files.len();
+                self.files.push(File {
+                    content: Content::Ostree(objects.clone(), format!("{prefix}/{f}")),
+                    size: md.len(),
+                });
+                self.by_size.entry(md.len()).or_default().push(i);
+            }
+        }
+        Ok(())
     }
 
     /// Number of files indexed.
     pub fn len(&self) -> usize {
         self.files.len()
+    }
+
+    /// Whether the host has no file to take from.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
     }
 
     /// A local file with the content `e` names (its size and SHA-256).
@@ -135,15 +248,14 @@ impl Local {
         }
         let h = match &self.files[i].content {
             Content::Inline(b) => Sha256::digest(b).into(),
-            Content::Object(id) => {
-                if let Some(h) = self.by_object.get(id) {
-                    *h
-                } else {
-                    let h = hash_object(repo, id)?;
-                    self.hashed_bytes += self.files[i].size;
+            Content::Object(id) if self.by_object.contains_key(id) => self.by_object[id],
+            c => {
+                let h = hash(c.open(repo)?)?;
+                self.hashed_bytes += self.files[i].size;
+                if let Content::Object(id) = c {
                     self.by_object.insert(id.clone(), h);
-                    h
                 }
+                h
             }
         };
         self.hashed.insert(i, h);
@@ -151,12 +263,7 @@ impl Local {
     }
 }
 
-fn hash_object(repo: &Repo, id: &ObjectId) -> Result<[u8; 32]> {
-    use composefs::fsverity::FsVerityHashValue;
-    let mut f = std::fs::File::from(
-        repo.open_object(id)
-            .with_context(|| format!("opening object {}", id.to_hex()))?,
-    );
+fn hash(mut f: Box<dyn Read>) -> Result<[u8; 32]> {
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

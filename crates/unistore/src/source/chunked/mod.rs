@@ -119,11 +119,14 @@ pub async fn pull_layer(
     let Some(loc) = toc::locate(layer.annotations, layer.size)? else {
         return Ok(Outcome::Declined("not zstd:chunked".into()));
     };
-    let r = repo.clone();
-    let mut local = tokio::task::spawn_blocking(move || local::Local::scan(&r))
+    if fetch.whole_layers {
+        return Ok(Outcome::Declined("UNISTORE_WHOLE_LAYERS=1".into()));
+    }
+    let (r, o) = (repo.clone(), fetch.ostree_objects.clone());
+    let mut local = tokio::task::spawn_blocking(move || local::Local::scan(&r, o.as_ref()))
         .await
         .context("indexing the host's files")??;
-    if local.len() == 0 {
+    if local.is_empty() {
         return Ok(Outcome::Declined(
             "the host has no files yet to take from".into(),
         ));

@@ -181,12 +181,18 @@ impl Plan {
                         sink.content(&data, None)
                     }
                     (From::Local(Content::Inline(b)), Some(_)) => sink.content(b, None),
-                    (From::Local(Content::Object(id)), Some(e)) => {
-                        let data = read_object(repo, id)?;
+                    (From::Local(c), Some(e)) => {
+                        let mut data = Vec::with_capacity(e.size as usize);
+                        c.open(repo)?.read_to_end(&mut data)?;
                         // An object can only change under fs-verity's eye
-                        // in an insecure repository: check the size at least.
+                        // in an insecure repository: check the size at least
+                        // (the diff-id check sees the rest).
                         ensure!(data.len() as u64 == e.size, "the local copy changed size");
-                        sink.content(&data, Some(id))
+                        let object = match c {
+                            Content::Object(id) => Some(id),
+                            _ => None,
+                        };
+                        sink.content(&data, object)
                     }
                     (from, _) => bail!("internal: segment {}..{} from {from:?}", s.start, s.end),
                 }
@@ -221,13 +227,6 @@ fn read_spool(spool: &std::fs::File, at: u64, len: u64) -> Result<Vec<u8>> {
         .read_exact_at(&mut buf, at)
         .context("reading the spool")?;
     Ok(buf)
-}
-
-fn read_object(repo: &Repo, id: &ObjectId) -> Result<Vec<u8>> {
-    let mut f = std::fs::File::from(repo.open_object(id)?);
-    let mut v = vec![];
-    f.read_to_end(&mut v)?;
-    Ok(v)
 }
 
 /// Decompresses zstd frames, to at most `limit` bytes (`exact`: exactly).

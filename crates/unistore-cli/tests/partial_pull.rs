@@ -1,0 +1,508 @@
+//! Issue 26: zstd:chunked partial pulls. Two images pushed to a real
+//! registry as zstd:chunked, the second rebuilding the large layer with 1%
+//! of its files changed: an upgrade fetches the table of contents and the
+//! changed files only (counted in the registry's access log), on a plain
+//! and a unified composefs host and on a bound ostree host, and ends with
+//! the same repository, store and boot image as a host installed from v2
+//! directly. A table of contents that lies, or a blob that returns other
+//! bytes, fails the upgrade with one line naming the layer and the file,
+//! and leaves the host as it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+use unistore_fixtures::env::{FsKind, LoopFs, Registry};
+
+const FILES: usize = 400;
+
+/// The v1 and v2 images in an OCI layout, and what changed.
+struct Images {
+    oci: PathBuf,
+    /// Paths (in the image) of the changed files.
+    changed: Vec<String>,
+}
+
+/// A root filesystem of `FILES` payload files under /usr (text and random,
+/// 1 to 60 KiB), `cat` and its libraries, a kernel and os-release.
+fn rootfs(dir: &Path) {
+    let w = |p: &str, data: &[u8]| {
+        let p = dir.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    for (p, data) in unistore_fixtures::image::host_executable_files("/usr/bin/cat").unwrap() {
+        w(p.trim_start_matches('/'), &data);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dir.join(p.trim_start_matches('/')), mode).unwrap();
+    }
+    w(
+        "usr/lib/os-release",
+        b"NAME=partial\nID=partial\nVERSION_ID=1\n",
+    );
+    w("usr/lib/modules/6.1.0-test/vmlinuz", b"kernel 6.1.0-test\n");
+    w("usr/lib/modules/6.1.0-test/initramfs.img", b"initramfs\n");
+    for i in 0..FILES {
+        let len = 1024 + (i * 7919) % (60 << 10);
+        let data = if i % 2 == 0 {
+            unistore_fixtures::rng::pseudo_random_bytes(&format!("f{i}"), len)
+        } else {
+            format!("line {i} of a text file\n")
+                .repeat(len / 24)
+                .into_bytes()
+        };
+        w(&format!("usr/share/payload/d{}/f{i}", i % 20), &data);
+    }
+    for l in ["lib", "lib64", "bin"] {
+        std::os::unix::fs::symlink(format!("usr/{l}"), dir.join(l)).unwrap();
+    }
+    for d in ["sysroot", "boot", "var", "tmp", "run", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/hostname"), "partial\n").unwrap();
+}
+
+fn build(work: &Path) -> Images {
+    let root = work.join("rootfs");
+    rootfs(&root);
+    let oci = work.join("oci");
+    unistore_fixtures::image::build_from_rootfs(&root, &oci, "v1", "1.0").unwrap();
+    // 1% of the payload files change; the others keep their bytes and times.
+    let mut changed = vec![];
+    // Random (incompressible) and text files alike.
+    for i in (0..FILES).step_by(100).flat_map(|i| [i, i + 1]) {
+        let rel = format!("usr/share/payload/d{}/f{i}", i % 20);
+        let p = root.join(&rel);
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        let mut data = std::fs::read(&p).unwrap();
+        data.extend_from_slice(b"changed in v2\n");
+        std::fs::write(&p, data).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        changed.push(rel);
+    }
+    unistore_fixtures::image::build_from_rootfs(&root, &oci, "v2", "2.0").unwrap();
+    Images { oci, changed }
+}
+
+/// The large layer of `tag`: (digest, size, table of contents length),
+/// and the table's entries.
+fn big_layer(reg: &Registry, repo: &str, tag: &str) -> (String, u64, u64, Vec<Value>) {
+    let (_, raw) = reg.raw_manifest(repo, tag).unwrap();
+    let m: Value = serde_json::from_slice(&raw).unwrap();
+    let l = &m["layers"][0];
+    let digest = l["digest"].as_str().unwrap().to_string();
+    let pos = l["annotations"]["io.containers.zstd-chunked.manifest-position"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not zstd:chunked: {l}"));
+    let n: Vec<u64> = pos.split(':').map(|x| x.parse().unwrap()).collect();
+    let blob = std::fs::read(reg.blob_file(&digest)).unwrap();
+    let toc = zstd::decode_all(&blob[n[0] as usize..(n[0] + n[1]) as usize]).unwrap();
+    let toc: Value = serde_json::from_slice(&toc).unwrap();
+    let entries = toc["entries"].as_array().unwrap().clone();
+    (digest, l["size"].as_u64().unwrap(), n[1], entries)
+}
+
+fn cmd(reg: &Registry, root: &Path) -> std::process::Command {
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+        .arg("--sysroot")
+        .arg(root);
+    c
+}
+
+fn install(reg: &Registry, root: &Path, src: &str, extra: &[&str]) {
+    let mut c = unistore();
+    c.env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+        .args(["install", "to-filesystem"])
+        .args(extra)
+        .args(["--source-imgref", src])
+        .arg(root);
+    run_ok(&mut c);
+}
+
+fn status(root: &Path) -> Value {
+    serde_json::from_str(&run_ok(
+        unistore()
+            .arg("--sysroot")
+            .arg(root)
+            .args(["status", "--json"]),
+    ))
+    .unwrap()
+}
+
+/// The fs-verity id of a layer's splitstream in the repository.
+fn layer_stream(root: &Path, diff_id: &str) -> Option<PathBuf> {
+    std::fs::read_link(root.join(format!("composefs/streams/oci-layer-{diff_id}"))).ok()
+}
+
+fn diff_ids(oci: &Path, tag: &str) -> Vec<String> {
+    let out = run_ok(std::process::Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        &format!("oci:{}:{tag}", oci.display()),
+    ]));
+    let c: Value = serde_json::from_str(&out).unwrap();
+    c["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The store's record of the layer `diff_id` and its tar-split, as bytes.
+fn store_layer(root: &Path, diff_id: &str) -> (Value, Vec<u8>) {
+    let store = root.join(common::stores::STORE);
+    let layers: Value =
+        serde_json::from_slice(&std::fs::read(store.join("overlay-layers/layers.json")).unwrap())
+            .unwrap();
+    let l = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["diff-digest"] == diff_id)
+        .unwrap_or_else(|| panic!("no store layer {diff_id}"))
+        .clone();
+    let split = std::fs::read(store.join(format!(
+        "overlay-layers/{}.tar-split.gz",
+        l["id"].as_str().unwrap()
+    )))
+    .unwrap();
+    let keep = [
+        "diff-digest",
+        "diff-size",
+        "compressed-diff-digest",
+        "compressed-size",
+        "uidset",
+        "gidset",
+    ];
+    let fields = keep
+        .iter()
+        .map(|k| (k.to_string(), l[*k].clone()))
+        .collect();
+    (Value::Object(fields), split)
+}
+
+#[test]
+fn upgrades_fetch_only_the_changed_files_and_match_a_fresh_install() {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let imgs = build(work.path());
+    let reg = Registry::start().unwrap();
+    let v1 = reg.push_oci_zstd_chunked(&imgs.oci, "v1", "os").unwrap();
+    let v2 = reg.push_oci_zstd_chunked(&imgs.oci, "v2", "os").unwrap();
+    let (digest, size, toc_len, entries) = big_layer(&reg, "os", "v2");
+    let changed: u64 = entries
+        .iter()
+        .filter(|e| e["type"] == "reg" && imgs.changed.iter().any(|c| e["name"] == c.as_str()))
+        .map(|e| e["endOffset"].as_u64().unwrap() - e["offset"].as_u64().unwrap())
+        .sum();
+    assert!(changed > 0, "the changed files are not in the table");
+    // The tar headers between contents: what a host without the headers of
+    // v1 (an ostree host bound to composefs, before its first upgrade)
+    // fetches besides.
+    let contents: u64 = entries
+        .iter()
+        .filter(|e| e["type"] == "reg" && e["endOffset"].is_u64())
+        .map(|e| e["endOffset"].as_u64().unwrap() - e["offset"].as_u64().unwrap())
+        .sum();
+    let headers = size - toc_len - 56 - contents;
+    let ids = diff_ids(&imgs.oci, "v2");
+    for mode in ["plain", "unified", "ostree-bound"] {
+        let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+        let root = fs.path();
+        let extra: &[&str] = match mode {
+            "unified" => &["--unified", "enabled"],
+            "ostree-bound" => &["--backend", "ostree"],
+            _ => &[],
+        };
+        install(&reg, root, &v1, extra);
+        if mode == "ostree-bound" {
+            run_ok(cmd(&reg, root).args(["image", "set-unified", "composefs"]));
+        }
+        let mark = reg.log_mark();
+        let out = run(cmd(&reg, root).args(["switch", &v2]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("Layer 1 of 2: zstd:chunked, fetched"))
+            .unwrap_or_else(|| panic!("{mode}: no partial pull said: {err}"));
+        assert!(
+            line.contains(&format!("({} of ", imgs.changed.len())),
+            "{mode}: {line}"
+        );
+        let sent = reg.blob_bytes_since(mark);
+        let (requests, bytes) = sent.get(&digest).copied().unwrap_or_default();
+        eprintln!(
+            "{mode}: {bytes} bytes in {requests} requests of a {size}-byte layer; changed files {changed} bytes compressed, table {toc_len}"
+        );
+        assert!(
+            requests > 0,
+            "{mode}: the large layer was not fetched at all: {sent:?}"
+        );
+        let more = if mode == "ostree-bound" { headers } else { 0 };
+        assert!(
+            (bytes as f64) <= 1.2 * changed as f64 + (toc_len + more) as f64 + 4096.0,
+            "{mode}: {bytes} bytes fetched for {changed} bytes of changed files, a {toc_len}-byte table and {more} bytes of headers"
+        );
+        assert!(bytes < size / 5, "{mode}: {bytes} of {size}");
+        // The same steps with whole layers write the same: the layers'
+        // splitstreams, the deployment (boot image or ostree commit), the
+        // store's layers.
+        let whole = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+        install(&reg, whole.path(), &v1, extra);
+        if mode == "ostree-bound" {
+            run_ok(cmd(&reg, whole.path()).args(["image", "set-unified", "composefs"]));
+        }
+        let mark = reg.log_mark();
+        let out = run_ok(
+            cmd(&reg, whole.path())
+                .env("UNISTORE_WHOLE_LAYERS", "1")
+                .args(["switch", &v2]),
+        );
+        let _ = out;
+        let (_, whole_bytes) = reg
+            .blob_bytes_since(mark)
+            .get(&digest)
+            .copied()
+            .unwrap_or_default();
+        eprintln!("{mode}: whole layers: {whole_bytes} bytes of the large layer");
+        assert!(
+            whole_bytes >= size,
+            "{mode}: the whole pull fetched {whole_bytes} of {size}"
+        );
+        for d in &ids {
+            let (a, b) = (layer_stream(root, d), layer_stream(whole.path(), d));
+            assert!(a.is_some(), "{mode}: no splitstream of {d}");
+            assert_eq!(
+                a, b,
+                "{mode}: the splitstream of {d} differs from a whole pull's"
+            );
+        }
+        let (st, st_whole) = (status(root), status(whole.path()));
+        let ours = &st["status"]["staged"];
+        let theirs = &st_whole["status"]["staged"];
+        assert_eq!(
+            ours["image"]["imageDigest"], theirs["image"]["imageDigest"],
+            "{mode}"
+        );
+        if mode != "ostree-bound" {
+            assert_eq!(
+                ours["composefs"]["verity"], theirs["composefs"]["verity"],
+                "{mode}: the boot image differs from a whole pull's"
+            );
+            // And from a host installed from v2 directly.
+            let fresh = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+            install(&reg, fresh.path(), &v2, extra);
+            let booted = &status(fresh.path())["status"]["booted"];
+            assert_eq!(
+                ours["composefs"]["verity"], booted["composefs"]["verity"],
+                "{mode}"
+            );
+            for d in &ids {
+                assert_eq!(
+                    layer_stream(root, d),
+                    layer_stream(fresh.path(), d),
+                    "{mode}: {d}"
+                );
+            }
+        } else {
+            assert_eq!(
+                ours["ostree"]["checksum"], theirs["ostree"]["checksum"],
+                "{mode}"
+            );
+            common::ostree::ostree_fsck(root);
+        }
+        if mode == "unified" {
+            for d in &ids {
+                assert_eq!(
+                    store_layer(root, d),
+                    store_layer(whole.path(), d),
+                    "{mode}: store layer {d}"
+                );
+            }
+            let podman = common::stores::Podman::new(root);
+            let o = run_ok(
+                podman
+                    .cmd()
+                    .args([
+                        "run",
+                        "--rm",
+                        "--net=none",
+                        v2.trim_start_matches("docker://"),
+                    ])
+                    .args(["/usr/bin/cat", &format!("/{}", imgs.changed[1])]),
+            );
+            assert!(o.ends_with("changed in v2\n"), "{mode}: podman reads {o:?}");
+        }
+        run_ok(cmd(&reg, root).args(["internals", "fsck", "--verify-content"]));
+        run_ok(cmd(&reg, root).args(["internals", "gc", "--assert-no-op"]));
+    }
+}
+
+/// Rewrites the large layer of `tag` in the OCI layout `oci` (zstd:chunked)
+/// with its table of contents changed by `lie`, as a new tag `out_tag`.
+fn lying_image(oci: &Path, tag: &str, out_tag: &str, lie: impl Fn(&mut Vec<Value>)) {
+    use sha2::Digest;
+    let idx_path = oci.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&idx_path).unwrap()).unwrap();
+    let blob = |d: &str| {
+        oci.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let mdesc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()
+        .clone();
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(mdesc["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let l = &mut manifest["layers"][0];
+    let key = "io.containers.zstd-chunked.manifest-position";
+    let n: Vec<u64> = l["annotations"][key]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let data = std::fs::read(blob(l["digest"].as_str().unwrap())).unwrap();
+    let mut toc: Value = serde_json::from_slice(
+        &zstd::decode_all(&data[n[0] as usize..(n[0] + n[1]) as usize]).unwrap(),
+    )
+    .unwrap();
+    lie(toc["entries"].as_array_mut().unwrap());
+    let z = zstd::encode_all(&serde_json::to_vec(&toc).unwrap()[..], 3).unwrap();
+    // The tar frames, the table in a skippable frame, the footer.
+    let mut out = data[..(n[0] - 8) as usize].to_vec();
+    let offset = out.len() as u64 + 8;
+    out.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    out.extend_from_slice(&(z.len() as u32).to_le_bytes());
+    out.extend_from_slice(&z);
+    let ulen = serde_json::to_vec(&toc).unwrap().len() as u64;
+    out.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    out.extend_from_slice(&40u32.to_le_bytes());
+    for v in [offset, z.len() as u64, ulen, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"GnUlInUx");
+    let write = |bytes: &[u8]| -> String {
+        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        std::fs::write(blob(&d), bytes).unwrap();
+        d
+    };
+    l["digest"] = write(&out).into();
+    l["size"] = (out.len() as u64).into();
+    l["annotations"][key] = format!("{offset}:{}:{ulen}:1", z.len()).into();
+    l["annotations"]["io.containers.zstd-chunked.manifest-checksum"] =
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&z))).into();
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    let mut desc = mdesc.clone();
+    desc["digest"] = write(&mbytes).into();
+    desc["size"] = (mbytes.len() as u64).into();
+    desc["annotations"]["org.opencontainers.image.ref.name"] = out_tag.into();
+    index["manifests"].as_array_mut().unwrap().push(desc);
+    std::fs::write(&idx_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn lying_tables_and_blobs_fail_naming_the_layer_and_the_file() {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let imgs = build(work.path());
+    let reg = Registry::start().unwrap();
+    let v1 = reg.push_oci_zstd_chunked(&imgs.oci, "v1", "os").unwrap();
+    let v2 = reg.push_oci_zstd_chunked(&imgs.oci, "v2", "os").unwrap();
+    // The pushed layout, zstd:chunked, to rewrite.
+    let z = work.path().join("z");
+    run_ok(
+        std::process::Command::new("skopeo")
+            .env("CONTAINERS_REGISTRIES_CONF", reg.registries_conf())
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &v2,
+                &format!("oci:{}:v2", z.display()),
+            ]),
+    );
+    let target = imgs.changed[1].clone();
+    let t = target.clone();
+    lying_image(&z, "v2", "digest", |es| {
+        let e = es.iter_mut().find(|e| e["name"] == t.as_str()).unwrap();
+        e["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    });
+    let t = target.clone();
+    lying_image(&z, "v2", "offset", |es| {
+        let e = es.iter_mut().find(|e| e["name"] == t.as_str()).unwrap();
+        let o = e["offset"].as_u64().unwrap();
+        e["offset"] = (o + 3).into();
+    });
+    let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+    let root = fs.path();
+    install(&reg, root, &v1, &[]);
+    let before = status(root);
+    for lie in ["digest", "offset"] {
+        let src = reg.push_oci(&z, lie, "os").unwrap();
+        let out = run(cmd(&reg, root).args(["switch", &src]));
+        assert!(!out.status.success(), "{lie}: the upgrade passed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(
+            line.contains("layer 1 of 2") && line.contains(&format!("{target:?}")),
+            "{lie}: {line}"
+        );
+        eprintln!("{lie}: {line}");
+    }
+    // A blob that returns other bytes for a changed file.
+    let (digest, _, _, entries) = big_layer(&reg, "os", "v2");
+    let e = entries
+        .iter()
+        .find(|e| e["name"] == target.as_str())
+        .unwrap();
+    let path = reg.blob_file(&digest);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let at = e["offset"].as_u64().unwrap() as usize + 10;
+    bad[at] ^= 0xff;
+    std::fs::write(&path, &bad).unwrap();
+    let out = run(cmd(&reg, root).args(["switch", &v2]));
+    std::fs::write(&path, &good).unwrap();
+    assert!(!out.status.success(), "other bytes: the upgrade passed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(
+        line.contains("layer 1 of 2") && line.contains(&format!("{target:?}")),
+        "{line}"
+    );
+    // Nothing changed: no staged deployment, no new layer, nothing to collect.
+    assert_eq!(status(root)["status"], before["status"]);
+    for d in diff_ids(&imgs.oci, "v2").iter().take(1) {
+        assert!(
+            layer_stream(root, d).is_none(),
+            "a layer of v2 was left behind"
+        );
+    }
+    run_ok(cmd(&reg, root).args(["internals", "gc", "--assert-no-op"]));
+    run_ok(cmd(&reg, root).args(["internals", "fsck"]));
+    // The good image still upgrades, partially.
+    let out = run(cmd(&reg, root).args(["switch", &v2]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("zstd:chunked, fetched"),
+        "{err}"
+    );
+}
