@@ -20,6 +20,7 @@ from .sections.install import bench_install
 from .sections.lifecycle import bench_lifecycle
 from .sections.memory import bench_memory
 from .sections.ostree import bench_ostree
+from .sections.partial import bench_partial
 from .sections.repair import bench_repair
 from .sections.scale import bench_scale
 from .sections.upgrade import bench_upgrade
@@ -27,7 +28,7 @@ from .svg import write_svg
 from .tools import CONTAINERS_CONF, Ctx, build, detect_features, ensure_cfsctl
 from .util import CLEANUP, Failed, REPO, WORK, log, on_signal
 
-SECTIONS = ["install", "upgrade", "lifecycle", "repair", "memory", "ostree", "scale", "ab"]
+SECTIONS = ["install", "upgrade", "partial", "lifecycle", "repair", "memory", "ostree", "scale", "ab"]
 DEFAULT_SECTIONS = [s for s in SECTIONS if s != "ab"]
 
 
@@ -104,6 +105,8 @@ def main(doc):
                 bench_install(ctx, res, run_no)
             if "upgrade" in sections:
                 bench_upgrade(ctx, res, run_no)
+            if "partial" in sections:
+                bench_partial(ctx, res, run_no)
             if "lifecycle" in sections:
                 bench_lifecycle(ctx, res, run_no)
             if "repair" in sections:

@@ -196,6 +196,8 @@ def write_markdown(ctx, res, rows, info, path, svg_name, old_notes):
                  "one will: its time and bytes written are those of a plain upgrade.")
         L.append("")
 
+    partial_section(ctx, res, L, M)
+
     # 6. lifecycle
     L.append("## 6. `status` and `fsck` on a host with three deployments")
     L.append("")
@@ -328,3 +330,34 @@ def old_notes(path):
     if not m or m.group(1).strip() == "(none yet)":
         return ""
     return m.group(1)
+
+
+def partial_section(ctx, res, L, M):
+    """Section 5b: zstd:chunked upgrades (issue 26)."""
+    p = getattr(ctx, "partial", None)
+    if not p or not res.values("partial", "unistore", "wall"):
+        return
+    L.append("## 5b. Upgrade of a zstd:chunked image: partial pulls")
+    L.append("")
+    L.append(f"The sample's tree packed as v1 and as v2 with {p['changed_files']} of the {p['files']} files of its large "
+             f"layer changed (1%: every 100th file of /usr, a line appended), pushed as zstd:chunked. Each tool gets v1, "
+             f"then v2 (unistore: `switch`; podman: `pull`, without and with `enable_partial_images`). The large layer "
+             f"is {fmt_mib(p['layer_size'])}; its table of contents {fmt_mib(p['toc'])}; the changed files "
+             f"{fmt_mib(p['changed_compressed'])} compressed ({fmt_mib(p['changed_bytes'])} unpacked). "
+             f"Fetched = blob bytes the registry sent (its access log).")
+    L.append("")
+    target = 1.2 * p["changed_compressed"] + p["toc"]
+    rows = []
+    for tool in ["unistore", "unistore-unified", "unistore-whole", "podman", "podman-partial"]:
+        if not res.values("partial", tool, "wall"):
+            continue
+        b = M("partial", tool, "blob_bytes")
+        rows.append([tool, fmt_s(M("partial", tool, "wall")), rng_s(res, "partial", tool, "wall", fmt_s),
+                     fmt_mib(b), f"{M('partial', tool, 'blob_gets'):.0f}", f"{b / p['layer_size']:.3f}",
+                     f"{b / target:.2f}"])
+    L.append(md_table(["tool", "time", "min – max", "fetched", "blob GETs", "fetched / layer size",
+                       "fetched / (1.2 × changed + table)"], rows))
+    L.append("")
+    L.append("`unistore-whole` is unistore with `UNISTORE_WHOLE_LAYERS=1` (whole layers, as before issue 26). "
+             "The target of issue 26 is a last column ≤ 1.")
+    L.append("")

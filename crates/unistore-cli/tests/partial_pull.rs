@@ -506,3 +506,186 @@ fn lying_tables_and_blobs_fail_naming_the_layer_and_the_file() {
         "{err}"
     );
 }
+
+/// What the proxy in front of the registry does.
+#[derive(Clone, Copy)]
+enum Twist {
+    /// Drops `Range` headers: a registry that serves no byte ranges.
+    NoRanges,
+    /// Cuts the body of every byte range that starts before this offset
+    /// (the table of contents' offset: file contents) in half.
+    Cut(u64),
+}
+
+/// A plain HTTP proxy on 127.0.0.1 in front of `upstream`, one request per
+/// connection; its address.
+fn proxy(upstream: String, twist: Twist) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut r = BufReader::new(client.try_clone()?);
+                let mut head = vec![];
+                let mut range_start = None;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if lower.starts_with("connection:") {
+                        continue;
+                    }
+                    if let Some(v) = lower.strip_prefix("range: bytes=") {
+                        range_start = v
+                            .split('-')
+                            .next()
+                            .and_then(|s| s.trim().parse::<u64>().ok());
+                        if matches!(twist, Twist::NoRanges) {
+                            continue;
+                        }
+                    }
+                    head.push(line);
+                }
+                let mut up = std::net::TcpStream::connect(&upstream)?;
+                up.write_all(format!("{}Connection: close\r\n\r\n", head.concat()).as_bytes())?;
+                let mut ur = BufReader::new(up);
+                let mut resp = String::new();
+                let mut status = String::new();
+                let mut len = None;
+                loop {
+                    let mut line = String::new();
+                    if ur.read_line(&mut line)? == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if status.is_empty() {
+                        status = line.clone();
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse::<usize>().ok();
+                    }
+                    if !lower.starts_with("connection:") {
+                        resp.push_str(&line);
+                    }
+                }
+                let mut body = vec![];
+                match len {
+                    Some(n) => {
+                        body.resize(n, 0);
+                        ur.read_exact(&mut body)?;
+                    }
+                    None => {
+                        ur.read_to_end(&mut body)?;
+                    }
+                }
+                if let (Twist::Cut(limit), Some(s)) = (twist, range_start)
+                    && status.contains(" 206 ")
+                    && s < limit
+                {
+                    body.truncate(body.len() / 2);
+                }
+                let mut c = client;
+                c.write_all(format!("{resp}Connection: close\r\n\r\n").as_bytes())?;
+                c.write_all(&body)?;
+                c.flush()?;
+                Ok(())
+            });
+        }
+    });
+    addr
+}
+
+/// A registry that serves no byte ranges: the layer comes whole, and the
+/// progress says why; one that cuts ranges short fails the upgrade naming
+/// the file, the host unchanged.
+#[test]
+fn registries_without_ranges_or_cutting_them_short() {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let imgs = build(work.path());
+    let reg = Registry::start().unwrap();
+    reg.push_oci_zstd_chunked(&imgs.oci, "v1", "os").unwrap();
+    reg.push_oci_zstd_chunked(&imgs.oci, "v2", "os").unwrap();
+    let (digest, size, toc_len, entries) = big_layer(&reg, "os", "v2");
+    let toc_offset = size - toc_len - 48;
+    let target = imgs.changed[1].clone();
+    assert!(entries.iter().any(|e| e["name"] == target.as_str()));
+    for (twist, name) in [
+        (Twist::NoRanges, "no-ranges"),
+        (Twist::Cut(toc_offset), "cut"),
+    ] {
+        let addr = proxy(reg.addr(), twist);
+        let conf = work.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &conf,
+            format!("[[registry]]\nlocation = \"{addr}\"\ninsecure = true\n"),
+        )
+        .unwrap();
+        let via = |c: &mut std::process::Command| {
+            c.env("CONTAINERS_REGISTRIES_CONF", &conf);
+        };
+        let fs = LoopFs::new(FsKind::Xfs, 1024).unwrap();
+        let root = fs.path();
+        let mut c = unistore();
+        via(&mut c);
+        run_ok(
+            c.args([
+                "install",
+                "to-filesystem",
+                "--source-imgref",
+                &format!("docker://{addr}/os:v1"),
+            ])
+            .arg(root),
+        );
+        let before = status(root);
+        let mark = reg.log_mark();
+        let mut c = unistore();
+        via(&mut c);
+        let out = run(c
+            .arg("--sysroot")
+            .arg(root)
+            .args(["switch", &format!("docker://{addr}/os:v2")]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        match twist {
+            Twist::NoRanges => {
+                assert!(out.status.success(), "{err}");
+                assert!(
+                    err.contains("Layer 1 of 2: zstd:chunked, fetched whole: the registry does not serve byte ranges"),
+                    "{err}"
+                );
+                let (_, bytes) = reg
+                    .blob_bytes_since(mark)
+                    .get(&digest)
+                    .copied()
+                    .unwrap_or_default();
+                assert!(bytes >= size, "{bytes} of {size}");
+                run_ok(cmd(&reg, root).args(["internals", "fsck", "--verify-content"]));
+            }
+            Twist::Cut(_) => {
+                assert!(!out.status.success(), "a cut range passed: {err}");
+                let line = err
+                    .lines()
+                    .find(|l| l.starts_with("error:"))
+                    .unwrap_or_else(|| panic!("{err}"));
+                // Whichever cut range fails first: a changed file's.
+                assert!(
+                    line.contains("layer 1 of 2")
+                        && imgs
+                            .changed
+                            .iter()
+                            .any(|c| line.contains(&format!("file {c:?}"))),
+                    "{line}"
+                );
+                assert_eq!(status(root)["status"], before["status"]);
+                run_ok(cmd(&reg, root).args(["internals", "gc", "--assert-no-op"]));
+                eprintln!("cut: {line}");
+            }
+        }
+    }
+}
