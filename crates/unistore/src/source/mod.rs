@@ -9,6 +9,9 @@
 //! * [`remote`]: what a source says an image is now (`upgrade --check`);
 //! * [`pull`]: the pull into the composefs repository, whatever the
 //!   transport, with its stall guard, boot image and tag;
+//! * [`chunked`]: zstd:chunked partial pulls (issue 26): the files the host
+//!   lacks by byte range, the rest from the host, the tar rebuilt and checked;
+//!   [`chunk_stream`]: the byte stream both hand to composefs-oci's import;
 //! * [`layer_fetch`]: registry layers read, inflated and diff-id-checked on
 //!   threads of their own;
 //! * [`docker_schema2`]: Docker schema 2 manifests and their OCI conversion;
@@ -22,6 +25,7 @@
 //! The stores ([`crate::stores`]) only store: this room calls them, never
 //! the other way round.
 
+pub mod chunk_stream;
 pub mod chunked;
 pub mod docker_schema2;
 pub mod fetch_config;

@@ -297,7 +297,7 @@ async fn import(
     let digest: composefs_oci::OciDigest = diff_id
         .parse()
         .with_context(|| format!("bad diff id {diff_id}"))?;
-    let reader = crate::source::layer_fetch::ChunkReader::new(rx);
+    let reader = crate::source::chunk_stream::ChunkReader::new(rx);
     let imported = composefs_oci::import_layer(repo, &digest, None, reader).await;
     producer.await.context("rebuilding the layer")?;
     imported.context("importing the rebuilt layer")?;
