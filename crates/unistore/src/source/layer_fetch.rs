@@ -169,11 +169,23 @@ async fn partial_layers(
     let image = spec.strip_prefix("docker://").unwrap_or(spec);
     let n = layers.len();
     for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
-        if !chunked::is_chunked(layer.annotations().as_ref()) || !diff_id.starts_with("sha256:") {
+        if !diff_id.starts_with("sha256:") {
             continue;
         }
         let stream = crate::stores::composefs_repo::layer_stream_id(diff_id)?;
         if repo.has_stream(&stream)?.is_some() {
+            continue;
+        }
+        if !chunked::is_chunked(layer.annotations().as_ref()) {
+            if *layer.media_type() == MediaType::ImageLayerZstd {
+                crate::progress::step(
+                    progress,
+                    format!(
+                        "Layer {} of {n}: zstd, not zstd:chunked: fetched whole",
+                        i + 1
+                    ),
+                );
+            }
             continue;
         }
         let digest = layer.digest().to_string();
