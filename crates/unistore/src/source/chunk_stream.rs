@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 /// Chunks from a channel as a byte stream: blocking ([`Read`], the
-/// compressed chunks from [`pump`] on the inflating thread) or async
+/// compressed chunks of [`super::layer_fetch`] on its inflating thread) or async
 /// ([`AsyncRead`], the tar stream into the import).
 pub struct ChunkReader {
     rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,

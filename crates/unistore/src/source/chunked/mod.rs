@@ -16,12 +16,15 @@
 //! The steps, for each zstd:chunked layer the repository lacks:
 //! 1. [`local::Local::scan`]: what the host has (contents by SHA-256 and
 //!    tar headers by name, from every layer of every image in the
-//!    repository). An empty repository (a first install) fetches whole.
+//!    repository, and an ostree host's own objects when it has them). An
+//!    empty repository (a first install) fetches whole;
 //! 2. the table of contents, by range, checked against the manifest's
 //!    checksum ([`toc`]);
 //! 3. [`rebuild::Plan`]: each file content local or fetched, the headers
 //!    between contents predicted from local headers where every entry's
-//!    metadata is the table's, else fetched; the last gap always fetched;
+//!    metadata is the table's, else fetched; the last gap always fetched.
+//!    A layer of which the host has less than half the content fetches
+//!    whole (one stream costs less than many ranges);
 //! 4. the ranges fetched into a spool file (an unlinked temporary file);
 //! 5. [`rebuild::verify`]: fetched contents against their size and digest,
 //!    the stream's entries against the table, its SHA-256 against the
@@ -189,10 +192,18 @@ pub async fn pull_layer(
     .await
     .context("planning the partial pull")??;
     let table = Arc::new(t);
+    let all = plan.bytes(|s| s.file.is_some());
     if local_bytes == 0 {
         return Ok(Outcome::Declined(
             "the host has none of this layer's files".into(),
         ));
+    }
+    // Mostly new: one stream costs less than many ranges.
+    if local_bytes * 2 < all {
+        return Ok(Outcome::Declined(format!(
+            "the host has only {}% of this layer's content",
+            local_bytes * 100 / all.max(1)
+        )));
     }
     out.files_fetched = plan
         .segs
