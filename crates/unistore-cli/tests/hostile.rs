@@ -504,32 +504,9 @@ fn manifest_with_thousands_of_layers() {
 
 /// Retags `tag` as `many` with its last layer repeated to `n` layers.
 fn many_layers(oci: &Path, tag: &str, n: usize) -> String {
-    use sha2::{Digest, Sha256};
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let blob = |d: &str| {
-        oci.join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let put = |bytes: &[u8]| {
-        let hex = hex::encode(Sha256::digest(bytes));
-        std::fs::write(oci.join("blobs/sha256").join(&hex), bytes).unwrap();
-        (format!("sha256:{hex}"), bytes.len())
-    };
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(blob(desc["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
-    let mut c: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob(m["config"]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
+    let mut l = common::layout::Layout::open(oci);
+    let (desc, mut m) = l.manifest(tag);
+    let mut c = l.json(m["config"]["digest"].as_str().unwrap());
     let last_layer = m["layers"].as_array().unwrap().last().unwrap().clone();
     let last_diff = c["rootfs"]["diff_ids"]
         .as_array()
@@ -545,17 +522,8 @@ fn many_layers(oci: &Path, tag: &str, n: usize) -> String {
             .push(last_diff.clone());
     }
     c["history"] = serde_json::Value::Array(vec![]);
-    let (cd, cs) = put(&serde_json::to_vec(&c).unwrap());
-    m["config"]["digest"] = cd.into();
-    m["config"]["size"] = cs.into();
-    let (md, ms) = put(&serde_json::to_vec(&m).unwrap());
-    let mut index = index;
-    let mut nd = desc.clone();
-    nd["digest"] = md.into();
-    nd["size"] = ms.into();
-    nd["annotations"]["org.opencontainers.image.ref.name"] = "many".into();
-    index["manifests"].as_array_mut().unwrap().push(nd);
-    std::fs::write(oci.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    l.put_json(&c, &mut m["config"]);
+    l.tag(&desc, &m, "many");
     "many".into()
 }
 

@@ -353,22 +353,8 @@ fn upgrades_fetch_only_the_changed_files_and_match_a_fresh_install() {
 /// with its table of contents changed by `lie`, as a new tag `out_tag`.
 fn lying_image(oci: &Path, tag: &str, out_tag: &str, lie: impl Fn(&mut Vec<Value>)) {
     use sha2::Digest;
-    let idx_path = oci.join("index.json");
-    let mut index: Value = serde_json::from_slice(&std::fs::read(&idx_path).unwrap()).unwrap();
-    let blob = |d: &str| {
-        oci.join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let mdesc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let mut manifest: Value =
-        serde_json::from_slice(&std::fs::read(blob(mdesc["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
+    let mut lay = common::layout::Layout::open(oci);
+    let (desc, mut manifest) = lay.manifest(tag);
     let l = &mut manifest["layers"][0];
     let key = "io.containers.zstd-chunked.manifest-position";
     let n: Vec<u64> = l["annotations"][key]
@@ -377,43 +363,32 @@ fn lying_image(oci: &Path, tag: &str, out_tag: &str, lie: impl Fn(&mut Vec<Value
         .split(':')
         .map(|x| x.parse().unwrap())
         .collect();
-    let data = std::fs::read(blob(l["digest"].as_str().unwrap())).unwrap();
-    let mut toc: Value = serde_json::from_slice(
-        &zstd::decode_all(&data[n[0] as usize..(n[0] + n[1]) as usize]).unwrap(),
-    )
-    .unwrap();
+    let data = lay.read(l["digest"].as_str().unwrap());
+    let table = zstd::decode_all(&data[n[0] as usize..(n[0] + n[1]) as usize]).unwrap();
+    let mut toc: Value = serde_json::from_slice(&table).unwrap();
     lie(toc["entries"].as_array_mut().unwrap());
-    let z = zstd::encode_all(&serde_json::to_vec(&toc).unwrap()[..], 3).unwrap();
+    let json = serde_json::to_vec(&toc).unwrap();
+    let z = zstd::encode_all(&json[..], 3).unwrap();
     // The tar frames, the table in a skippable frame, the footer.
     let mut out = data[..(n[0] - 8) as usize].to_vec();
     let offset = out.len() as u64 + 8;
-    out.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    let skippable = 0x184D2A50u32.to_le_bytes();
+    out.extend_from_slice(&skippable);
     out.extend_from_slice(&(z.len() as u32).to_le_bytes());
     out.extend_from_slice(&z);
-    let ulen = serde_json::to_vec(&toc).unwrap().len() as u64;
-    out.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    out.extend_from_slice(&skippable);
     out.extend_from_slice(&40u32.to_le_bytes());
-    for v in [offset, z.len() as u64, ulen, 1] {
+    for v in [offset, z.len() as u64, json.len() as u64, 1] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(b"GnUlInUx");
-    let write = |bytes: &[u8]| -> String {
-        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
-        std::fs::write(blob(&d), bytes).unwrap();
-        d
-    };
-    l["digest"] = write(&out).into();
-    l["size"] = (out.len() as u64).into();
-    l["annotations"][key] = format!("{offset}:{}:{ulen}:1", z.len()).into();
+    let (d, size) = lay.put(&out);
+    l["digest"] = d.into();
+    l["size"] = size.into();
+    l["annotations"][key] = format!("{offset}:{}:{}:1", z.len(), json.len()).into();
     l["annotations"]["io.containers.zstd-chunked.manifest-checksum"] =
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(&z))).into();
-    let mbytes = serde_json::to_vec(&manifest).unwrap();
-    let mut desc = mdesc.clone();
-    desc["digest"] = write(&mbytes).into();
-    desc["size"] = (mbytes.len() as u64).into();
-    desc["annotations"]["org.opencontainers.image.ref.name"] = out_tag.into();
-    index["manifests"].as_array_mut().unwrap().push(desc);
-    std::fs::write(&idx_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    lay.tag(&desc, &manifest, out_tag);
 }
 
 #[test]
@@ -454,13 +429,7 @@ fn lying_tables_and_blobs_fail_naming_the_layer_and_the_file() {
     let before = status(root);
     for lie in ["digest", "offset"] {
         let src = reg.push_oci(&z, lie, "os").unwrap();
-        let out = run(cmd(&reg, root).args(["switch", &src]));
-        assert!(!out.status.success(), "{lie}: the upgrade passed");
-        let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .find(|l| l.starts_with("error:"))
-            .unwrap_or_else(|| panic!("{err}"));
+        let line = run_fails(cmd(&reg, root).args(["switch", &src]), "layer 1 of 2");
         assert!(
             line.contains("layer 1 of 2") && line.contains(&format!("{target:?}")),
             "{lie}: {line}"
@@ -483,7 +452,9 @@ fn lying_tables_and_blobs_fail_naming_the_layer_and_the_file() {
     std::fs::write(&path, &good).unwrap();
     assert!(!out.status.success(), "other bytes: the upgrade passed");
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().find(|l| l.starts_with("error:")).unwrap();
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let line = errors[0];
     assert!(
         line.contains("layer 1 of 2") && line.contains(&format!("{target:?}")),
         "{line}"
@@ -669,10 +640,9 @@ fn registries_without_ranges_or_cutting_them_short() {
             }
             Twist::Cut(_) => {
                 assert!(!out.status.success(), "a cut range passed: {err}");
-                let line = err
-                    .lines()
-                    .find(|l| l.starts_with("error:"))
-                    .unwrap_or_else(|| panic!("{err}"));
+                let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+                assert_eq!(errors.len(), 1, "{err}");
+                let line = errors[0];
                 // Whichever cut range fails first: a changed file's.
                 assert!(
                     line.contains("layer 1 of 2")
@@ -697,32 +667,10 @@ fn registries_without_ranges_or_cutting_them_short() {
 fn respell_header(oci: &Path, tag: &str, new_tag: &str, name: &str) {
     use sha2::Digest;
     use std::io::{Read, Write};
-    let blob = |d: &str| {
-        oci.join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let write = |bytes: &[u8]| -> String {
-        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
-        std::fs::write(blob(&d), bytes).unwrap();
-        d
-    };
-    let idx_path = oci.join("index.json");
-    let mut index: Value = serde_json::from_slice(&std::fs::read(&idx_path).unwrap()).unwrap();
-    let mut desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let mut manifest: Value =
-        serde_json::from_slice(&std::fs::read(blob(desc["digest"].as_str().unwrap())).unwrap())
-            .unwrap();
-    let mut config: Value = serde_json::from_slice(
-        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let gz = std::fs::read(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut lay = common::layout::Layout::open(oci);
+    let (desc, mut manifest) = lay.manifest(tag);
+    let mut config = lay.json(manifest["config"]["digest"].as_str().unwrap());
+    let gz = lay.read(manifest["layers"][0]["digest"].as_str().unwrap());
     let mut tar = vec![];
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_end(&mut tar)
@@ -752,19 +700,12 @@ fn respell_header(oci: &Path, tag: &str, new_tag: &str, name: &str) {
     let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar)));
     let mut enc = flate2::write::GzEncoder::new(vec![], flate2::Compression::fast());
     enc.write_all(&tar).unwrap();
-    let gz = enc.finish().unwrap();
-    manifest["layers"][0]["digest"] = write(&gz).into();
-    manifest["layers"][0]["size"] = (gz.len() as u64).into();
+    let (d, size) = lay.put(&enc.finish().unwrap());
+    manifest["layers"][0]["digest"] = d.into();
+    manifest["layers"][0]["size"] = size.into();
     config["rootfs"]["diff_ids"][0] = diff_id.into();
-    let c = serde_json::to_vec(&config).unwrap();
-    manifest["config"]["digest"] = write(&c).into();
-    manifest["config"]["size"] = (c.len() as u64).into();
-    let m = serde_json::to_vec(&manifest).unwrap();
-    desc["digest"] = write(&m).into();
-    desc["size"] = (m.len() as u64).into();
-    desc["annotations"]["org.opencontainers.image.ref.name"] = new_tag.into();
-    index["manifests"].as_array_mut().unwrap().push(desc);
-    std::fs::write(&idx_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    lay.put_json(&config, &mut manifest["config"]);
+    lay.tag(&desc, &manifest, new_tag);
 }
 
 /// A tar header of an unchanged file spelled differently in v2: the header

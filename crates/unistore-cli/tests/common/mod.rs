@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 pub mod boot;
 pub mod checker;
+pub mod layout;
 pub mod ostree;
 pub mod random_tree;
 pub mod stores;
