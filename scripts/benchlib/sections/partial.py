@@ -15,10 +15,13 @@ import urllib.request
 from ..fs import make_fs
 from ..ops import install_args
 from ..tools import podman_cmd, podman_env, unistore_env
+from ..results import guarded
 from ..util import Failed, MIB, WORK, log, run, timed
 
 STORAGE_CONF = """[storage]
 driver = "overlay"
+runroot = "/run/containers/storage"
+graphroot = "/var/lib/containers/storage"
 [storage.options]
 pull_options = {enable_partial_images = "true", use_hard_links = "false", ostree_repos = ""}
 """
@@ -94,29 +97,32 @@ def bench_partial(ctx, res, run_no):
     k = run_no % len(TOOLS)
     runroot = ctx.rundir / "podrun"
     for tool in TOOLS[k:] + TOOLS[:k]:
-        with make_fs(ctx, "xfs", f"partial-{tool}") as fs:
-            if tool.startswith("unistore"):
-                env = unistore_env(ctx)
-                if tool == "unistore-whole":
-                    env["UNISTORE_WHOLE_LAYERS"] = "1"
-                run(install_args(ctx, p["v1"], fs.mnt, "enabled" if tool == "unistore-unified" else None), env=env)
-                cmd = [ctx.unistore, "-v", "--sysroot", fs.mnt, "switch", p["v2"]]
-            else:
-                env = podman_env(ctx)
-                if tool == "podman-partial":
-                    conf = ctx.rundir / "storage-partial.conf"
-                    conf.write_text(STORAGE_CONF)
-                    env["CONTAINERS_STORAGE_CONF"] = str(conf)
-                run(podman_cmd(ctx, fs.mnt / "podman", runroot, "pull", "-q", p["v1"]), env=env)
-                cmd = podman_cmd(ctx, fs.mnt / "podman", runroot, "pull", "-q", p["v2"])
-            mark = ctx.reg.mark()
-            r = timed(cmd, env=env, sync_path=fs.mnt, label=f"{tool} v1 -> v2")
-            r.update(ctx.reg.served_since(mark))
-            said = [l for _, l in r.get("lines", []) if "zstd:chunked" in l]
-            r["said"] = said[:2]
-            r.pop("lines", None)
-            rec = res.add("partial", tool, run_no, **r)
-            log(f"  partial {tool:16} {rec['wall']:6.2f} s  fetched {rec['blob_bytes'] / MIB:8.3f} MiB in {rec['blob_gets']} GETs")
+        guarded(res, "partial", tool, lambda tool=tool: one(ctx, res, run_no, p, tool, runroot))
         shutil.rmtree(runroot, ignore_errors=True)
     if not res.values("partial", "unistore", "wall"):
         raise Failed("the partial section measured nothing")
+
+
+def one(ctx, res, run_no, p, tool, runroot):
+    with make_fs(ctx, "xfs", f"partial-{tool}") as fs:
+        if tool.startswith("unistore"):
+            env = unistore_env(ctx)
+            if tool == "unistore-whole":
+                env["UNISTORE_WHOLE_LAYERS"] = "1"
+            run(install_args(ctx, p["v1"], fs.mnt, "enabled" if tool == "unistore-unified" else None), env=env)
+            cmd = [ctx.unistore, "-v", "--sysroot", fs.mnt, "switch", p["v2"]]
+        else:
+            env = podman_env(ctx)
+            if tool == "podman-partial":
+                conf = ctx.rundir / "storage-partial.conf"
+                conf.write_text(STORAGE_CONF)
+                env["CONTAINERS_STORAGE_CONF"] = str(conf)
+            run(podman_cmd(ctx, fs.mnt / "podman", runroot, "pull", "-q", p["v1"]), env=env)
+            cmd = podman_cmd(ctx, fs.mnt / "podman", runroot, "pull", "-q", p["v2"])
+        mark = ctx.reg.mark()
+        r = timed(cmd, env=env, sync_path=fs.mnt, label=f"{tool} v1 -> v2")
+        r.update(ctx.reg.served_since(mark))
+        r["said"] = [line for _, line in r.get("lines", []) if "zstd:chunked" in line][:2]
+        r.pop("lines", None)
+        rec = res.add("partial", tool, run_no, **r)
+        log(f"  partial {tool:16} {rec['wall']:6.2f} s  fetched {rec['blob_bytes'] / MIB:8.3f} MiB in {rec['blob_gets']} GETs")

@@ -204,8 +204,13 @@ pub fn walk_chunks<'a>(
 enum State {
     /// Expecting a header.
     Header,
-    /// Collecting the content of `entry`.
-    Content { entry: Entry, collected: Vec<u8> },
+    /// Collecting the content of `entry` (`got` bytes so far, kept in
+    /// `collected` unless the walker keeps no contents).
+    Content {
+        entry: Entry,
+        collected: Vec<u8>,
+        got: u64,
+    },
     /// Padding after content.
     Padding { remaining: usize },
     /// After the end-of-archive marker: everything is raw.
@@ -216,6 +221,9 @@ enum State {
 /// stream whose contents may be objects of the repository).
 pub struct Walker<'v> {
     visitor: &'v mut dyn LayerVisitor,
+    /// Keep inline contents for the visitor (else it gets an empty slice
+    /// and the bytes are only counted).
+    keep: bool,
     parser: Parser,
     buf: Vec<u8>,
     pos: usize,
@@ -254,10 +262,20 @@ impl<'v> Walker<'v> {
     pub fn new(visitor: &'v mut dyn LayerVisitor) -> Self {
         Self {
             visitor,
+            keep: true,
             parser: Parser::with_defaults(),
             buf: Vec::new(),
             pos: 0,
             state: State::Header,
+        }
+    }
+
+    /// A walker whose visitor gets no inline contents (an empty slice):
+    /// for checks of a stream with files of any size.
+    pub fn without_contents(visitor: &'v mut dyn LayerVisitor) -> Self {
+        Self {
+            keep: false,
+            ..Self::new(visitor)
         }
     }
 
@@ -278,7 +296,7 @@ impl<'v> Walker<'v> {
             "an object reference in the middle of inline tar data"
         );
         match std::mem::replace(&mut self.state, State::Header) {
-            State::Content { entry, collected } if collected.is_empty() => {
+            State::Content { entry, got: 0, .. } => {
                 ensure!(
                     entry.kind == Kind::Regular,
                     "an object reference as the content of {} (not a regular file)",
@@ -379,22 +397,31 @@ impl<'v> Walker<'v> {
                                 self.state = State::Content {
                                     entry: e,
                                     collected: Vec::new(),
+                                    got: 0,
                                 };
                             }
                         }
                     }
                 }
-                State::Content { entry, collected } => {
+                State::Content {
+                    entry,
+                    collected,
+                    got,
+                } => {
                     if avail == 0 {
                         return Ok(());
                     }
-                    let want = (entry.size as usize) - collected.len();
-                    let take = want.min(avail);
-                    collected.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+                    let want = entry.size - *got;
+                    let take = (want.min(avail as u64)) as usize;
+                    if self.keep {
+                        collected.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+                    }
                     self.pos += take;
-                    if collected.len() as u64 == entry.size {
-                        let State::Content { entry, collected } =
-                            std::mem::replace(&mut self.state, State::Header)
+                    *got += take as u64;
+                    if *got == entry.size {
+                        let State::Content {
+                            entry, collected, ..
+                        } = std::mem::replace(&mut self.state, State::Header)
                         else {
                             unreachable!()
                         };

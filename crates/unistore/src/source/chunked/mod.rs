@@ -343,7 +343,11 @@ impl Sink for ImportSink {
         Ok(())
     }
 
-    fn content(&mut self, b: &[u8], _: Option<&ObjectId>) -> Result<()> {
+    fn content_start(&mut self, _: u64, _: Option<&ObjectId>) -> Result<()> {
+        Ok(())
+    }
+
+    fn content(&mut self, b: &[u8]) -> Result<()> {
         self.bytes(b)
     }
 }

@@ -170,29 +170,37 @@ impl Plan {
                         sink.bytes(&decompress(&raw, MAX_GAP, false)?)
                     }
                     (From::Spool(at), Some(e)) => {
-                        let raw = read_spool(spool, *at, s.end - s.start)?;
-                        let data = decompress(&raw, e.size, true).with_context(|| {
+                        sink.content_start(e.size, None)?;
+                        let mut sha = Sha256::new();
+                        let range = SpoolRange {
+                            file: spool,
+                            pos: *at,
+                            end: *at + (s.end - s.start),
+                        };
+                        let d = zstd::stream::read::Decoder::new(range).context("not zstd data")?;
+                        stream(d, e.size, |b| {
+                            sha.update(b);
+                            sink.content(b)
+                        })
+                        .with_context(|| {
                             format!(
                                 "bytes {}..{} of the blob are not its zstd frames",
                                 s.start, s.end
                             )
                         })?;
-                        check_content(e, &data)?;
-                        sink.content(&data, None)
+                        check_digest(e, sha)
                     }
-                    (From::Local(Content::Inline(b)), Some(_)) => sink.content(b, None),
                     (From::Local(c), Some(e)) => {
-                        let mut data = Vec::with_capacity(e.size as usize);
-                        c.open(repo)?.read_to_end(&mut data)?;
-                        // An object can only change under fs-verity's eye
-                        // in an insecure repository: check the size at least
-                        // (the diff-id check sees the rest).
-                        ensure!(data.len() as u64 == e.size, "the local copy changed size");
                         let object = match c {
                             Content::Object(id) => Some(id),
                             _ => None,
                         };
-                        sink.content(&data, object)
+                        sink.content_start(e.size, object)?;
+                        // An object can only change under fs-verity's eye
+                        // in an insecure repository: the size is checked
+                        // here, the rest by the diff-id.
+                        stream(c.open(repo)?, e.size, |b| sink.content(b))
+                            .context("the local copy changed")
                     }
                     (from, _) => bail!("internal: segment {}..{} from {from:?}", s.start, s.end),
                 }
@@ -219,6 +227,42 @@ fn predict_gap(local: &Local, entries: &[TocEntry], prev_size: u64) -> Option<Ve
         out.extend_from_slice(local.header(e)?);
     }
     Some(out)
+}
+
+/// A range of the spool file, read in order.
+struct SpoolRange<'f> {
+    file: &'f std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for SpoolRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min((self.end - self.pos) as usize);
+        let n = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Passes exactly `size` bytes of `r` to `f`, 1 MiB at a time; fails on
+/// fewer or more.
+fn stream(mut r: impl Read, size: u64, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut buf = vec![0u8; (1 << 20).min(size as usize + 1).max(1)];
+    let mut got = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        got += n as u64;
+        ensure!(got <= size, "it holds more than its size {size}");
+        f(&buf[..n])?;
+    }
+    ensure!(got == size, "it holds {got} bytes, not its size {size}");
+    Ok(())
 }
 
 fn read_spool(spool: &std::fs::File, at: u64, len: u64) -> Result<Vec<u8>> {
@@ -248,8 +292,8 @@ fn decompress(raw: &[u8], limit: u64, exact: bool) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn check_content(e: &TocEntry, data: &[u8]) -> Result<()> {
-    let got = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+fn check_digest(e: &TocEntry, sha: Sha256) -> Result<()> {
+    let got = format!("sha256:{}", hex::encode(sha.finalize()));
     ensure!(
         got == e.digest,
         "the bytes of its range have digest {got}, not {} as the table of contents says",
@@ -262,8 +306,11 @@ fn check_content(e: &TocEntry, data: &[u8]) -> Result<()> {
 pub trait Sink {
     /// Headers, padding, end-of-archive blocks.
     fn bytes(&mut self, b: &[u8]) -> Result<()>;
-    /// A file's content; `object` when it is an object of the repository.
-    fn content(&mut self, b: &[u8], object: Option<&ObjectId>) -> Result<()>;
+    /// A file's content of `size` bytes follows (in [`Self::content`]
+    /// pieces); `object` when it is an object of the repository.
+    fn content_start(&mut self, size: u64, object: Option<&ObjectId>) -> Result<()>;
+    /// A piece of a file's content.
+    fn content(&mut self, b: &[u8]) -> Result<()>;
 }
 
 /// The stream's digest did not match the diff-id.
@@ -285,10 +332,11 @@ pub fn verify(
     let mut order = Order { toc, next: 0 };
     let mut v = VerifySink {
         sha: Sha256::new(),
-        walker: Walker::new(&mut order),
+        walker: Walker::without_contents(&mut order),
+        object: false,
     };
     plan.produce(toc, repo, spool, &mut v)?;
-    let VerifySink { sha, walker } = v;
+    let VerifySink { sha, walker, .. } = v;
     walker.finish().context("the rebuilt tar stream")?;
     ensure!(
         order.next == toc.entries.len(),
@@ -309,6 +357,8 @@ pub fn verify(
 struct VerifySink<'v> {
     sha: Sha256,
     walker: Walker<'v>,
+    /// The current content is an object's (the walker has its id).
+    object: bool,
 }
 
 impl Sink for VerifySink<'_> {
@@ -317,11 +367,20 @@ impl Sink for VerifySink<'_> {
         self.walker.inline(b)
     }
 
-    fn content(&mut self, b: &[u8], object: Option<&ObjectId>) -> Result<()> {
-        self.sha.update(b);
+    fn content_start(&mut self, _: u64, object: Option<&ObjectId>) -> Result<()> {
+        self.object = object.is_some();
         match object {
             Some(id) => self.walker.external(id),
-            None => self.walker.inline(b),
+            None => Ok(()),
+        }
+    }
+
+    fn content(&mut self, b: &[u8]) -> Result<()> {
+        self.sha.update(b);
+        if self.object {
+            Ok(())
+        } else {
+            self.walker.inline(b)
         }
     }
 }
@@ -392,6 +451,7 @@ mod tests {
 
     #[test]
     fn contents_are_checked_against_size_and_digest() {
+        use sha2::Digest;
         let data = b"hello";
         let z = zstd::encode_all(&data[..], 3).unwrap();
         assert_eq!(decompress(&z, 5, true).unwrap(), data);
@@ -402,8 +462,17 @@ mod tests {
             digest: format!("sha256:{}", hex::encode(Sha256::digest(data))),
             ..Default::default()
         };
-        check_content(&e, data).unwrap();
+        check_digest(&e, Sha256::new_with_prefix(data)).unwrap();
         e.digest = format!("sha256:{}", "0".repeat(64));
-        assert!(check_content(&e, data).is_err());
+        assert!(check_digest(&e, Sha256::new_with_prefix(data)).is_err());
+        let mut got = vec![];
+        stream(&data[..], 5, |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, data);
+        assert!(stream(&data[..], 4, |_| Ok(())).is_err());
+        assert!(stream(&data[..], 6, |_| Ok(())).is_err());
     }
 }
