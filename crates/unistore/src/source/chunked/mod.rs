@@ -180,7 +180,8 @@ pub async fn pull_layer(
     let (mut plan, local_bytes, t) = tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();
         let plan = Plan::new(&t, &mut local, &r, true)?;
-        let have = plan.bytes(|s| s.file.is_some() && matches!(s.from, From::Local(_)));
+        let have =
+            plan.bytes(|s| s.file.is_some() && matches!(s.from, From::Local(_) | From::Zeros));
         tracing::debug!(
             "planned in {:?}: {} local files indexed, {} bytes hashed",
             started.elapsed(),
@@ -205,11 +206,14 @@ pub async fn pull_layer(
             local_bytes * 100 / all.max(1)
         )));
     }
-    out.files_fetched = plan
+    let mut fetched_files: Vec<usize> = plan
         .segs
         .iter()
-        .filter(|s| s.file.is_some() && !matches!(s.from, From::Local(_)))
-        .count();
+        .filter(|s| matches!(s.from, From::Fetch))
+        .filter_map(|s| s.file)
+        .collect();
+    fetched_files.dedup();
+    out.files_fetched = fetched_files.len();
     // 4-5. Fetch, check; once more without predictions if need be.
     let mut spooled = loc.length;
     for attempt in 0..2 {
@@ -265,7 +269,14 @@ fn name_range(t: &toc::Toc, start: u64, end: u64) -> String {
         .map(|e| e.name.as_str())
         .collect();
     match names.as_slice() {
-        [] => format!("bytes {start}..{end} of the blob (tar headers)"),
+        [] => match t
+            .entries
+            .iter()
+            .find(|e| e.has_content() && e.offset >= end)
+        {
+            Some(e) => format!("the tar headers before file {:?}", e.name),
+            None => format!("bytes {start}..{end} of the blob (the end of the tar)"),
+        },
         [one] => format!("file {one:?}"),
         [first, rest @ ..] => format!("file {first:?} (and {} more in the same range)", rest.len()),
     }

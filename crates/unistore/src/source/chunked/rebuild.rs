@@ -39,6 +39,8 @@ pub enum From {
     Local(Content),
     /// Not decided yet (to be fetched).
     Fetch,
+    /// A chunk of zeros (files only).
+    Zeros,
 }
 
 /// One segment of the blob.
@@ -50,6 +52,9 @@ pub struct Seg {
     pub file: Option<usize>,
     /// A gap: the entries whose headers it holds.
     pub entries: std::ops::Range<usize>,
+    /// A chunk of the file's content: (offset in the file, size); `None`:
+    /// the whole content.
+    pub chunk: Option<(u64, u64)>,
     pub from: From,
 }
 
@@ -83,16 +88,49 @@ impl Plan {
                 end: e.offset,
                 file: None,
                 entries: first..i + 1,
+                chunk: None,
                 from: pred.map_or(From::Fetch, From::Predicted),
             });
-            let from = local.content(repo, e)?.map_or(From::Fetch, From::Local);
-            segs.push(Seg {
-                start: e.offset,
-                end: e.end_offset,
-                file: Some(i),
-                entries: i..i,
-                from,
-            });
+            match local.content(repo, e)? {
+                Some(c) => segs.push(Seg {
+                    start: e.offset,
+                    end: e.end_offset,
+                    file: Some(i),
+                    entries: i..i,
+                    chunk: None,
+                    from: From::Local(c),
+                }),
+                // A file the host lacks: its chunks the host has (the same
+                // path changed elsewhere) or of zeros are not fetched.
+                None if e.chunks.len() > 1 => {
+                    for (k, c) in e.chunks.iter().enumerate() {
+                        let end = e.chunks.get(k + 1).map_or(e.end_offset, |n| n.blob_offset);
+                        let from = if c.zeros {
+                            From::Zeros
+                        } else {
+                            local
+                                .chunk(repo, &e.name, c)?
+                                .map_or(From::Fetch, From::Local)
+                        };
+                        segs.push(Seg {
+                            start: c.blob_offset,
+                            end,
+                            file: Some(i),
+                            entries: i..i,
+                            chunk: Some((c.offset, c.size)),
+                            from,
+                        });
+                    }
+                }
+                None => segs.push(Seg {
+                    start: e.offset,
+                    end: e.end_offset,
+                    file: Some(i),
+                    entries: i..i,
+                    chunk: None,
+                    from: From::Fetch,
+                }),
+            }
             (pos, first, prev_size) = (e.end_offset, i + 1, e.size);
         }
         // The last gap: the remaining headers and the end-of-archive blocks,
@@ -102,6 +140,7 @@ impl Plan {
             end: toc.tar_end,
             file: None,
             entries: first..es.len(),
+            chunk: None,
             from: From::Fetch,
         });
         Ok(Self { segs })
@@ -160,63 +199,106 @@ impl Plan {
         spool: &std::fs::File,
         sink: &mut dyn Sink,
     ) -> Result<()> {
-        for s in &self.segs {
-            let entry = s.file.map(|i| &toc.entries[i]);
-            let r = (|| -> Result<()> {
-                match (&s.from, entry) {
-                    (From::Predicted(b), None) => sink.bytes(b),
-                    (From::Spool(at), None) => {
-                        let raw = read_spool(spool, *at, s.end - s.start)?;
-                        sink.bytes(&decompress(&raw, MAX_GAP, false)?)
+        let mut i = 0;
+        while i < self.segs.len() {
+            let s = &self.segs[i];
+            let Some(f) = s.file else {
+                self.gap(s, toc, spool, sink).with_context(|| {
+                    match toc.entries.get(s.entries.end.saturating_sub(1)) {
+                        Some(e) if !s.entries.is_empty() => {
+                            format!("the headers before file {:?}", e.name)
+                        }
+                        _ => "the end of the tar".to_string(),
                     }
-                    (From::Spool(at), Some(e)) => {
-                        sink.content_start(e.size, None)?;
-                        let mut sha = Sha256::new();
-                        let range = SpoolRange {
-                            file: spool,
-                            pos: *at,
-                            end: *at + (s.end - s.start),
-                        };
-                        let d = zstd::stream::read::Decoder::new(range).context("not zstd data")?;
-                        stream(d, e.size, |b| {
-                            sha.update(b);
-                            sink.content(b)
-                        })
-                        .with_context(|| {
-                            format!(
-                                "bytes {}..{} of the blob are not its zstd frames",
-                                s.start, s.end
-                            )
-                        })?;
-                        check_digest(e, sha)
-                    }
-                    (From::Local(c), Some(e)) => {
-                        let object = match c {
-                            Content::Object(id) => Some(id),
-                            _ => None,
-                        };
-                        sink.content_start(e.size, object)?;
-                        // An object can only change under fs-verity's eye
-                        // in an insecure repository: the size is checked
-                        // here, the rest by the diff-id.
-                        stream(c.open(repo)?, e.size, |b| sink.content(b))
-                            .context("the local copy changed")
-                    }
-                    (from, _) => bail!("internal: segment {}..{} from {from:?}", s.start, s.end),
-                }
-            })();
-            r.with_context(|| match entry {
-                Some(e) => format!("file {:?}", e.name),
-                None => match toc.entries.get(s.entries.end.saturating_sub(1)) {
-                    Some(e) if !s.entries.is_empty() => {
-                        format!("the headers before file {:?}", e.name)
-                    }
-                    _ => "the end of the tar".to_string(),
-                },
-            })?;
+                })?;
+                i += 1;
+                continue;
+            };
+            let n = self.segs[i..]
+                .iter()
+                .take_while(|s| s.file == Some(f))
+                .count();
+            let e = &toc.entries[f];
+            file(e, &self.segs[i..i + n], repo, spool, sink)
+                .with_context(|| format!("file {:?}", e.name))?;
+            i += n;
         }
         Ok(())
     }
+
+    fn gap(&self, s: &Seg, _toc: &Toc, spool: &std::fs::File, sink: &mut dyn Sink) -> Result<()> {
+        match &s.from {
+            From::Predicted(b) => sink.bytes(b),
+            From::Spool(at) => {
+                let raw = read_spool(spool, *at, s.end - s.start)?;
+                sink.bytes(&decompress(&raw, MAX_GAP, false)?)
+            }
+            from => bail!("internal: gap {}..{} from {from:?}", s.start, s.end),
+        }
+    }
+}
+
+/// A file's content from its segments (one, or its chunks), checked
+/// against its size and SHA-256 as it goes into `sink`.
+fn file(
+    e: &TocEntry,
+    segs: &[Seg],
+    repo: &Repo,
+    spool: &std::fs::File,
+    sink: &mut dyn Sink,
+) -> Result<()> {
+    // A whole local content: as it is (an object the walker knows by id).
+    if let [
+        Seg {
+            chunk: None,
+            from: From::Local(c),
+            ..
+        },
+    ] = segs
+    {
+        let object = match c {
+            Content::Object(id) => Some(id),
+            _ => None,
+        };
+        sink.content_start(e.size, object)?;
+        // An object can only change under fs-verity's eye in an insecure
+        // repository: the size is checked here, the rest by the diff-id.
+        return stream(c.open(repo)?, e.size, |b| sink.content(b))
+            .context("the local copy changed");
+    }
+    sink.content_start(e.size, None)?;
+    let mut sha = Sha256::new();
+    for s in segs {
+        let (offset, size) = s.chunk.unwrap_or((0, e.size));
+        let mut feed = |b: &[u8]| {
+            sha.update(b);
+            sink.content(b)
+        };
+        match &s.from {
+            From::Spool(at) => {
+                let range = SpoolRange {
+                    file: spool,
+                    pos: *at,
+                    end: *at + (s.end - s.start),
+                };
+                let d = zstd::stream::read::Decoder::new(range).context("not zstd data")?;
+                stream(d, size, &mut feed).with_context(|| {
+                    format!(
+                        "bytes {}..{} of the blob are not its zstd frames",
+                        s.start, s.end
+                    )
+                })?;
+            }
+            From::Local(c) => {
+                let mut r = c.open(repo)?;
+                std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())?;
+                stream(r.take(size), size, &mut feed).context("the local copy changed")?;
+            }
+            From::Zeros => stream(std::io::repeat(0).take(size), size, &mut feed)?,
+            from => bail!("internal: content {}..{} from {from:?}", s.start, s.end),
+        }
+    }
+    check_digest(e, sha)
 }
 
 /// Headers the host has for every entry of a gap, after the padding of the
@@ -430,6 +512,7 @@ mod tests {
             end,
             file: None,
             entries: 0..0,
+            chunk: None,
             from,
         };
         let mut p = Plan {

@@ -111,6 +111,30 @@ pub struct TocEntry {
     pub digest: String,
     pub offset: u64,
     pub end_offset: u64,
+    pub chunk_size: Option<u64>,
+    pub chunk_offset: u64,
+    pub chunk_digest: String,
+    pub chunk_type: String,
+    /// A file's chunks (content-defined pieces, each its own zstd frames),
+    /// from the `chunk` entries that follow it; empty when the table gives
+    /// none or gives them inconsistently (the file is then one piece).
+    #[serde(skip)]
+    pub chunks: Vec<Chunk>,
+}
+
+/// A piece of a file's content with zstd frames of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Where its frames start in the blob (they end where the next
+    /// chunk's, or the file's, start).
+    pub blob_offset: u64,
+    /// Where it starts in the file.
+    pub offset: u64,
+    pub size: u64,
+    /// `sha256:` of its bytes.
+    pub digest: String,
+    /// All zeros (`chunkType: zeros`).
+    pub zeros: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -206,11 +230,27 @@ pub fn parse(json: &[u8], toc_offset: u64) -> Result<Toc> {
         doc.version
     );
     let tar_end = toc_offset - 8;
-    let entries: Vec<TocEntry> = doc
-        .entries
-        .into_iter()
-        .filter(|e| e.kind != "chunk")
-        .collect();
+    let mut entries: Vec<TocEntry> = Vec::with_capacity(doc.entries.len());
+    let mut chunks: Vec<Chunk> = vec![];
+    for e in doc.entries {
+        if e.kind == "chunk" {
+            chunks.push(Chunk {
+                blob_offset: e.offset,
+                offset: e.chunk_offset,
+                size: e.chunk_size.unwrap_or(0),
+                digest: e.chunk_digest,
+                zeros: e.chunk_type == "zeros",
+            });
+            continue;
+        }
+        if let Some(last) = entries.last_mut() {
+            attach_chunks(last, std::mem::take(&mut chunks));
+        }
+        entries.push(e);
+    }
+    if let Some(last) = entries.last_mut() {
+        attach_chunks(last, chunks);
+    }
     let mut end = 0u64;
     for e in &entries {
         if e.tar_kind().is_none() {
@@ -238,6 +278,40 @@ pub fn parse(json: &[u8], toc_offset: u64) -> Result<Toc> {
         end = e.end_offset;
     }
     Ok(Toc { entries, tar_end })
+}
+
+/// Gives file `e` its chunks (`rest`: the `chunk` entries after it) when
+/// they tile its content and its frames in order; else none.
+fn attach_chunks(e: &mut TocEntry, rest: Vec<Chunk>) {
+    if !e.has_content() || rest.is_empty() {
+        return;
+    }
+    let mut all = vec![Chunk {
+        blob_offset: e.offset,
+        offset: 0,
+        size: e.chunk_size.unwrap_or(0),
+        digest: e.chunk_digest.clone(),
+        zeros: e.chunk_type == "zeros",
+    }];
+    all.extend(rest);
+    let mut pos = 0u64;
+    let mut blob = e.offset;
+    for (i, c) in all.iter().enumerate() {
+        let ok = c.offset == pos
+            && c.size > 0
+            && (i == 0 || c.blob_offset > blob)
+            && c.blob_offset < e.end_offset
+            && c.digest.starts_with("sha256:")
+            && c.digest.len() == 71;
+        if !ok {
+            return;
+        }
+        pos += c.size;
+        blob = c.blob_offset;
+    }
+    if pos == e.size {
+        e.chunks = all;
+    }
 }
 
 /// Checks the compressed table against the manifest's checksum and
@@ -319,5 +393,35 @@ mod tests {
         assert!(format!("{err:#}").contains("file \"b\""), "{err:#}");
         assert!(parse(doc(&[e("a", 10, 120)]).as_bytes(), 108).is_err());
         assert!(parse(br#"{"version":2,"entries":[]}"#, 108).is_err());
+    }
+
+    #[test]
+    fn chunks_that_tile_the_file_are_kept_others_dropped() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let doc = |second_offset: u64| {
+            format!(
+                r#"{{"version":1,"entries":[
+                {{"type":"reg","name":"f","size":10,"digest":"{}","offset":10,"endOffset":40,"chunkSize":4,"chunkDigest":"{}"}},
+                {{"type":"chunk","name":"f","offset":20,"chunkOffset":{second_offset},"chunkSize":6,"chunkDigest":"{}","chunkType":"zeros"}},
+                {{"type":"reg","name":"g","size":3,"digest":"{}","offset":40,"endOffset":50}}]}}"#,
+                d('a'),
+                d('b'),
+                d('c'),
+                d('d')
+            )
+        };
+        let t = parse(doc(4).as_bytes(), 108).unwrap();
+        assert_eq!(t.entries.len(), 2);
+        let c = &t.entries[0].chunks;
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].blob_offset, c[0].offset, c[0].size), (10, 0, 4));
+        assert_eq!(
+            (c[1].blob_offset, c[1].offset, c[1].size, c[1].zeros),
+            (20, 4, 6, true)
+        );
+        assert!(t.entries[1].chunks.is_empty());
+        // A chunk that does not start where the previous ends: none kept.
+        let t = parse(doc(5).as_bytes(), 108).unwrap();
+        assert!(t.entries[0].chunks.is_empty());
     }
 }
