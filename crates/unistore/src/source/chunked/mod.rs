@@ -156,12 +156,20 @@ pub async fn pull_layer(
             total: Some(layer.size),
         });
     };
+    // A decline from here on ends the bar where it stands.
+    let decline = |why: String| {
+        progress.report(ProgressEvent::Done {
+            id: id.clone(),
+            transferred: counter.load(Ordering::Relaxed),
+        });
+        Ok(Outcome::Declined(why))
+    };
     // 2. The table of contents.
     let spool = tempfile::tempfile().context("creating the spool file")?;
     let range = [(loc.offset, loc.offset + loc.length, 0)];
     if let Err(e) = client.fetch(layer.digest, &range, &spool, &report).await {
         if let Some(why) = declined(&e.error) {
-            return Ok(Outcome::Declined(why));
+            return decline(why);
         }
         return Err(e.error.context("fetching the table of contents"));
     }
@@ -195,16 +203,14 @@ pub async fn pull_layer(
     let table = Arc::new(t);
     let all = plan.bytes(|s| s.file.is_some());
     if local_bytes == 0 {
-        return Ok(Outcome::Declined(
-            "the host has none of this layer's files".into(),
-        ));
+        return decline("the host has none of this layer's files".into());
     }
     // Mostly new: one stream costs less than many ranges.
     if local_bytes * 2 < all {
-        return Ok(Outcome::Declined(format!(
+        return decline(format!(
             "the host has only {}% of this layer's content",
             local_bytes * 100 / all.max(1)
-        )));
+        ));
     }
     let mut fetched_files: Vec<usize> = plan
         .segs
@@ -221,7 +227,7 @@ pub async fn pull_layer(
         spooled = ranges.last().map_or(spooled, |r| r.2 + (r.1 - r.0));
         if let Err(e) = client.fetch(layer.digest, &ranges, &spool, &report).await {
             if let Some(why) = declined(&e.error) {
-                return Ok(Outcome::Declined(why));
+                return decline(why);
             }
             let (start, end, _) = ranges[e.index];
             return Err(e.error.context(name_range(&table, start, end)));
