@@ -192,13 +192,20 @@ fn store_layer(root: &Path, diff_id: &str) -> (Value, Vec<u8>) {
     (Value::Object(fields), split)
 }
 
-#[test]
-fn upgrades_fetch_only_the_changed_files_and_match_a_fresh_install() {
+/// The two images, built and pushed as zstd:chunked to a new registry
+/// (`os:v1`, `os:v2`).
+fn setup() -> (tempfile::TempDir, Images, Registry, String, String) {
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     let imgs = build(work.path());
     let reg = Registry::start().unwrap();
     let v1 = reg.push_oci_zstd_chunked(&imgs.oci, "v1", "os").unwrap();
     let v2 = reg.push_oci_zstd_chunked(&imgs.oci, "v2", "os").unwrap();
+    (work, imgs, reg, v1, v2)
+}
+
+#[test]
+fn upgrades_fetch_only_the_changed_files_and_match_a_fresh_install() {
+    let (_work, imgs, reg, v1, v2) = setup();
     let (digest, size, toc_len, entries) = big_layer(&reg, "os", "v2");
     let changed: u64 = entries
         .iter()
@@ -393,11 +400,7 @@ fn lying_image(oci: &Path, tag: &str, out_tag: &str, lie: impl Fn(&mut Vec<Value
 
 #[test]
 fn lying_tables_and_blobs_fail_naming_the_layer_and_the_file() {
-    let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    let imgs = build(work.path());
-    let reg = Registry::start().unwrap();
-    let v1 = reg.push_oci_zstd_chunked(&imgs.oci, "v1", "os").unwrap();
-    let v2 = reg.push_oci_zstd_chunked(&imgs.oci, "v2", "os").unwrap();
+    let (work, imgs, reg, v1, v2) = setup();
     // The pushed layout, zstd:chunked, to rewrite.
     let z = work.path().join("z");
     run_ok(
