@@ -129,14 +129,16 @@ fn install(reg: &Registry, root: &Path, src: &str, extra: &[&str]) {
     run_ok(&mut c);
 }
 
+/// `status --json` of the host at `root`.
 fn status(root: &Path) -> Value {
-    serde_json::from_str(&run_ok(
-        unistore()
-            .arg("--sysroot")
-            .arg(root)
-            .args(["status", "--json"]),
-    ))
-    .unwrap()
+    common::ostree::status(root)
+}
+
+/// The bytes the registry sent of blob `digest` since `mark`.
+fn blob_sent(reg: &Registry, mark: usize, digest: &str) -> u64 {
+    reg.blob_bytes_since(mark)
+        .get(digest)
+        .map_or(0, |(_, b)| *b)
 }
 
 /// The fs-verity id of a layer's splitstream in the repository.
@@ -277,11 +279,7 @@ fn upgrades_fetch_only_the_changed_files_and_match_a_fresh_install() {
                 .args(["switch", &v2]),
         );
         let _ = out;
-        let (_, whole_bytes) = reg
-            .blob_bytes_since(mark)
-            .get(&digest)
-            .copied()
-            .unwrap_or_default();
+        let whole_bytes = blob_sent(&reg, mark, &digest);
         eprintln!("{mode}: whole layers: {whole_bytes} bytes of the large layer");
         assert!(
             whole_bytes >= size,
@@ -633,11 +631,7 @@ fn registries_without_ranges_or_cutting_them_short() {
                     err.contains("Layer 1 of 2: zstd:chunked, fetched whole: the registry does not serve byte ranges"),
                     "{err}"
                 );
-                let (_, bytes) = reg
-                    .blob_bytes_since(mark)
-                    .get(&digest)
-                    .copied()
-                    .unwrap_or_default();
+                let bytes = blob_sent(&reg, mark, &digest);
                 assert!(bytes >= size, "{bytes} of {size}");
                 run_ok(cmd(&reg, root).args(["internals", "fsck", "--verify-content"]));
             }
@@ -744,11 +738,7 @@ fn headers_the_host_predicts_wrongly_are_fetched_after_all() {
                     && err.contains("tar headers fetched after all"),
                 "{err}"
             );
-            let (_, bytes) = reg
-                .blob_bytes_since(mark)
-                .get(&digest)
-                .copied()
-                .unwrap_or_default();
+            let bytes = blob_sent(&reg, mark, &digest);
             eprintln!("respelled: {bytes} bytes of {size} (table {toc_len})");
             assert!(bytes < size / 4, "{bytes} of {size}");
         }
