@@ -203,7 +203,7 @@ impl Plan {
         while i < self.segs.len() {
             let s = &self.segs[i];
             let Some(f) = s.file else {
-                self.gap(s, toc, spool, sink).with_context(|| {
+                self.gap(s, spool, sink).with_context(|| {
                     match toc.entries.get(s.entries.end.saturating_sub(1)) {
                         Some(e) if !s.entries.is_empty() => {
                             format!("the headers before file {:?}", e.name)
@@ -226,7 +226,7 @@ impl Plan {
         Ok(())
     }
 
-    fn gap(&self, s: &Seg, _toc: &Toc, spool: &std::fs::File, sink: &mut dyn Sink) -> Result<()> {
+    fn gap(&self, s: &Seg, spool: &std::fs::File, sink: &mut dyn Sink) -> Result<()> {
         match &s.from {
             From::Predicted(b) => sink.bytes(b),
             From::Spool(at) => {
